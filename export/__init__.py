@@ -1,0 +1,1 @@
+"""Exporters: PyTorch models -> checked ONNX files -> a generated Triton model repository."""

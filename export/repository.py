@@ -1,0 +1,115 @@
+"""Generates the Triton model repository from the contract (Merlin-style: configs built with
+`model_config_pb2` and written with `text_format`, model.py files copied from package resources).
+
+Two flavours from one command:
+- `embedded`: every model on the Python backend; ONNX models run in an onnxruntime session
+  hosted by `server_ext/models/onnx_model/model.py` (the pytriton tritonserver has only that backend).
+- `ngc`: ONNX models on Triton's native `onnxruntime` backend (NGC Triton container); on a GPU
+  host `freshrec trt-plans` turns them into TensorRT plans built on the target GPU.
+The repository is build output: regenerating it from the same inputs gives the same tree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from freshrec.config import DeployConfig, ModelConfig
+from freshrec.contract import ONNX_MODELS, PIPELINE_MODELS, ModelContract, Sizes, TensorSpec
+
+SETTINGS_FILE = "freshrec.json"  # model + deploy config beside each pipeline model.py
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _tensor(cls, spec: TensorSpec, sizes: Sizes):
+    t = cls(name=spec.name, data_type=getattr(mc, spec.dtype), dims=sizes.resolve(spec, static=False))
+    if spec.optional:
+        t.optional = True
+    return t
+
+
+def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, backend: str, parameters: dict[str, str]) -> mc.ModelConfig:
+    """The config.pbtxt message of one model."""
+    cfg = mc.ModelConfig(name=contract.name, backend=backend)
+    cfg.version_policy.latest.num_versions = 1  # rolling a new version replaces the old one
+    cfg.input.extend(_tensor(mc.ModelInput, s, sizes) for s in contract.inputs)
+    cfg.output.extend(_tensor(mc.ModelOutput, s, sizes) for s in contract.outputs)
+    kind = mc.ModelInstanceGroup.KIND_GPU if deploy.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    if contract.batched:
+        cfg.max_batch_size = deploy.max_batch_size
+        cfg.dynamic_batching.max_queue_delay_microseconds = deploy.max_queue_delay_us
+        count = deploy.tower_instances
+    else:
+        cfg.max_batch_size = 0  # one request = one user (recommend) or one write (ingest/upsert)
+        count = deploy.pipeline_instances
+    cfg.instance_group.add(kind=kind, count=count)
+    for key, value in sorted(parameters.items()):
+        cfg.parameters[key].string_value = value
+    if backend == "onnxruntime" and deploy.device == "gpu":
+        # TensorRT inside the onnxruntime backend; `freshrec trt-plans` builds standalone plans.
+        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = "FP32"
+    return cfg
+
+
+def write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def _model_py(name: str) -> bytes:
+    return resources.files("freshrec.server_ext").joinpath("models", name, "model.py").read_bytes()
+
+
+def write_repository(
+    out: Path,
+    onnx_dir: Path,
+    cfg: ModelConfig,
+    deploy: DeployConfig,
+    tokenizer_dir: Path,
+    state_url: str,
+) -> Path:
+    """Writes one flavour of the repository into `out` (replacing what was there) and returns it."""
+    sizes = Sizes.of(cfg)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    v = str(deploy.version)
+    for contract in ONNX_MODELS:
+        d = tmp / contract.name
+        if deploy.flavour == "embedded":
+            params = {"ort_threads": str(deploy.ort_threads)}
+            write_config(d, model_config(contract, sizes, deploy, "python", params))
+            (d / v).mkdir(parents=True)
+            (d / v / "model.py").write_bytes(_model_py("onnx_model"))
+        elif deploy.flavour == "ngc":
+            cfg_msg = model_config(contract, sizes, deploy, "onnxruntime", {})
+            cfg_msg.default_model_filename = "model.onnx"
+            write_config(d, cfg_msg)
+            (d / v).mkdir(parents=True)
+        else:
+            raise ValueError(f"unknown flavour {deploy.flavour!r}; expected 'embedded' or 'ngc'")
+        shutil.copyfile(onnx_dir / f"{contract.name}.onnx", d / v / "model.onnx")
+
+    settings = json.dumps({"model": cfg.to_dict(), "deploy": deploy.to_dict(), "state": state_url}, indent=2, sort_keys=True)
+    for contract in PIPELINE_MODELS:
+        d = tmp / contract.name
+        write_config(d, model_config(contract, sizes, deploy, "python", {}))
+        (d / v).mkdir(parents=True)
+        (d / v / "model.py").write_bytes(_model_py(contract.name))
+        (d / v / SETTINGS_FILE).write_text(settings)
+        if contract.name in ("recommend", "upsert_items"):  # these embed text
+            shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, d / v / TOKENIZER_FILE)
+
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,144 @@
+"""Hyperparameters (frozen dataclasses, passed whole) and the one deployment config.
+
+Every model config has a `tiny()` used by tests so the CPU suite runs in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Event types the towers know. A fixed vocabulary keeps the exported graphs static; index 0 is
+# reserved for padding so a padded history position never looks like a real event.
+EVENT_TYPES: tuple[str, ...] = ("<pad>", "view", "click", "rate", "like", "add_to_cart", "purchase", "dislike", "skip")
+EVENT_FEATURES = 2  # per-event numeric features: log time gap to the previous event, normalised value
+
+TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding size
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    max_tokens: int = 32  # item titles + year + genres fit in ~25 word pieces; fixed length lets Triton batch
+    dim: int = TEXT_DIM
+
+
+@dataclass(frozen=True)
+class ItemTowerConfig:
+    dim: int = 64  # shared retrieval space of both towers; small keeps 1M-item scans cheap
+    hidden: int = 256  # projection MLP width over the frozen text embedding
+    id_vocab: int = 0  # learned id rows (0 = text only); set from the training catalog at train time
+    id_dropout: float = 0.5  # drop the id embedding this often in training so unseen items rank well
+    dropout: float = 0.1
+
+    @classmethod
+    def tiny(cls) -> "ItemTowerConfig":
+        return cls(dim=16, hidden=32)
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Shape of a causal transformer over a user's latest events (user tower and reranker)."""
+
+    dim: int = 64  # model width; equals the item space so item vectors enter without a projection
+    layers: int = 2  # two blocks match SASRec's ML-scale optimum; more overfits ML-100K
+    heads: int = 2
+    max_history: int = 50  # latest events read at request time
+    dropout: float = 0.2  # ML-100K is small: strong dropout as in SASRec
+
+    @classmethod
+    def tiny(cls) -> "SequenceConfig":
+        return cls(dim=16, layers=1, heads=2, max_history=8, dropout=0.0)
+
+
+@dataclass(frozen=True)
+class RerankerConfig(SequenceConfig):
+    num_candidates: int = 200  # retrieved candidates scored in one forward pass
+
+    @classmethod
+    def tiny(cls) -> "RerankerConfig":
+        return cls(dim=16, layers=1, heads=2, max_history=8, dropout=0.0, num_candidates=12)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    retrieval_epochs: int = 30
+    rerank_epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.05  # cosine logits / temperature: sharp enough for full-catalog softmax
+    num_negatives: int = 0  # sampled-softmax negatives per batch; 0 = every catalog item (exact)
+    rerank_positions: int = 4  # prefixes per user window used to train the reranker
+    log_every: int = 1  # epochs between progress lines
+
+    @classmethod
+    def tiny(cls) -> "TrainConfig":
+        return cls(retrieval_epochs=2, rerank_epochs=1, batch_size=16, rerank_positions=2)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    item: ItemTowerConfig = field(default_factory=ItemTowerConfig)
+    user: SequenceConfig = field(default_factory=SequenceConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def tiny(cls) -> "ModelConfig":
+        return cls(
+            text=TextEncoderConfig(max_tokens=16),
+            item=ItemTowerConfig.tiny(),
+            user=SequenceConfig.tiny(),
+            reranker=RerankerConfig.tiny(),
+            train=TrainConfig.tiny(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return cls(
+            text=TextEncoderConfig(**d.get("text", {})),
+            item=ItemTowerConfig(**d.get("item", {})),
+            user=SequenceConfig(**d.get("user", {})),
+            reranker=RerankerConfig(**d.get("reranker", {})),
+            train=TrainConfig(**d.get("train", {})),
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelConfig":
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Everything the exporter needs to lay out a Triton model repository. Cluster settings
+    (replicas, resources) live in helm/values.yaml, not here."""
+
+    flavour: str = "embedded"  # "embedded": Python-backend onnxruntime; "ngc": native onnxruntime/tensorrt backends
+    device: str = "cpu"  # "cpu" or "gpu": instance group kind and where the pipeline keeps tensors
+    tower_instances: int = 1  # instances of each ONNX model (per device on GPU)
+    pipeline_instances: int = 2  # recommend/ingest instances; >1 proves state is shared, not cached
+    max_batch_size: int = 64  # tower batch limit; recommend/ingest take one request each
+    max_queue_delay_us: int = 200  # dynamic batching wait: small, so concurrency-1 latency stays low
+    max_k: int = 1000  # largest k a client may ask for
+    query_weight: float = 0.5  # blend of free-text intent into the user vector
+    ort_threads: int = 1  # onnxruntime intra-op threads per instance (2-core machines: 1)
+    version: int = 1  # model version directory written by this export
+    state: str = "sqlite:///state.db"  # state store URL; relative paths resolve against the build dir
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeployConfig":
+        return cls(**d)

@@ -1,0 +1,213 @@
+"""The tensor contract: every served model's inputs and outputs, declared once.
+
+The ONNX exporter, the generated config.pbtxt files, the Python-backend adapters, the client and
+the tests all read these declarations. Dims exclude the batch dimension for batched models
+(`max_batch_size > 0`); -1 marks a dynamic dimension. Names that appear as integers in a config
+(L, C, D, ...) are resolved by `resolve()` against a model config at export time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from freshrec.config import EVENT_FEATURES, ModelConfig
+
+# Triton dtype name -> numpy dtype. TYPE_STRING travels as numpy object arrays of bytes.
+NUMPY_DTYPES: dict[str, type] = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+# Triton dtype name -> the wire name tritonclient uses.
+WIRE_DTYPES: dict[str, str] = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+}
+
+Dim = int | str  # an int, or a symbolic size resolved from the model config ("L", "C", "D", "T")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton TYPE_* name
+    dims: tuple[Dim, ...]
+    optional: bool = False
+    doc: str = ""
+
+    @property
+    def numpy_dtype(self) -> type:
+        return NUMPY_DTYPES[self.dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        return WIRE_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batched: bool  # True: Triton adds a leading batch dim and may batch requests dynamically
+    doc: str = ""
+    tolerance: float = 0.0  # export parity: max abs difference ONNX vs PyTorch (0 = not exported)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def _t(name: str, dtype: str, *dims: Dim, optional: bool = False, doc: str = "") -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims), optional, doc)
+
+
+_HISTORY = (
+    _t("history_vectors", "TYPE_FP32", "L", "D", doc="item-tower vectors of the latest events, oldest first, left-padded"),
+    _t("history_features", "TYPE_FP32", "L", EVENT_FEATURES, doc="log gap to previous event, normalised value"),
+    _t("history_types", "TYPE_INT64", "L", doc="event type index (0 = padding)"),
+    _t("history_mask", "TYPE_BOOL", "L", doc="true where a real event sits"),
+)
+
+TEXT_ENCODER = ModelContract(
+    name="text_encoder",
+    inputs=(
+        _t("input_ids", "TYPE_INT64", "T", doc="word-piece ids, padded to max_tokens"),
+        _t("attention_mask", "TYPE_INT64", "T"),
+    ),
+    outputs=(_t("text_embedding", "TYPE_FP32", "E", doc="all-MiniLM-L6-v2 sentence embedding, unit norm"),),
+    batched=True,
+    doc="Frozen pretrained sentence encoder (mean pooling + L2 normalisation).",
+    tolerance=1e-4,
+)
+
+ITEM_TOWER = ModelContract(
+    name="item_tower",
+    inputs=(
+        _t("text_embedding", "TYPE_FP32", "E"),
+        _t("id_index", "TYPE_INT64", 1, doc="row of the learned id table; 0 = unseen item, text only"),
+    ),
+    outputs=(_t("item_vector", "TYPE_FP32", "D", doc="unit-norm vector in the retrieval space"),),
+    batched=True,
+    doc="Projection of the text embedding (+ learned id row) into the retrieval space.",
+    tolerance=1e-5,
+)
+
+USER_TOWER = ModelContract(
+    name="user_tower",
+    inputs=_HISTORY,
+    outputs=(_t("user_vector", "TYPE_FP32", "D", doc="unit-norm vector in the retrieval space"),),
+    batched=True,
+    doc="Causal transformer over the latest events; the newest position is the user.",
+    tolerance=1e-4,
+)
+
+RERANKER = ModelContract(
+    name="reranker",
+    inputs=_HISTORY
+    + (
+        _t("candidate_vectors", "TYPE_FP32", "C", "D", doc="item-tower vectors of the retrieved candidates"),
+        _t("candidate_mask", "TYPE_BOOL", "C", doc="true for real candidates, false for padding"),
+    ),
+    outputs=(_t("scores", "TYPE_FP32", "C", doc="one logit per candidate; padding gets -inf-like values"),),
+    batched=True,
+    doc="GPT-style causal transformer; each candidate token attends to the history and itself.",
+    tolerance=1e-4,
+)
+
+RECOMMEND = ModelContract(
+    name="recommend",
+    inputs=(
+        _t("user_id", "TYPE_STRING", 1),
+        _t("k", "TYPE_INT32", 1, optional=True, doc="results wanted; default 10, at most max_k"),
+        _t("query", "TYPE_STRING", 1, optional=True, doc="free-text intent blended into the user vector"),
+        _t("exclude_item_ids", "TYPE_STRING", -1, optional=True, doc="items never to return"),
+    ),
+    outputs=(
+        _t("item_ids", "TYPE_STRING", -1, doc="k item ids, best first"),
+        _t("scores", "TYPE_FP32", -1, doc="their scores, best first"),
+    ),
+    batched=False,
+    doc="BLS pipeline: user tower -> retrieval -> reranker -> filter -> top-k.",
+)
+
+INGEST_EVENTS = ModelContract(
+    name="ingest_events",
+    inputs=(
+        _t("user_id", "TYPE_STRING", -1),
+        _t("item_id", "TYPE_STRING", -1),
+        _t("event_type", "TYPE_STRING", -1),
+        _t("timestamp", "TYPE_FP64", -1, doc="unix seconds"),
+        _t("value", "TYPE_FP32", -1, optional=True, doc="e.g. a rating; NaN = none"),
+        _t("event_id", "TYPE_STRING", -1, optional=True, doc="idempotency key: a retry is stored once"),
+    ),
+    outputs=(_t("accepted", "TYPE_INT64", 1, doc="events newly stored"),),
+    batched=False,
+    doc="Durably stores events; the next recommend on any instance sees them.",
+)
+
+UPSERT_ITEMS = ModelContract(
+    name="upsert_items",
+    inputs=(
+        _t("item_id", "TYPE_STRING", -1),
+        _t("text", "TYPE_STRING", -1),
+        _t("metadata", "TYPE_STRING", -1, optional=True, doc="JSON object per item"),
+    ),
+    outputs=(_t("accepted", "TYPE_INT64", 1, doc="items inserted or updated"),),
+    batched=False,
+    doc="Embeds items by text (text encoder -> item tower) and adds them to the retrieval index.",
+)
+
+ONNX_MODELS: tuple[ModelContract, ...] = (TEXT_ENCODER, ITEM_TOWER, USER_TOWER, RERANKER)
+PIPELINE_MODELS: tuple[ModelContract, ...] = (RECOMMEND, INGEST_EVENTS, UPSERT_ITEMS)
+ALL_MODELS: tuple[ModelContract, ...] = ONNX_MODELS + PIPELINE_MODELS
+BY_NAME: dict[str, ModelContract] = {m.name: m for m in ALL_MODELS}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Concrete values for the symbolic dims of one model configuration."""
+
+    L: int
+    C: int
+    D: int
+    T: int
+    E: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> "Sizes":
+        if cfg.user.max_history != cfg.reranker.max_history or cfg.user.dim != cfg.item.dim or cfg.reranker.dim != cfg.item.dim:
+            raise ValueError("user tower, reranker and item tower must share max_history and dim")
+        return cls(L=cfg.user.max_history, C=cfg.reranker.num_candidates, D=cfg.item.dim, T=cfg.text.max_tokens, E=cfg.text.dim)
+
+    def resolve(self, spec: TensorSpec, static: bool = True) -> list[int]:
+        """Concrete dims for a spec. `static=False` keeps L, C, T dynamic (-1) as in ONNX graphs."""
+        out = []
+        for d in spec.dims:
+            if isinstance(d, int):
+                out.append(d)
+            elif not static and d in ("L", "C", "T"):
+                out.append(-1)
+            else:
+                out.append(getattr(self, d))
+        return out

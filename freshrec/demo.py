@@ -1,0 +1,145 @@
+"""`freshrec demo` / `make demo`: build if needed, serve on the embedded default, and show the
+real-time behaviour through the gRPC client: clicks move the next top-10, a brand-new item is
+recommended by its text alone. Then measure latencies and stop the server."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+NEW_MOVIE = ("starfall-protocol-2026", "Starfall Protocol (2026). Genres: Sci-Fi, Action, Adventure")
+
+
+def _catalog(db: sqlite3.Connection) -> dict[str, dict]:
+    out = {}
+    for item_id, text, meta in db.execute("SELECT item_id, text, metadata FROM items"):
+        m = json.loads(meta or "{}")
+        out[item_id] = {"title": m.get("title") or text.split(". Genres")[0], "genres": m.get("genres") or []}
+    return out
+
+
+def _show(title: str, rec, catalog: dict[str, dict], mark: str | None = None) -> None:
+    print(f"\n{title}  ({rec.latency_ms:.1f} ms)")
+    for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores), 1):
+        info = catalog.get(item, {"title": item, "genres": []})
+        star = "  <- new" if item == mark else ""
+        print(f"  {rank:2d}. {info['title'][:44]:44s} {', '.join(info['genres'])[:34]:34s} {score:7.3f}{star}")
+
+
+def _genre_share(items: list[str], catalog: dict[str, dict], genre: str) -> float:
+    return sum(genre in catalog.get(i, {}).get("genres", []) for i in items) / max(1, len(items))
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(q[98], 2), "calls": len(ms)}
+
+
+def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
+    from freshrec.build import BuildOptions, build
+    from freshrec.client import EventIn, FreshrecClient, ItemIn
+    from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+
+    repo = repo_root / "embedded"
+    if not (build_dir / "build.json").exists() or not (repo / "recommend" / "config.pbtxt").exists():
+        print("== no build yet: building (data -> train -> export -> state); a few minutes on 2 cores")
+        build(BuildOptions(out=build_dir, repository=repo_root))
+    report = json.loads((build_dir / "build.json").read_text())
+    m = report["test_metrics"]
+    print(f"== offline test metrics of this build ({report['dataset']}, full ranking, seen items masked): "
+          f"retrieval HR@10 {m['retrieval_10']['hr']:.4f} NDCG@10 {m['retrieval_10']['ndcg']:.4f}; "
+          f"+ reranker HR@10 {m['rerank_10']['hr']:.4f} NDCG@10 {m['rerank_10']['ndcg']:.4f}")
+
+    # The session writes events and items: it works on a copy so the build's state stays as built.
+    work = Path(tempfile.mkdtemp(prefix="freshrec-demo-"))
+    state = work / "state.db"
+    src = sqlite3.connect(str(build_dir / "state.db"))
+    dst = sqlite3.connect(str(state))
+    src.backup(dst)
+    src.close()
+    catalog = _catalog(dst)
+
+    grpc, http, metrics = find_free_ports(3)
+    server = TritonServer(
+        ServerOptions(model_repository=repo, grpc_port=grpc, http_port=http, metrics_port=metrics, env={"FRESHREC_STATE": f"sqlite:///{state}"}),
+        work_dir=work,
+    )
+    print(f"\n== starting tritonserver on {repo} (gRPC {server.grpc_url})")
+    server.start()
+    try:
+        t0 = time.time()
+        server.wait_ready(180)
+        print(f"   ready in {time.time() - t0:.1f}s")
+        client = FreshrecClient(server.grpc_url, timeout_s=10.0)
+        user = "1"
+        before = client.recommend(user, k=10)
+        _show(f"== top-10 for user {user}", before, catalog)
+
+        # A new interest: the genre least present in the user's history.
+        hist = [r[0] for r in dst.execute("SELECT item_id FROM events WHERE user_id = ?", (user,))]
+        counts = Counter(g for i in hist for g in catalog.get(i, {}).get("genres", []))
+        all_genres = Counter(g for info in catalog.values() for g in info["genres"])
+        genre = min((g for g, n in all_genres.items() if n >= 50), key=lambda g: counts.get(g, 0) / max(1, len(hist)))
+        popular = [r[0] for r in dst.execute("SELECT item_id, COUNT(*) n FROM events GROUP BY item_id ORDER BY n DESC")]
+        seen = set(hist)
+        clicks = [i for i in popular if genre in catalog.get(i, {}).get("genres", []) and i not in seen][:5]
+        now = time.time()
+        n = client.ingest([EventIn(user, item, "rate", now + j, 5.0) for j, item in enumerate(clicks)])
+        print(f"\n== user {user} rates {n} {genre} films 5 stars: " + "; ".join(catalog[i]["title"] for i in clicks))
+        after = client.recommend(user, k=10)
+        _show(f"== top-10 for user {user} on the very next request", after, catalog)
+        print(f"   {genre} share of the top-10: {_genre_share(before.item_ids, catalog, genre):.0%} -> "
+              f"{_genre_share(after.item_ids, catalog, genre):.0%}; {len(set(after.item_ids) - set(before.item_ids))} new titles")
+
+        # A brand-new item, known only by its text, for the user whose recent history fits it best.
+        scifi_user = max(
+            (u for (u,) in dst.execute("SELECT DISTINCT user_id FROM events")),
+            key=lambda u: _genre_share([r[0] for r in dst.execute(
+                "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC LIMIT 50", (u,))], catalog, "Sci-Fi"),
+        )  # fmt: skip
+        item_id, text = NEW_MOVIE
+        t = time.perf_counter()
+        client.upsert_items([ItemIn(item_id, text, {"title": text.split(" (")[0], "genres": ["Sci-Fi", "Action", "Adventure"]})])
+        print(f"\n== added a new movie by its text in {(time.perf_counter() - t) * 1000:.1f} ms: {text!r}")
+        catalog[item_id] = {"title": text.split(". Genres")[0], "genres": ["Sci-Fi", "Action", "Adventure"]}
+        rec = client.recommend(scifi_user, k=10)
+        deep = client.recommend(scifi_user, k=200)
+        rank = deep.item_ids.index(item_id) + 1 if item_id in deep.item_ids else None
+        _show(f"== top-10 for user {scifi_user} (the most Sci-Fi-heavy recent history)", rec, catalog, mark=item_id)
+        print(f"   the new movie ranks {rank if rank else '>200'} for user {scifi_user}")
+
+        # Latencies through the served gRPC API, one call at a time.
+        print(f"\n== latency over {calls} sequential calls each (client-side, gRPC round trip)")
+        rng = random.Random(0)
+        users = [u for (u,) in dst.execute("SELECT DISTINCT user_id FROM events")]
+        items = list(catalog)
+        lat = {"recommend": [], "ingest_events": [], "upsert_items": []}
+        for _ in range(calls):
+            lat["recommend"].append(client.recommend(rng.choice(users), k=10).latency_ms)
+        for _ in range(calls):
+            t = time.perf_counter()
+            client.ingest([EventIn(rng.choice(users), rng.choice(items), "click", time.time(), None, uuid.uuid4().hex)])
+            lat["ingest_events"].append((time.perf_counter() - t) * 1000)
+        for j in range(calls):
+            t = time.perf_counter()
+            client.upsert_items([ItemIn(f"demo-item-{j}", f"Demo Picture {j} ({2000 + j % 26}). Genres: {rng.choice(list(all_genres))}")])
+            lat["upsert_items"].append((time.perf_counter() - t) * 1000)
+        table = {name: _percentiles(ms) for name, ms in lat.items()}
+        for name, row in table.items():
+            print(f"   {name:14s} p50 {row['p50_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms")
+        (build_dir / "demo.json").write_text(json.dumps({"latency": table, "machine": report.get("machine")}, indent=2))
+        client.close()
+    finally:
+        server.stop()
+        dst.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n== server stopped. The build stays in place: `freshrec serve` serves {repo}")
+    return 0

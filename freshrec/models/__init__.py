@@ -1,0 +1,1 @@
+"""PyTorch models: text encoder wrapper, item tower, user tower, reranker."""

@@ -1,0 +1,58 @@
+"""GPT-style reranker: one causal pass scores every retrieved candidate.
+
+The sequence is [history events..., candidates...]. History tokens attend causally; each
+candidate token attends to the whole history and to itself only, so K candidates are scored
+independently in one forward pass (the M-FALCON trick of HSTU). Candidates enter as item-tower
+vectors, not ids, so the reranker scores items it never saw in training; there is no
+vocabulary softmax head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from freshrec.config import RerankerConfig
+from freshrec.models.layers import Block, EventEmbedding, causal_allowed
+
+
+class Reranker(nn.Module):
+    def __init__(self, cfg: RerankerConfig) -> None:
+        super().__init__()
+        self.embed = EventEmbedding(cfg)
+        self.candidate = nn.Linear(cfg.dim, cfg.dim)
+        self.candidate_marker = nn.Parameter(torch.zeros(cfg.dim))  # tells candidate tokens from events
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.score = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(
+        self,
+        history_vectors: torch.Tensor,
+        history_features: torch.Tensor,
+        history_types: torch.Tensor,
+        history_mask: torch.Tensor,
+        candidate_vectors: torch.Tensor,
+        candidate_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """History (B, L, ...) and candidates (B, C, D), (B, C) -> scores (B, C)."""
+        B, L, _ = history_vectors.shape
+        C = candidate_vectors.shape[1]
+        h = self.embed(history_vectors, history_features, history_types, history_mask)
+        c = self.candidate(candidate_vectors) + self.candidate_marker
+        x = torch.cat([h, c], dim=1)  # (B, L+C, D)
+
+        hist_allowed = causal_allowed(history_mask)  # (B, 1, L, L)
+        eye_c = torch.eye(C, dtype=torch.bool, device=x.device)
+        top = torch.cat([hist_allowed, torch.zeros(B, 1, L, C, dtype=torch.bool, device=x.device)], dim=-1)
+        bottom = torch.cat(
+            [history_mask[:, None, None, :].expand(B, 1, C, L), eye_c[None, None].expand(B, 1, C, C)], dim=-1
+        )
+        allowed = torch.cat([top, bottom], dim=2)  # (B, 1, L+C, L+C)
+
+        for block in self.blocks:
+            x = block(x, allowed)
+        out = self.ln(x[:, L:])  # (B, C, D)
+        # Bilinear score against the candidate's own vector keeps the retrieval geometry usable.
+        scores = (self.score(out) * candidate_vectors).sum(-1)
+        return scores.masked_fill(~candidate_mask, -1e9)

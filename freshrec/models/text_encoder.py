@@ -1,0 +1,62 @@
+"""Frozen all-MiniLM-L6-v2 sentence encoder and its tokenizer (no model hub: a local folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TextEncoder(nn.Module):
+    """BERT-style encoder + attention-masked mean pooling + L2 norm (sentence-transformers recipe)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel
+
+        self.bert = AutoModel.from_pretrained(str(model_dir))
+        self.bert.eval()
+        for p in self.bert.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T), (B, T) int64 -> (B, 384) unit norm."""
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, 384)
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1)
+
+
+class Tokenizer:
+    """Fast word-piece tokenizer from the model folder's tokenizer.json, padded to a fixed length
+    so tokenised requests batch in Triton without ragged shapes."""
+
+    def __init__(self, model_dir: Path, max_tokens: int) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.tok = HFTokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.tok.enable_truncation(max_length=max_tokens)
+        self.tok.enable_padding(length=max_tokens, pad_id=0, pad_token="[PAD]")
+        self.max_tokens = max_tokens
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts -> input_ids (N, T) int64, attention_mask (N, T) int64."""
+        enc = self.tok.encode_batch(list(texts))
+        ids = np.array([e.ids for e in enc], dtype=np.int64).reshape(len(texts), self.max_tokens)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64).reshape(len(texts), self.max_tokens)
+        return ids, mask
+
+
+@torch.no_grad()
+def embed_texts(encoder: TextEncoder, tokenizer: Tokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Embeds texts in batches -> (N, 384) float32."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = tokenizer(texts[i : i + batch_size])
+        out.append(encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 384), np.float32)

@@ -1,0 +1,88 @@
+"""The store interface. Implementations: SQLite (embedded default); Redis comes later.
+
+Contract every implementation keeps:
+- `add_events` / `upsert_items` return only after the write is durable; a write that returned is
+  visible to every later read from any process sharing the store (read-your-writes).
+- `add_events` is idempotent per `event_id`: a retried event is stored once.
+- Events may name items that do not exist yet: they are stored and ignored by recommendations
+  until the item exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class StoreUnavailable(RuntimeError):
+    """The state store cannot be reached or did not accept a write in time (maps to UNAVAILABLE)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    value: float = float("nan")
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    text: str
+    vector: np.ndarray  # (D,) float32, unit norm
+    metadata: str = "{}"  # JSON object
+    id_index: int = 0  # learned id row of the item tower; 0 = text only
+
+
+@dataclass
+class UserHistory:
+    """A user's latest events (oldest first) and every item they ever interacted with."""
+
+    item_ids: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+class StateStore(Protocol):
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Stores events durably; returns how many were new (retries by event_id are not)."""
+
+    def user_history(self, user_id: str, limit: int) -> UserHistory:
+        """The latest `limit` events of a user, oldest first, plus the set of seen items."""
+
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        """Inserts or replaces items (text, metadata, vector); returns how many were written."""
+
+    def items_since(self, version: int) -> tuple[list[Item], int]:
+        """Items written after catalog `version`, and the current version. Lets every model
+        instance refresh its retrieval index incrementally before serving."""
+
+    def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Learned id rows of known items (unknown items are absent)."""
+
+    def popular_items(self, limit: int, window: int) -> list[tuple[str, float]]:
+        """Most frequent items over the latest `window` events: the cold-start fallback."""
+
+    def count_events(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str, base_dir: Path | None = None) -> StateStore:
+    """Opens a store from a URL: `sqlite:///relative/or/absolute.db` (relative to base_dir)."""
+    if url.startswith("sqlite:///"):
+        from freshrec.store.sqlite import SQLiteStore
+
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return SQLiteStore(path)
+    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path")

@@ -1,0 +1,1 @@
+"""Triton server extensions for freshrec: the tritonserver launcher and Python-backend models."""

@@ -1,0 +1,29 @@
+"""BLS engine: runs the exported models from inside a Python-backend model."""
+
+from __future__ import annotations
+
+import torch
+
+from freshrec.contract import BY_NAME
+from freshrec.server_ext.tensors import from_pb, to_pb
+
+
+class ModelCallError(RuntimeError):
+    """A composing model returned an error."""
+
+
+class BlsEngine:
+    def __init__(self, pb) -> None:
+        self.pb = pb
+
+    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        contract = BY_NAME[model]
+        request = self.pb.InferenceRequest(
+            model_name=model,
+            requested_output_names=contract.output_names,
+            inputs=[to_pb(self.pb, name, inputs[name]) for name in contract.input_names],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise ModelCallError(f"{model}: {response.error().message()}")
+        return {name: from_pb(self.pb.get_output_tensor_by_name(response, name)) for name in contract.output_names}

@@ -1,0 +1,119 @@
+"""Request handlers behind the thin model.py adapters: parse -> delegate to the pipeline ->
+convert back. A bad request gets its own error response; it never fails the others."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freshrec.config import DeployConfig, ModelConfig
+from freshrec.export.repository import SETTINGS_FILE, TOKENIZER_FILE
+from freshrec.pipeline import InvalidInput, Recommender
+from freshrec.server_ext import tensors as T
+from freshrec.server_ext.bls import BlsEngine, ModelCallError
+from freshrec.store import Event, StoreUnavailable, open_store
+
+
+def device_of(args: dict) -> torch.device:
+    if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+        return torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+    return torch.device("cpu")
+
+
+class Service:
+    """One per model instance: the store connection, the item index and the BLS engine."""
+
+    def __init__(self, args: dict, pb) -> None:
+        self.pb = pb
+        self.name = args["model_name"]
+        model_dir = Path(args["model_repository"]) / args["model_version"]
+        settings = json.loads((model_dir / SETTINGS_FILE).read_text())
+        cfg = ModelConfig.from_dict(settings["model"])
+        deploy = DeployConfig.from_dict(settings["deploy"])
+        # The state URL is per deployment: the environment overrides what the build wrote.
+        state = os.environ.get("FRESHREC_STATE") or settings["state"]
+        tokenizer = None
+        if (model_dir / TOKENIZER_FILE).exists():
+            from freshrec.models.text_encoder import Tokenizer
+
+            tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
+        self.recommender = Recommender(open_store(state), BlsEngine(pb), tokenizer, cfg, deploy, device_of(args))
+
+    def close(self) -> None:
+        self.recommender.store.close()
+
+    # -- error mapping ------------------------------------------------------------------------
+    def _error(self, exc: BaseException):
+        pb = self.pb
+        if isinstance(exc, InvalidInput):
+            return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
+        if isinstance(exc, StoreUnavailable):
+            pb.Logger.log_warn(f"{self.name}: state store unavailable: {exc}")
+            return pb.InferenceResponse(error=pb.TritonError("state store unavailable; retry later", pb.TritonError.UNAVAILABLE))
+        if isinstance(exc, ModelCallError):
+            pb.Logger.log_error(f"{self.name}: {exc}")
+            return pb.InferenceResponse(error=pb.TritonError("a composing model failed; retry later", pb.TritonError.UNAVAILABLE))
+        # No stack trace to the client; the server log has it.
+        pb.Logger.log_error(f"{self.name}: internal error: {traceback.format_exc()}")
+        return pb.InferenceResponse(error=pb.TritonError("internal error", pb.TritonError.INTERNAL))
+
+    def handle(self, requests, fn):
+        out = []
+        for request in requests:
+            try:
+                out.append(fn(request))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error
+                out.append(self._error(exc))
+        return out
+
+    # -- endpoints ----------------------------------------------------------------------------
+    def recommend(self, request):
+        pb = self.pb
+        user_id = T.one_string(pb, request, "user_id")
+        k = T.one_int(pb, request, "k", default=10)
+        query = T.one_string(pb, request, "query", required=False)
+        exclude = T.strings(pb, request, "exclude_item_ids", required=False) or []
+        rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude)
+        return pb.InferenceResponse(
+            output_tensors=[T.string_tensor(pb, "item_ids", rec.item_ids), pb.Tensor("scores", rec.scores.astype(np.float32))]
+        )
+
+    def ingest_events(self, request):
+        pb = self.pb
+        users = T.strings(pb, request, "user_id")
+        items = T.strings(pb, request, "item_id")
+        types = T.strings(pb, request, "event_type")
+        stamps = T.numbers(pb, request, "timestamp", np.float64)
+        n = len(users)
+        values = T.numbers(pb, request, "value", np.float32, required=False)
+        ids = T.strings(pb, request, "event_id", required=False)
+        for name, col in (("item_id", items), ("event_type", types), ("timestamp", stamps), ("value", values), ("event_id", ids)):
+            if col is not None and len(col) != n:
+                raise InvalidInput(f"input {name!r} has {len(col)} elements but user_id has {n}")
+        if n == 0:
+            raise InvalidInput("no events in the request")
+        events = [
+            Event(users[i], items[i], types[i], float(stamps[i]),
+                  math.nan if values is None else float(values[i]), None if ids is None else ids[i])
+            for i in range(n)
+        ]  # fmt: skip
+        accepted = self.recommender.ingest(events)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor("accepted", np.array([accepted], dtype=np.int64))])
+
+    def upsert_items(self, request):
+        pb = self.pb
+        ids = T.strings(pb, request, "item_id")
+        texts = T.strings(pb, request, "text")
+        metadata = T.strings(pb, request, "metadata", required=False)
+        if len(texts) != len(ids) or (metadata is not None and len(metadata) != len(ids)):
+            raise InvalidInput("item_id, text and metadata must have the same number of elements")
+        if not ids:
+            raise InvalidInput("no items in the request")
+        accepted = self.recommender.upsert(ids, texts, metadata)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor("accepted", np.array([accepted], dtype=np.int64))])

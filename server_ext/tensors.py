@@ -1,0 +1,87 @@
+"""The one module converting between pb_utils tensors and domain values.
+
+`pb` is the `triton_python_backend_utils` module, passed in by model.py so this code imports and
+unit-tests outside the stub process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from freshrec.pipeline import InvalidInput
+
+MAX_BATCH_ITEMS = 10_000  # events or items in one ingest/upsert request
+
+
+def _input(pb, request, name: str):
+    return pb.get_input_tensor_by_name(request, name)
+
+
+def strings(pb, request, name: str, required: bool = True) -> list[str] | None:
+    """A TYPE_STRING input as a list of str; invalid UTF-8 is refused, not replaced."""
+    t = _input(pb, request, name)
+    if t is None:
+        if required:
+            raise InvalidInput(f"missing required input {name!r}")
+        return None
+    arr = t.as_numpy().reshape(-1)
+    if len(arr) > MAX_BATCH_ITEMS:
+        raise InvalidInput(f"input {name!r} has {len(arr)} elements; at most {MAX_BATCH_ITEMS} per request")
+    out = []
+    for v in arr:
+        if isinstance(v, str):
+            out.append(v)
+            continue
+        try:
+            out.append(bytes(v).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input {name!r} is not valid UTF-8") from None
+    return out
+
+
+def one_string(pb, request, name: str, required: bool = True) -> str | None:
+    values = strings(pb, request, name, required)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise InvalidInput(f"input {name!r} must hold exactly one value, got {len(values)}")
+    return values[0]
+
+
+def numbers(pb, request, name: str, dtype, required: bool = True) -> np.ndarray | None:
+    t = _input(pb, request, name)
+    if t is None:
+        if required:
+            raise InvalidInput(f"missing required input {name!r}")
+        return None
+    arr = np.asarray(t.as_numpy(), dtype=dtype).reshape(-1)
+    if len(arr) > MAX_BATCH_ITEMS:
+        raise InvalidInput(f"input {name!r} has {len(arr)} elements; at most {MAX_BATCH_ITEMS} per request")
+    return arr
+
+
+def one_int(pb, request, name: str, default: int) -> int:
+    arr = numbers(pb, request, name, np.int64, required=False)
+    if arr is None:
+        return default
+    if len(arr) != 1:
+        raise InvalidInput(f"input {name!r} must hold exactly one value, got {len(arr)}")
+    return int(arr[0])
+
+
+def string_tensor(pb, name: str, values: list[str]):
+    return pb.Tensor(name, np.array([v.encode("utf-8") for v in values], dtype=np.object_))
+
+
+def to_pb(pb, name: str, t: torch.Tensor):
+    """torch -> pb_utils.Tensor; GPU tensors travel by DLPack without a host copy."""
+    if t.is_cuda:
+        return pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(t.contiguous()))
+    return pb.Tensor(name, t.contiguous().numpy())
+
+
+def from_pb(t) -> torch.Tensor:
+    if t.is_cpu():
+        return torch.from_numpy(t.as_numpy())
+    return torch.from_dlpack(t.to_dlpack())

@@ -1,0 +1,125 @@
+"""Shared fixtures. Integration tests start a real tritonserver through ``triton_server_factory``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from freshrec.server_ext.launcher import TritonServer
+
+_SERVERS = pytest.StashKey[list["TritonServer"]]()
+_PORT_RETRIES = 3
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts a server is an integration test, whether or not it says so."""
+    for item in items:
+        if "triton_server_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, attach each server's log tail to the report (shown with the traceback)."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for server in item.stash.get(_SERVERS, []):
+            report.sections.append((f"tritonserver log tail ({server.log_path})", server.log_tail()))
+
+
+@pytest.fixture
+def triton_server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., TritonServer]]:
+    """Factory: ``triton_server_factory(model_repository, env=None, wait=True, **options)``.
+
+    Starts a server on free loopback ports (retrying if a port was taken meanwhile), waits until
+    it is ready (the test fails with the log tail if the process dies), and stops every server it
+    started at teardown. ``options`` are ``ServerOptions`` fields; ``wait=False`` returns the
+    started server without waiting, for tests of startup failures.
+    """
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the tritonserver binary from nvidia-pytriton runs on Linux only")
+    from freshrec.server_ext.launcher import ServerOptions, ServerStartError, TritonServer, find_free_ports
+
+    started: list[TritonServer] = []
+    request.node.stash[_SERVERS] = started
+
+    def factory(
+        model_repository: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+        ready_timeout: float = 120.0,
+        **options: Any,
+    ) -> TritonServer:
+        names = ("grpc_port", "http_port", "metrics_port")
+        fixed = {name: options.pop(name) for name in names if name in options}
+        attempts = 1 if fixed else _PORT_RETRIES
+        for attempt in range(attempts):
+            ports = {**dict(zip(names, find_free_ports(3))), **fixed}
+            opts = ServerOptions(model_repository=Path(model_repository), env=dict(env or {}), **ports, **options)
+            server = TritonServer(opts, work_dir=tmp_path_factory.mktemp("tritonserver"))
+            started.append(server)
+            server.start()
+            if not wait:
+                return server
+            try:
+                server.wait_ready(ready_timeout)
+            except ServerStartError as exc:
+                if "already in use" in exc.log_tail and attempt + 1 < attempts:
+                    continue  # another process took a port between find_free_ports and bind
+                pytest.fail(str(exc), pytrace=False)
+            return server
+        raise AssertionError("unreachable")
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+# -- one tiny real build shared by the session: real ML-100K subset, real MiniLM, tiny models ----
+TINY_USERS = 40
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Runs `freshrec build` with tiny models on 40 MovieLens users (about a minute on 2 cores).
+
+    Returns the build report plus `build_dir`; the repositories live beside it.
+    """
+    from freshrec.build import BuildOptions, build
+    from freshrec.config import ModelConfig
+
+    root = tmp_path_factory.mktemp("tiny_build")
+    report = build(BuildOptions(out=root / "build", repository=root / "repo", max_users=TINY_USERS), ModelConfig.tiny())
+    report["build_dir"] = root / "build"
+    return report
+
+
+@pytest.fixture
+def fresh_state(tiny_build: dict[str, Any], tmp_path: Path) -> Path:
+    """A private copy of the tiny build's state store, so a test's writes stay its own."""
+    import sqlite3
+
+    src = sqlite3.connect(str(tiny_build["build_dir"] / "state.db"))
+    dst_path = tmp_path / "state.db"
+    dst = sqlite3.connect(str(dst_path))
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return dst_path
+
+
+@pytest.fixture
+def served(tiny_build: dict[str, Any], fresh_state: Path, triton_server_factory):
+    """A real tritonserver on the tiny build's embedded repository over a private state copy."""
+    server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env={"FRESHREC_STATE": f"sqlite:///{fresh_state}"})
+    server.state_path = fresh_state
+    return server
