@@ -119,10 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from freshrec.server_ext.launcher import ServerStartError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ServerStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as exc:  # bad paths, bad data files, bad options
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class SequenceConfig:
 @dataclass(frozen=True)
 class RerankerConfig(SequenceConfig):
     num_candidates: int = 200  # retrieved candidates scored in one forward pass
+    retrieval_temperature: float = 0.05  # the towers' softmax temperature: the score starts as their logit
 
     @classmethod
     def tiny(cls) -> "RerankerConfig":

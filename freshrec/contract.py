@@ -127,6 +127,7 @@ RERANKER = ModelContract(
     + (
         _t("candidate_vectors", "TYPE_FP32", "C", "D", doc="item-tower vectors of the retrieved candidates"),
         _t("candidate_mask", "TYPE_BOOL", "C", doc="true for real candidates, false for padding"),
+        _t("candidate_scores", "TYPE_FP32", "C", doc="retrieval scores (user . item cosine) of the candidates"),
     ),
     outputs=(_t("scores", "TYPE_FP32", "C", doc="one logit per candidate; padding gets -inf-like values"),),
     batched=True,

@@ -34,6 +34,17 @@ def _show(title: str, rec, catalog: dict[str, dict], mark: str | None = None) ->
         print(f"  {rank:2d}. {info['title'][:44]:44s} {', '.join(info['genres'])[:34]:34s} {score:7.3f}{star}")
 
 
+def _nearest(db: sqlite3.Connection, item_id: str, n: int) -> list[str]:
+    """Catalog items nearest to `item_id` by item-tower vector (read back from the store)."""
+    import numpy as np
+
+    rows = db.execute("SELECT item_id, vector FROM items").fetchall()
+    ids = [r[0] for r in rows]
+    matrix = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+    sims = matrix @ matrix[ids.index(item_id)]
+    return [ids[j] for j in np.argsort(-sims) if ids[j] != item_id][:n]
+
+
 def _genre_share(items: list[str], catalog: dict[str, dict], genre: str) -> float:
     return sum(genre in catalog.get(i, {}).get("genres", []) for i in items) / max(1, len(items))
 
@@ -87,10 +98,10 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         hist = [r[0] for r in dst.execute("SELECT item_id FROM events WHERE user_id = ?", (user,))]
         counts = Counter(g for i in hist for g in catalog.get(i, {}).get("genres", []))
         all_genres = Counter(g for info in catalog.values() for g in info["genres"])
-        genre = min((g for g, n in all_genres.items() if n >= 50), key=lambda g: counts.get(g, 0) / max(1, len(hist)))
+        genre = min((g for g, n in all_genres.items() if n >= 100), key=lambda g: counts.get(g, 0) / max(1, len(hist)))
         popular = [r[0] for r in dst.execute("SELECT item_id, COUNT(*) n FROM events GROUP BY item_id ORDER BY n DESC")]
         seen = set(hist)
-        clicks = [i for i in popular if genre in catalog.get(i, {}).get("genres", []) and i not in seen][:5]
+        clicks = [i for i in popular if genre in catalog.get(i, {}).get("genres", []) and i not in seen][:8]
         now = time.time()
         n = client.ingest([EventIn(user, item, "rate", now + j, 5.0) for j, item in enumerate(clicks)])
         print(f"\n== user {user} rates {n} {genre} films 5 stars: " + "; ".join(catalog[i]["title"] for i in clicks))
@@ -99,22 +110,28 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         print(f"   {genre} share of the top-10: {_genre_share(before.item_ids, catalog, genre):.0%} -> "
               f"{_genre_share(after.item_ids, catalog, genre):.0%}; {len(set(after.item_ids) - set(before.item_ids))} new titles")
 
-        # A brand-new item, known only by its text, for the user whose recent history fits it best.
-        scifi_user = max(
-            (u for (u,) in dst.execute("SELECT DISTINCT user_id FROM events")),
-            key=lambda u: _genre_share([r[0] for r in dst.execute(
-                "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC LIMIT 50", (u,))], catalog, "Sci-Fi"),
-        )  # fmt: skip
+        # A brand-new item, known only by its text, for the user whose recent history fits it:
+        # the one whose latest 20 events hold most of the new item's 20 nearest catalog items.
         item_id, text = NEW_MOVIE
         t = time.perf_counter()
         client.upsert_items([ItemIn(item_id, text, {"title": text.split(" (")[0], "genres": ["Sci-Fi", "Action", "Adventure"]})])
         print(f"\n== added a new movie by its text in {(time.perf_counter() - t) * 1000:.1f} ms: {text!r}")
         catalog[item_id] = {"title": text.split(". Genres")[0], "genres": ["Sci-Fi", "Action", "Adventure"]}
+        neighbours = _nearest(dst, item_id, 20)
+        print("   its nearest catalog items (item tower, text only): " + "; ".join(catalog[i]["title"] for i in neighbours[:5]))
+        scifi_user = max(
+            (u for (u,) in dst.execute("SELECT DISTINCT user_id FROM events")),
+            key=lambda u: sum(r[0] in neighbours for r in dst.execute(
+                "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC LIMIT 20", (u,))),
+        )  # fmt: skip
         rec = client.recommend(scifi_user, k=10)
         deep = client.recommend(scifi_user, k=200)
         rank = deep.item_ids.index(item_id) + 1 if item_id in deep.item_ids else None
-        _show(f"== top-10 for user {scifi_user} (the most Sci-Fi-heavy recent history)", rec, catalog, mark=item_id)
+        _show(f"== top-10 for user {scifi_user} (recent history closest to the new movie)", rec, catalog, mark=item_id)
         print(f"   the new movie ranks {rank if rank else '>200'} for user {scifi_user}")
+        intent = "a space adventure with starships"
+        visitor = client.recommend("demo-visitor", k=5, query=intent)
+        _show(f"== a first-time visitor asking for {intent!r}", visitor, catalog, mark=item_id)
 
         # Latencies through the served gRPC API, one call at a time.
         print(f"\n== latency over {calls} sequential calls each (client-side, gRPC round trip)")

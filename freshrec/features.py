@@ -44,14 +44,12 @@ def left_pad(x: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([pad, x])
 
 
-def history_arrays(
-    vectors: np.ndarray, timestamps: np.ndarray, values: np.ndarray, types: np.ndarray, max_history: int
-) -> dict[str, np.ndarray]:
+def history_arrays(timestamps: np.ndarray, values: np.ndarray, types: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
     """One user's history (oldest first, n events with known items) -> the contract's history
-    tensors without a batch dim: vectors (L, D), features (L, F), types (L,), mask (L,)."""
+    tensors without a batch dim, except the item vectors, which the caller gathers where the
+    item matrix lives: features (L, F), types (L,), mask (L,)."""
     n = len(types)
     return {
-        "history_vectors": left_pad(np.asarray(vectors, np.float32), max_history),
         "history_features": left_pad(event_features(timestamps, values), max_history),
         "history_types": left_pad(np.asarray(types, np.int64), max_history),
         "history_mask": left_pad(np.ones(n, dtype=np.bool_), max_history),

@@ -25,7 +25,7 @@ from freshrec.config import DeployConfig, ModelConfig
 from freshrec.features import event_type_index, history_arrays
 from freshrec.index import ItemIndex
 from freshrec.models.text_encoder import Tokenizer
-from freshrec.store.base import Event, Item, StateStore
+from freshrec.store.base import Event, Item, StateStore, UserHistory
 
 
 class InvalidInput(ValueError):
@@ -111,7 +111,8 @@ class Recommender:
         banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
 
         known = [j for j, item in enumerate(history.item_ids) if item in self.index.rows]
-        user_vec = self._user_vector(history, known) if known else None
+        hist = self._history_tensors(history, known) if known else None
+        user_vec = self.engine.run("user_tower", hist)["user_vector"][0].to(self.device) if hist else None
         query_vec = self._query_vector(query) if query else None
         if user_vec is None and query_vec is None:
             return self._popular_for(k, set(history.seen) | set(exclude))
@@ -126,20 +127,20 @@ class Recommender:
         rows, retrieval_scores = self.index.search(u, n_candidates, banned)
         if len(rows) == 0:
             return Recommendation([], np.zeros(0, np.float32), source)
-        if user_vec is None:  # no events to rerank against: retrieval order is the answer
+        if hist is None:  # no events to rerank against: retrieval order is the answer
             scores = retrieval_scores
         else:
-            scores = self._rerank(history, known, rows)
+            scores = self._rerank(hist, rows, retrieval_scores)
         top = torch.topk(scores, min(k, len(rows)))
         chosen = rows[top.indices].tolist()
         return Recommendation(
             [self.index.item_ids[r] for r in chosen], top.values.float().cpu().numpy().astype(np.float32), source
         )
 
-    def _history_tensors(self, history, known: list[int]) -> dict[str, torch.Tensor]:
+    def _history_tensors(self, history: UserHistory, known: list[int]) -> dict[str, torch.Tensor]:
+        """The user's events whose items are in the index -> batched history tensors (1, L, ...)."""
         rows = torch.tensor([self.index.rows[history.item_ids[j]] for j in known], dtype=torch.long, device=self.device)
         arrays = history_arrays(
-            vectors=np.zeros((len(known), 0), np.float32),  # vectors are gathered on the device below
             timestamps=np.array([history.timestamps[j] for j in known]),
             values=np.array([history.values[j] for j in known], np.float32),
             types=np.array([event_type_index(history.event_types[j]) for j in known], np.int64),
@@ -149,24 +150,23 @@ class Recommender:
         vectors = torch.zeros(L, self.cfg.item.dim, device=self.device)
         n = min(len(known), L)
         vectors[L - n :] = self.index.matrix[rows[-n:]]
-        out = {name: torch.from_numpy(a).to(self.device)[None] for name, a in arrays.items() if name != "history_vectors"}
+        out = {name: torch.from_numpy(a).to(self.device)[None] for name, a in arrays.items()}
         out["history_vectors"] = vectors[None]  # (1, L, D)
         return out
-
-    def _user_vector(self, history, known: list[int]) -> torch.Tensor:
-        self._last_history = self._history_tensors(history, known)
-        return self.engine.run("user_tower", self._last_history)["user_vector"][0].to(self.device)
 
     def _query_vector(self, query: str) -> torch.Tensor:
         return self.embed_items([query], [0])[0]
 
-    def _rerank(self, history, known: list[int], rows: torch.Tensor) -> torch.Tensor:
+    def _rerank(self, hist: dict[str, torch.Tensor], rows: torch.Tensor, retrieval_scores: torch.Tensor) -> torch.Tensor:
+        # Padded to a fixed C so concurrent requests batch together in the reranker.
         C = max(self.cfg.reranker.num_candidates, len(rows))
         cand = torch.zeros(1, C, self.cfg.item.dim, device=self.device)
         cand[0, : len(rows)] = self.index.matrix[rows]
         mask = torch.zeros(1, C, dtype=torch.bool, device=self.device)
         mask[0, : len(rows)] = True
-        inputs = dict(self._last_history, candidate_vectors=cand, candidate_mask=mask)
+        cand_scores = torch.zeros(1, C, device=self.device)
+        cand_scores[0, : len(rows)] = retrieval_scores
+        inputs = dict(hist, candidate_vectors=cand, candidate_mask=mask, candidate_scores=cand_scores)
         return self.engine.run("reranker", inputs)["scores"][0, : len(rows)].to(self.device)
 
     def _popular_for(self, k: int, banned: set[str]) -> Recommendation:

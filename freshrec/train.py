@@ -132,8 +132,11 @@ def evaluate(
         target_scores = scores.gather(1, tgt[:, None])
         ret_ranks.append((scores > target_scores).sum(1))
         if reranker is not None:
-            cand = scores.topk(C, dim=1).indices  # (B, C)
-            rr = reranker(**hist, candidate_vectors=items[cand], candidate_mask=torch.ones_like(cand, dtype=torch.bool))
+            top = scores.topk(C, dim=1)
+            cand = top.indices  # (B, C)
+            rr = reranker(
+                **hist, candidate_vectors=items[cand], candidate_mask=torch.ones_like(cand, dtype=torch.bool), candidate_scores=top.values
+            )
             hit = cand == tgt[:, None]
             inside = hit.any(1)
             t_score = (rr * hit).sum(1)
@@ -236,6 +239,13 @@ def rerank_samples(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
     return prefixes, cands, labels
 
 
+@torch.no_grad()
+def candidate_scores(user_tower, items: torch.Tensor, batch: dict[str, np.ndarray], cands: torch.Tensor) -> torch.Tensor:
+    """Retrieval cosine of each candidate for each prefix: (B, C)."""
+    u = user_tower(**history_inputs(batch, items))  # (B, D)
+    return (items[cands] * u[:, None, :]).sum(-1)
+
+
 def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, train: list[Sequence], valid, rng) -> tuple[Reranker, dict]:
     tc = cfg.train
     L = cfg.reranker.max_history
@@ -255,8 +265,9 @@ def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
             batch = pad_batch([prefixes[j][0] for j in idx], [prefixes[j][1] for j in idx], L)
             c = torch.from_numpy(cands[idx])
             scores = reranker(
-                **history_inputs(batch, items), candidate_vectors=items[c], candidate_mask=torch.ones_like(c, dtype=torch.bool)
-            )
+                **history_inputs(batch, items), candidate_vectors=items[c], candidate_mask=torch.ones_like(c, dtype=torch.bool),
+                candidate_scores=candidate_scores(user_tower, items, batch, c),
+            )  # fmt: skip
             loss = F.cross_entropy(scores, torch.from_numpy(labels[idx]))
             opt.zero_grad()
             loss.backward()

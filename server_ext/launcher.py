@@ -208,7 +208,7 @@ class ServerOptions:
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model_repository", Path(self.model_repository))
+        object.__setattr__(self, "model_repository", Path(self.model_repository).resolve())  # the server runs in its own work dir
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
         object.__setattr__(self, "startup_models", tuple(self.startup_models))
         object.__setattr__(self, "restricted_apis", tuple(self.restricted_apis))

@@ -155,3 +155,25 @@ def test_ingest_is_idempotent_by_event_id(served):
     assert count() == n0 + 3
     assert ingest(client, ["u-idem"], ["1"], [now]) == 1  # no id: every send is a new event
     assert count() == n0 + 4
+
+
+def test_cli_commands_against_the_server(served):
+    """`freshrec add-item`, `ingest` and `recommend` end to end, through the installed command."""
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "freshrec.cli", *args, "--url", served.grpc_url, "--timeout", "10"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    added = cli("add-item", "cli-item", "Harbor Lights (2026). Genres: Romance, Drama")
+    assert added.returncode == 0, added.stderr
+    ingested = cli("ingest", "cli-user", "cli-item", "--type", "like", "--event-id", "cli-e1")
+    assert ingested.returncode == 0, ingested.stderr
+    out = cli("recommend", "cli-user", "-k", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    ids = [row["item_id"] for row in json.loads(out.stdout)["items"]]
+    assert len(ids) == 3 and "cli-item" not in ids  # liked = seen
+    bad = cli("recommend", "", "-k", "3")
+    assert bad.returncode == 2 and "empty" in bad.stderr and "Traceback" not in bad.stderr

@@ -5,6 +5,10 @@ candidate token attends to the whole history and to itself only, so K candidates
 independently in one forward pass (the M-FALCON trick of HSTU). Candidates enter as item-tower
 vectors, not ids, so the reranker scores items it never saw in training; there is no
 vocabulary softmax head.
+
+The score is residual over retrieval: logit = retrieval cosine / temperature + a learned
+correction whose head starts at zero, so an untrained reranker ranks exactly as retrieval does
+and training can only move it where the sequence context says so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ class Reranker(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(cfg.dim)
         self.score = nn.Linear(cfg.dim, cfg.dim)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.temperature = cfg.retrieval_temperature
 
     def forward(
         self,
@@ -34,8 +41,9 @@ class Reranker(nn.Module):
         history_mask: torch.Tensor,
         candidate_vectors: torch.Tensor,
         candidate_mask: torch.Tensor,
+        candidate_scores: torch.Tensor,
     ) -> torch.Tensor:
-        """History (B, L, ...) and candidates (B, C, D), (B, C) -> scores (B, C)."""
+        """History (B, L, ...) and candidates (B, C, D), (B, C), (B, C) -> scores (B, C)."""
         B, L, _ = history_vectors.shape
         C = candidate_vectors.shape[1]
         h = self.embed(history_vectors, history_features, history_types, history_mask)
@@ -54,5 +62,5 @@ class Reranker(nn.Module):
             x = block(x, allowed)
         out = self.ln(x[:, L:])  # (B, C, D)
         # Bilinear score against the candidate's own vector keeps the retrieval geometry usable.
-        scores = (self.score(out) * candidate_vectors).sum(-1)
+        scores = candidate_scores / self.temperature + (self.score(out) * candidate_vectors).sum(-1)
         return scores.masked_fill(~candidate_mask, -1e9)
