@@ -92,6 +92,7 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         client = FreshrecClient(server.grpc_url, timeout_s=10.0)
         user = "1"
         before = client.recommend(user, k=10)
+        before_50 = client.recommend(user, k=50).item_ids
         _show(f"== top-10 for user {user}", before, catalog)
 
         # A new interest: the genre least present in the user's history.
@@ -101,14 +102,18 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         genre = min((g for g, n in all_genres.items() if n >= 100), key=lambda g: counts.get(g, 0) / max(1, len(hist)))
         popular = [r[0] for r in dst.execute("SELECT item_id, COUNT(*) n FROM events GROUP BY item_id ORDER BY n DESC")]
         seen = set(hist)
-        clicks = [i for i in popular if genre in catalog.get(i, {}).get("genres", []) and i not in seen][:8]
+        # Films of that genre not already among the user's top-50, so the shift is the model's doing
+        # and not the seen-item filter removing what was there.
+        clicks = [i for i in popular if genre in catalog.get(i, {}).get("genres", []) and i not in seen and i not in before_50][:8]
         now = time.time()
         n = client.ingest([EventIn(user, item, "rate", now + j, 5.0) for j, item in enumerate(clicks)])
         print(f"\n== user {user} rates {n} {genre} films 5 stars: " + "; ".join(catalog[i]["title"] for i in clicks))
         after = client.recommend(user, k=10)
+        after_50 = client.recommend(user, k=50).item_ids
         _show(f"== top-10 for user {user} on the very next request", after, catalog)
         print(f"   {genre} share of the top-10: {_genre_share(before.item_ids, catalog, genre):.0%} -> "
-              f"{_genre_share(after.item_ids, catalog, genre):.0%}; {len(set(after.item_ids) - set(before.item_ids))} new titles")
+              f"{_genre_share(after.item_ids, catalog, genre):.0%} (top-50: {_genre_share(before_50, catalog, genre):.0%} -> "
+              f"{_genre_share(after_50, catalog, genre):.0%}); {len(set(after.item_ids) - set(before.item_ids))} new titles in the top-10")
 
         # A brand-new item, known only by its text, for the user whose recent history fits it:
         # the one whose latest 20 events hold most of the new item's 20 nearest catalog items.
@@ -129,7 +134,7 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         rank = deep.item_ids.index(item_id) + 1 if item_id in deep.item_ids else None
         _show(f"== top-10 for user {scifi_user} (recent history closest to the new movie)", rec, catalog, mark=item_id)
         print(f"   the new movie ranks {rank if rank else '>200'} for user {scifi_user}")
-        intent = "a space adventure with starships"
+        intent = "a new sci-fi action adventure"
         visitor = client.recommend("demo-visitor", k=5, query=intent)
         _show(f"== a first-time visitor asking for {intent!r}", visitor, catalog, mark=item_id)
 
