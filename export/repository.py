@@ -104,7 +104,7 @@ def write_repository(
         d = tmp / contract.name
         write_config(d, model_config(contract, sizes, deploy, "python", {}))
         (d / v).mkdir(parents=True)
-        (d / v / "model.py").write_bytes(_model_py(contract.name))
+        (d / v / "model.py").write_bytes(_model_py("pipeline"))
         (d / v / SETTINGS_FILE).write_text(settings)
         if contract.name in ("recommend", "upsert_items"):  # these embed text
             shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, d / v / TOKENIZER_FILE)
