@@ -177,3 +177,30 @@ def test_cli_commands_against_the_server(served):
     assert len(ids) == 3 and "cli-item" not in ids  # liked = seen
     bad = cli("recommend", "", "-k", "3")
     assert bad.returncode == 2 and "empty" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_async_and_streaming_clients_on_the_real_pipeline(tiny_build, served):
+    import asyncio
+
+    from freshrec.client import AsyncFreshrecClient, StreamingRecommender
+
+    ref = reference(tiny_build, served.state_path)
+    users = users_of(served.state_path, 6)
+
+    async def run():
+        client = AsyncFreshrecClient(served.grpc_url, timeout_s=10.0)
+        try:
+            return await asyncio.gather(*(client.recommend(u, k=7) for u in users))
+        finally:
+            await client.close()
+
+    for user, rec in zip(users, asyncio.run(run())):
+        assert rec.item_ids == ref.recommend(user, k=7).item_ids
+
+    with StreamingRecommender(served.grpc_url) as stream:
+        futures = [stream.submit(u, k=5) for u in users] + [stream.submit("", k=5)]
+        for user, fut in zip(users, futures):
+            assert fut.result(timeout=30).item_ids == ref.recommend(user, k=5).item_ids
+        with pytest.raises(Exception) as info:
+            futures[-1].result(timeout=30)
+        assert "empty" in str(info.value)
