@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,21 @@ from freshrec.store.base import Event, Item, StateStore, UserHistory
 
 class InvalidInput(ValueError):
     """A request the service refuses (maps to INVALID_ARGUMENT / HTTP 400)."""
+
+
+class Stats:
+    """Where the pipeline reports what it does; the server plugs in Prometheus metrics
+    (`server_ext/metrics.py`), everything else keeps this silent default."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times one pipeline stage (store, user_tower, retrieval, rerank, embed)."""
+        yield
+
+    def index_size(self, n: int) -> None: ...
+
+    def fallback(self, kind: str) -> None:
+        """A recommendation not from the personal path: "popular" (cold start) or "query"."""
 
 
 class Engine(Protocol):
@@ -87,6 +103,7 @@ class Recommender:
         deploy: DeployConfig,
         device: torch.device | str = "cpu",
         popular_ttl_s: float = 10.0,
+        stats: Stats | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -95,6 +112,7 @@ class Recommender:
         self.deploy = deploy
         self.device = torch.device(device)
         self.index = ItemIndex(cfg.item.dim, self.device)
+        self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
 
@@ -105,18 +123,25 @@ class Recommender:
             raise InvalidInput(f"k must be in [1, {self.deploy.max_k}], got {k}")
         if query is not None and len(query.encode()) > MAX_TEXT_BYTES:
             raise InvalidInput(f"query is longer than {MAX_TEXT_BYTES} bytes")
-        self.index.refresh(self.store)
-        L = self.cfg.user.max_history
-        history = self.store.user_history(user_id, L)
+        stats = self.stats
+        with stats.stage("store"):
+            if self.index.refresh(self.store):
+                stats.index_size(len(self.index))
+            history = self.store.user_history(user_id, self.cfg.user.max_history)
         banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
 
         known = [j for j, item in enumerate(history.item_ids) if item in self.index.rows]
         hist = self._history_tensors(history, known) if known else None
-        user_vec = self.engine.run("user_tower", hist)["user_vector"][0].to(self.device) if hist else None
+        user_vec = None
+        if hist is not None:
+            with stats.stage("user_tower"):
+                user_vec = self.engine.run("user_tower", hist)["user_vector"][0].to(self.device)
         query_vec = self._query_vector(query) if query else None
         if user_vec is None and query_vec is None:
+            stats.fallback("popular")
             return self._popular_for(k, set(history.seen) | set(exclude))
         if user_vec is None:
+            stats.fallback("query")
             u, source = query_vec, "query"
         elif query_vec is None:
             u, source = user_vec, "personal"
@@ -124,13 +149,15 @@ class Recommender:
             u, source = F.normalize(user_vec + self.deploy.query_weight * query_vec, dim=-1), "personal"
 
         n_candidates = max(k, self.cfg.reranker.num_candidates)
-        rows, retrieval_scores = self.index.search(u, n_candidates, banned)
+        with stats.stage("retrieval"):
+            rows, retrieval_scores = self.index.search(u, n_candidates, banned)
         if len(rows) == 0:
             return Recommendation([], np.zeros(0, np.float32), source)
         if hist is None:  # no events to rerank against: retrieval order is the answer
             scores = retrieval_scores
         else:
-            scores = self._rerank(hist, rows, retrieval_scores)
+            with stats.stage("rerank"):
+                scores = self._rerank(hist, rows, retrieval_scores)
         top = torch.topk(scores, min(k, len(rows)))
         chosen = rows[top.indices].tolist()
         return Recommendation(
@@ -155,7 +182,8 @@ class Recommender:
         return out
 
     def _query_vector(self, query: str) -> torch.Tensor:
-        return self.embed_items([query], [0])[0]
+        with self.stats.stage("embed"):
+            return self.embed_items([query], [0])[0]
 
     def _rerank(self, hist: dict[str, torch.Tensor], rows: torch.Tensor, retrieval_scores: torch.Tensor) -> torch.Tensor:
         # Padded to a fixed C so concurrent requests batch together in the reranker.
@@ -196,7 +224,8 @@ class Recommender:
                 raise InvalidInput("value must be finite (or NaN for none)")
             if e.event_id is not None:
                 check_id("event_id", e.event_id)
-        return self.store.add_events(events)
+        with self.stats.stage("store"):
+            return self.store.add_events(events)
 
     # -- items ------------------------------------------------------------------------------
     def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]) -> torch.Tensor:
@@ -227,9 +256,11 @@ class Recommender:
         # An item known to the trained model keeps its learned id row; new items are text-only.
         known = self.store.item_id_indices(item_ids)
         id_indices = [known.get(i, 0) for i in item_ids]
-        vectors = self.embed_items(texts, id_indices).cpu().numpy()
+        with self.stats.stage("embed"):
+            vectors = self.embed_items(texts, id_indices).cpu().numpy()
         items = [Item(i, t, v, m, x) for i, t, v, m, x in zip(item_ids, texts, vectors, metas, id_indices)]
-        return self.store.upsert_items(items)
+        with self.stats.stage("store"):
+            return self.store.upsert_items(items)
 
 
 def load_reference(build_dir: Path, device: str = "cpu") -> tuple[TorchEngine, Tokenizer, ModelConfig]:

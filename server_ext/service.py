@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import traceback
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from freshrec.export.repository import SETTINGS_FILE, TOKENIZER_FILE
 from freshrec.pipeline import InvalidInput, Recommender
 from freshrec.server_ext import tensors as T
 from freshrec.server_ext.bls import BlsEngine, ModelCallError
+from freshrec.server_ext.metrics import TritonStats
 from freshrec.store import Event, StoreUnavailable, open_store
 
 
@@ -43,7 +45,8 @@ class Service:
             from freshrec.models.text_encoder import Tokenizer
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
-        self.recommender = Recommender(open_store(state), BlsEngine(pb), tokenizer, cfg, deploy, device_of(args))
+        self.stats = TritonStats(pb, self.name)
+        self.recommender = Recommender(open_store(state), BlsEngine(pb), tokenizer, cfg, deploy, device_of(args), stats=self.stats)
 
     def close(self) -> None:
         self.recommender.store.close()
@@ -54,6 +57,7 @@ class Service:
         if isinstance(exc, InvalidInput):
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
         if isinstance(exc, StoreUnavailable):
+            self.stats.store_error()
             pb.Logger.log_warn(f"{self.name}: state store unavailable: {exc}")
             return pb.InferenceResponse(error=pb.TritonError("state store unavailable; retry later", pb.TritonError.UNAVAILABLE))
         if isinstance(exc, ModelCallError):
@@ -104,6 +108,9 @@ class Service:
             for i in range(n)
         ]  # fmt: skip
         accepted = self.recommender.ingest(events)
+        now = time.time()
+        for e in events:
+            self.stats.freshness_lag(now - e.timestamp)
         return pb.InferenceResponse(output_tensors=[pb.Tensor("accepted", np.array([accepted], dtype=np.int64))])
 
     def upsert_items(self, request):
@@ -116,4 +123,5 @@ class Service:
         if not ids:
             raise InvalidInput("no items in the request")
         accepted = self.recommender.upsert(ids, texts, metadata)
+        self.stats.items_added(accepted)
         return pb.InferenceResponse(output_tensors=[pb.Tensor("accepted", np.array([accepted], dtype=np.int64))])

@@ -1,0 +1,69 @@
+"""Prometheus metrics from the Python backend (`pb_utils.MetricFamily`), served by Triton's own
+metrics endpoint next to its nv_inference_* series.
+
+    freshrec_stage_latency_seconds{model,stage}   histogram: store, user_tower, retrieval, rerank, embed
+    freshrec_freshness_lag_seconds{model}         histogram: event timestamp -> acknowledged ingest
+    freshrec_index_items{model}                   gauge: items in this instance's retrieval index
+    freshrec_items_added_total{model}             counter: items written by upsert_items
+    freshrec_store_errors_total{model}            counter: state store unavailable or failing
+    freshrec_fallbacks_total{model,kind}          counter: non-personal answers (popular, query)
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from freshrec.pipeline import Stats
+
+# Seconds: sub-millisecond store reads up to multi-second stalls.
+LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+# Seconds from the event's own timestamp to its acknowledgement: clients batching or lagging.
+LAG_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600, 86400]
+STAGES = ("store", "user_tower", "retrieval", "rerank", "embed")
+
+
+class TritonStats(Stats):
+    def __init__(self, pb, model: str) -> None:
+        F = pb.MetricFamily
+        labels = {"model": model}
+        # The families must outlive their metrics: Triton refuses updates once a family is gone.
+        self._families = {
+            "stage": F("freshrec_stage_latency_seconds", "Time spent per pipeline stage", F.HISTOGRAM),
+            "lag": F("freshrec_freshness_lag_seconds", "Event timestamp to acknowledged ingest", F.HISTOGRAM),
+            "index": F("freshrec_index_items", "Items in the instance's retrieval index", F.GAUGE),
+            "added": F("freshrec_items_added_total", "Items written by upsert_items", F.COUNTER),
+            "errors": F("freshrec_store_errors_total", "State store unavailable or failing", F.COUNTER),
+            "fallbacks": F("freshrec_fallbacks_total", "Recommendations not from the personal path", F.COUNTER),
+        }
+        f = self._families
+        self._stages = {s: f["stage"].Metric(labels={**labels, "stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
+        self._lag = f["lag"].Metric(labels=labels, buckets=LAG_BUCKETS)
+        self._index = f["index"].Metric(labels=labels)
+        self._added = f["added"].Metric(labels=labels)
+        self._errors = f["errors"].Metric(labels=labels)
+        self._fallbacks = {k: f["fallbacks"].Metric(labels={**labels, "kind": k}) for k in ("popular", "query")}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._stages[name].observe(time.perf_counter() - t0)
+
+    def index_size(self, n: int) -> None:
+        self._index.set(n)
+
+    def fallback(self, kind: str) -> None:
+        self._fallbacks[kind].increment(1)
+
+    def freshness_lag(self, seconds: float) -> None:
+        self._lag.observe(max(0.0, seconds))
+
+    def items_added(self, n: int) -> None:
+        self._added.increment(n)
+
+    def store_error(self) -> None:
+        self._errors.increment(1)
