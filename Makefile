@@ -31,7 +31,7 @@ CHART := helm/freshrec
 HELM_ENV := HELM_CACHE_HOME=$(CURDIR)/$(HELM_DIR)/home/cache HELM_CONFIG_HOME=$(CURDIR)/$(HELM_DIR)/home/config \
 	HELM_DATA_HOME=$(CURDIR)/$(HELM_DIR)/home/data
 
-.PHONY: help venv assets build demo serve test test-fast clean helm-bin helm-lint
+.PHONY: help venv assets build demo serve test test-fast clean helm-bin helm-lint redis-server-bin
 
 help: ## List the targets
 	@echo "freshrec make targets (variables: PYTHON=$(or $(PYTHON),auto) VENV=$(VENV)):"
@@ -86,7 +86,17 @@ define run_pytest
 	exit $$rc
 endef
 
-test: venv assets ## Run the whole test suite
+# The Redis state-store tests start their own redis-server on a free port (no global service);
+# Debian's package provides the binary.
+redis-server-bin: ## Install redis-server with apt-get when it is missing
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (apt-get)"; \
+		SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@redis-server --version | head -1
+
+test: venv assets redis-server-bin ## Run the whole test suite
 	$(call run_pytest,)
 
 test-fast: venv assets ## Run the tests that are neither integration nor slow

@@ -4,8 +4,9 @@
 Two flavours from one command:
 - `embedded`: every model on the Python backend; ONNX models run in an onnxruntime session
   hosted by `server_ext/models/onnx_model/model.py` (the pytriton tritonserver has only that backend).
-- `ngc`: ONNX models on Triton's native `onnxruntime` backend (NGC Triton container); on a GPU
-  host `freshrec trt-plans` turns them into TensorRT plans built on the target GPU.
+- `ngc`: ONNX models on Triton's native `onnxruntime` backend (NGC Triton container); with
+  `device="gpu"` onnxruntime runs them through its TensorRT execution provider, which builds
+  its engines on the target GPU.
 The repository is build output: regenerating it from the same inputs gives the same tree.
 """
 
@@ -51,7 +52,7 @@ def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, ba
     for key, value in sorted(parameters.items()):
         cfg.parameters[key].string_value = value
     if backend == "onnxruntime" and deploy.device == "gpu":
-        # TensorRT inside the onnxruntime backend; `freshrec trt-plans` builds standalone plans.
+        # TensorRT inside the onnxruntime backend: engines are built on the serving GPU.
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = "FP32"
     return cfg

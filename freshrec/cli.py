@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--host", default="127.0.0.1", help="listen address; the embedded Triton 2.51 should stay on loopback")
-    s.add_argument("--state", default=os.environ.get("FRESHREC_STATE"), help="state store URL (overrides the build's)")
+    s.add_argument("--state", default=os.environ.get("FRESHREC_STATE"), help="state store URL (overrides the build's): sqlite:///path.db, or redis://host:6379/0[?prefix=freshrec:] to share state across servers")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("demo", help="build if needed, serve, run a scripted session, stop")

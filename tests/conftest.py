@@ -123,3 +123,71 @@ def served(tiny_build: dict[str, Any], fresh_state: Path, triton_server_factory)
     server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env={"FRESHREC_STATE": f"sqlite:///{fresh_state}"})
     server.state_path = fresh_state
     return server
+
+
+# -- a real redis-server per test (the Redis state store) ----------------------------------------
+class RedisServer:
+    """A redis-server on a free loopback port, durable like production (AOF, fsync always)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from freshrec.server_ext.launcher import find_free_ports
+
+        self.dir = data_dir
+        self.port = find_free_ports(1)[0]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Any = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        import socket
+        import subprocess
+        import time
+
+        log = open(self.dir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+             "--protected-mode", "yes", "--logfile", ""],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server not ready in {timeout} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        path = self.dir / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; only what was fsynced to the AOF survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Starts again on the same port and data directory (replays the AOF)."""
+        self.kill()
+        self.start()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (`.url`, `.kill()`, `.restart()`), killed at teardown."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: `make redis-server-bin` (apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()

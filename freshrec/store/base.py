@@ -1,4 +1,4 @@
-"""The store interface. Implementations: SQLite (embedded default); Redis comes later.
+"""The store interface. Implementations: SQLite (embedded default) and Redis (shared by replicas).
 
 Contract every implementation keeps:
 - `add_events` / `upsert_items` return only after the write is durable; a write that returned is
@@ -77,7 +77,14 @@ class StateStore(Protocol):
 
 
 def open_store(url: str, base_dir: Path | None = None) -> StateStore:
-    """Opens a store from a URL: `sqlite:///relative/or/absolute.db` (relative to base_dir)."""
+    """Opens a store from a URL: `sqlite:///relative/or/absolute.db` (relative to base_dir), or
+    `redis://[:password@]host:port/db` / `rediss://...` (Redis shared by every server; query options
+    `prefix` (key prefix, default `freshrec:`), `timeout` (socket connect/read seconds, default 1),
+    `window` (events kept for popularity, default 10000))."""
+    if url.startswith(("redis://", "rediss://")):
+        from freshrec.store.redis_store import RedisStore
+
+        return RedisStore(url)
     if url.startswith("sqlite:///"):
         from freshrec.store.sqlite import SQLiteStore
 
@@ -85,4 +92,4 @@ def open_store(url: str, base_dir: Path | None = None) -> StateStore:
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return SQLiteStore(path)
-    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path")
+    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path or redis://host:port/db")

@@ -1,0 +1,303 @@
+"""Redis state store: one store shared by every tritonserver (replica) that points at it.
+
+Same contract as the SQLite store (see `freshrec.store.base`):
+
+- Durable acknowledgement: on a server run with `appendonly yes` + `appendfsync always`, Redis
+  fsyncs the AOF before it replies, so a write that returned is on disk. (Redis 7.0 has no
+  WAITAOF; the store warns at open if the server it reaches is not configured that way.)
+- Every write is one Lua script, atomic on the server: an event retried with the same `event_id`
+  is stored once even when two replicas race; the catalog version is INCRemented in the same
+  script that writes the items, so `items_since(v)` on any replica returns exactly the items
+  written after `v`.
+- Any connection error, timeout, or a server that is loading / out of disk / read-only raises
+  `StoreUnavailable` (gRPC UNAVAILABLE) within about the socket timeout (1 s by default).
+
+URL: `redis://[[user]:password@]host:port/db?prefix=freshrec:&timeout=1&window=10000`
+(`rediss://` for TLS). `prefix` namespaces every key; `timeout` is the socket connect and read
+timeout in seconds; `window` is how many latest events are kept for `popular_items` (a window
+asked for beyond it is served from what is kept). Other query options go to redis-py.
+
+Keys (P = prefix):
+  P ev:seq        counter: arrival sequence of stored events (also `count_events`)
+  P ev:ids        set of stored event ids (idempotency)
+  P u:<user>:ev   sorted set of a user's events: score = timestamp, member = "<seq 16 digits>|json"
+                  (equal timestamps order by arrival seq, as SQLite's ORDER BY ts, seq)
+  P u:<user>:seen set of every item the user interacted with
+  P ev:recent     list of the latest `window` events' item ids, newest first
+  P cat:version   counter: catalog version
+  P cat:items     sorted set item_id -> version of its last write
+  P cat:idx       hash item_id -> id_index (known items)
+  P item:<id>     hash text, metadata, id_index, vector (float32 bytes), version
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+
+from freshrec.store.base import Event, Item, StoreUnavailable, UserHistory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "freshrec:"
+DEFAULT_TIMEOUT_S = 1.0
+DEFAULT_WINDOW = 10000
+_UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "READONLY", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+# KEYS: ev:ids, ev:seq, ev:recent, then (u:<user>:ev, u:<user>:seen) per event.
+# ARGV: window, then (event_id or "", item_id, payload json, timestamp) per event.
+_ADD_EVENTS = """
+local n = 0
+local count = (#KEYS - 3) / 2
+for i = 1, count do
+  local a = 1 + (i - 1) * 4
+  local eid = ARGV[a + 1]
+  local new = true
+  if eid ~= '' then new = redis.call('SADD', KEYS[1], eid) == 1 end
+  if new then
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('ZADD', KEYS[2 + 2 * i], ARGV[a + 4], string.format('%016d', seq) .. '|' .. ARGV[a + 3])
+    redis.call('SADD', KEYS[3 + 2 * i], ARGV[a + 2])
+    redis.call('LPUSH', KEYS[3], ARGV[a + 2])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1) end
+return n
+"""
+
+# KEYS: cat:version, cat:items, cat:idx, then item:<id> per item.
+# ARGV: (item_id, text, metadata, id_index, vector) per item.
+_UPSERT_ITEMS = """
+local v = redis.call('INCR', KEYS[1])
+for i = 1, #KEYS - 3 do
+  local a = (i - 1) * 5
+  redis.call('HSET', KEYS[3 + i], 'text', ARGV[a + 2], 'metadata', ARGV[a + 3], 'id_index', ARGV[a + 4],
+             'vector', ARGV[a + 5], 'version', v)
+  redis.call('ZADD', KEYS[2], v, ARGV[a + 1])
+  redis.call('HSET', KEYS[3], ARGV[a + 1], ARGV[a + 4])
+end
+return v
+"""
+
+
+def _parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Splits freshrec's own query options off the URL; the rest stays for redis-py."""
+    parts = urlsplit(url)
+    ours, theirs = {}, []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in ("prefix", "timeout", "window"):
+            ours[k] = v
+        else:
+            theirs.append((k, v))
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+
+
+def _fmt_float(x: float) -> str:
+    return repr(float(x))
+
+
+class RedisStore:
+    def __init__(self, url: str, *, prefix: str | None = None, timeout_s: float | None = None, window: int | None = None) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._redis = redis
+        client_url, opts = _parse_url(url)
+        self.prefix = prefix if prefix is not None else opts.get("prefix", DEFAULT_PREFIX)
+        self.timeout_s = float(timeout_s if timeout_s is not None else opts.get("timeout", DEFAULT_TIMEOUT_S))
+        self.window = int(window if window is not None else opts.get("window", DEFAULT_WINDOW))
+        if self.window < 1 or not self.timeout_s > 0:
+            raise ValueError(f"invalid redis store options in {url!r}")
+        # No retries inside redis-py: a timed-out write may have been applied, and retrying an
+        # event without an event_id would store it twice. `_call` retries once itself, only
+        # where that is safe (reads, idempotent writes) and only on a broken connection.
+        self.db = redis.Redis.from_url(
+            client_url,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+        )
+        self._add_events = self.db.register_script(_ADD_EVENTS)
+        self._upsert_items = self.db.register_script(_UPSERT_ITEMS)
+        p = self.prefix
+        self.k_ev_ids, self.k_ev_seq, self.k_recent = p + "ev:ids", p + "ev:seq", p + "ev:recent"
+        self.k_version, self.k_cat, self.k_idx = p + "cat:version", p + "cat:items", p + "cat:idx"
+        try:  # reach the server now so a wrong URL fails at load, not at the first request
+            self._call(self.db.ping, retry=True)
+        except StoreUnavailable:
+            log.warning("redis state store %s not reachable yet; requests fail as UNAVAILABLE until it is", self._safe_url(url))
+        else:
+            self._check_durability()
+
+    @staticmethod
+    def _safe_url(url: str) -> str:
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query=""))
+
+    def _check_durability(self) -> None:
+        """Warns when the server would acknowledge writes before they are on disk."""
+        try:
+            cfg = self.db.config_get("append*")
+        except self._redis.RedisError:  # CONFIG disabled (managed Redis): nothing to check
+            return
+        if cfg.get(b"appendonly", cfg.get("appendonly")) not in (b"yes", "yes") or cfg.get(
+            b"appendfsync", cfg.get("appendfsync")
+        ) not in (b"always", "always"):
+            log.warning("redis state store: the server is not run with appendonly yes + appendfsync always; "
+                        "acknowledged writes may be lost on a crash")  # fmt: skip
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any], retry: bool) -> Any:
+        r = self._redis
+        for attempt in (0, 1):
+            try:
+                return fn()
+            except r.TimeoutError as e:  # the server may have applied it: never retried
+                raise StoreUnavailable(f"state store timed out: {e}") from e
+            except r.ConnectionError as e:  # includes BusyLoadingError (LOADING)
+                if isinstance(e, r.BusyLoadingError) or not retry or attempt:
+                    raise StoreUnavailable(f"state store unreachable: {e}") from e
+                # A pooled connection broken by a server restart: one fresh try.
+            except r.ResponseError as e:
+                if str(e).split(" ", 1)[0].upper() in _UNAVAILABLE_REPLIES or isinstance(e, r.ReadOnlyError):
+                    raise StoreUnavailable(f"state store did not accept the request: {e}") from e
+                raise
+        raise AssertionError("unreachable")
+
+    def _user_keys(self, user_id: str) -> tuple[str, str]:
+        base = f"{self.prefix}u:{user_id}:"
+        return base + "ev", base + "seen"
+
+    # -- writes -----------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> int:
+        events = list(events)
+        if not events:
+            return 0
+        keys = [self.k_ev_ids, self.k_ev_seq, self.k_recent]
+        args: list[Any] = [self.window]
+        for e in events:
+            ts = float(e.timestamp)
+            value = None if math.isnan(e.value) else float(e.value)
+            keys.extend(self._user_keys(e.user_id))
+            payload = json.dumps([e.item_id, e.event_type, ts, value], separators=(",", ":"))
+            args.extend([e.event_id or "", e.item_id, payload, _fmt_float(ts)])
+        # Retrying is safe only when every event carries an id (the retry is then recognised).
+        idempotent = all(e.event_id for e in events)
+        return int(self._call(lambda: self._add_events(keys=keys, args=args), retry=idempotent))
+
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        items = list(items)
+        if not items:
+            return 0
+        keys = [self.k_version, self.k_cat, self.k_idx]
+        args: list[Any] = []
+        for it in items:
+            keys.append(self.prefix + "item:" + it.item_id)
+            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), np.asarray(it.vector, dtype=np.float32).tobytes()])
+        # A repeated upsert writes the same content again under a new version: safe to retry.
+        self._call(lambda: self._upsert_items(keys=keys, args=args), retry=True)
+        return len(items)
+
+    # -- reads ------------------------------------------------------------------------------
+    def user_history(self, user_id: str, limit: int) -> UserHistory:
+        if int(limit) <= 0:
+            rows: list[bytes] = []
+            seen = self._call(lambda: self.db.smembers(self._user_keys(user_id)[1]), retry=True)
+        else:
+            k_ev, k_seen = self._user_keys(user_id)
+
+            def read():
+                with self.db.pipeline(transaction=True) as pipe:  # one snapshot: MULTI/EXEC
+                    pipe.zrevrange(k_ev, 0, int(limit) - 1)
+                    pipe.smembers(k_seen)
+                    return pipe.execute()
+
+            rows, seen = self._call(read, retry=True)
+        parsed = [json.loads(m.split(b"|", 1)[1]) for m in reversed(rows)]
+        return UserHistory(
+            item_ids=[r[0] for r in parsed],
+            event_types=[r[1] for r in parsed],
+            timestamps=[float(r[2]) for r in parsed],
+            values=[float("nan") if r[3] is None else float(r[3]) for r in parsed],
+            seen={s.decode() for s in seen},
+        )
+
+    def items_since(self, version: int) -> tuple[list[Item], int]:
+        # The version is INCRemented in the script that writes the items, so this snapshot of
+        # cat:items holds every item written up to the highest version it shows; the result's
+        # version is that highest version, never the counter (which may already be further).
+        rows = self._call(
+            lambda: self.db.zrangebyscore(self.k_cat, f"({int(version)}", "+inf", withscores=True), retry=True
+        )
+        if not rows:
+            return [], int(version)
+        ids = [r[0].decode() for r in rows]
+        fields = ("text", "metadata", "id_index", "vector")
+        items: list[Item] = []
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+
+            def read(chunk=chunk):
+                with self.db.pipeline(transaction=False) as pipe:
+                    for item_id in chunk:
+                        pipe.hmget(self.prefix + "item:" + item_id, fields)
+                    return pipe.execute()
+
+            for item_id, (text, metadata, id_index, vector) in zip(chunk, self._call(read, retry=True)):
+                # An item rewritten since the snapshot carries its newer content (and comes
+                # again at the next refresh): never older than its version here.
+                items.append(Item(item_id, text.decode(), np.frombuffer(vector, dtype=np.float32).copy(),
+                                  metadata.decode(), int(id_index)))  # fmt: skip
+        return items, max(int(version), int(max(score for _, score in rows)))
+
+    def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
+        ids = list(item_ids)
+        out: dict[str, int] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            values = self._call(lambda chunk=chunk: self.db.hmget(self.k_idx, chunk), retry=True)
+            out.update({i: int(v) for i, v in zip(chunk, values) if v is not None})
+        return out
+
+    def popular_items(self, limit: int, window: int) -> list[tuple[str, float]]:
+        if int(limit) <= 0 or int(window) <= 0:
+            return []
+        recent = self._call(lambda: self.db.lrange(self.k_recent, 0, min(int(window), self.window) - 1), retry=True)
+        counts = Counter(x.decode() for x in recent)
+        known = self.item_id_indices(list(counts))
+        ranked = sorted(((i, n) for i, n in counts.items() if i in known), key=lambda x: (-x[1], x[0]))
+        return [(i, float(n)) for i, n in ranked[: int(limit)]]
+
+    def count_events(self) -> int:
+        return int(self._call(lambda: self.db.get(self.k_ev_seq), retry=True) or 0)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- bulk load --------------------------------------------------------------------------
+    def copy_from(self, store: Any, events: Iterable[Event] = (), batch: int = 500) -> tuple[int, int]:
+        """Copies another store's catalog (`items_since(0)`, in version order) and the given
+        events (oldest arrival first, so the popularity window matches) into this one.
+        Returns (items, events) written. The StateStore protocol has no event scan: read the
+        events from the source yourself (for SQLite: its `events` table in `seq` order)."""
+        items, _ = store.items_since(0)
+        for start in range(0, len(items), batch):
+            self.upsert_items(items[start : start + batch])
+        n_events, chunk = 0, []
+        for e in events:
+            chunk.append(e)
+            if len(chunk) >= batch:
+                n_events += self.add_events(chunk)
+                chunk = []
+        if chunk:
+            n_events += self.add_events(chunk)
+        return len(items), n_events
