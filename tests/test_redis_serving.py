@@ -16,15 +16,17 @@ from tritonclient.utils import InferenceServerException
 from freshrec.config import DeployConfig
 from freshrec.pipeline import Recommender, load_reference
 from freshrec.store import Event, open_store
+from freshrec.store.sqlite import SQLiteStore
 from tests.test_serving import assert_same, ingest, recommend, upsert, users_of
 
 
 def sqlite_events(path: Path) -> list[Event]:
-    """Every event of a SQLite state file in arrival order (the protocol has no event scan)."""
-    db = sqlite3.connect(str(path))
-    rows = db.execute("SELECT user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq").fetchall()
-    db.close()
-    return [Event(u, i, t, ts, float("nan") if v is None else v, eid) for u, i, t, ts, v, eid in rows]
+    """Every event of a SQLite state file in arrival order."""
+    store = SQLiteStore(path)
+    try:
+        return store.events()
+    finally:
+        store.close()
 
 
 def _unavailable(fn) -> str:

@@ -171,3 +171,21 @@ def test_a_read_only_redis_is_unavailable(redis_server):
         store.add_events([Event("u", "a", "click", 1.0)])
     store.db.config_set("min-replicas-to-write", 0)
     assert store.add_events([Event("u", "a", "click", 1.0)]) == 1
+
+
+def test_copy_state_command_fills_redis_from_a_sqlite_state(tmp_path, redis_server):
+    from freshrec.cli import main
+    from freshrec.store import Event, Item, open_store
+
+    src = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    v = np.ones(4, np.float32) / 2
+    src.upsert_items([Item("a", "A film", v), Item("b", "B film", v, id_index=2)])
+    src.add_events([Event("u", "a", "click", 1.0, event_id="e1"), Event("u", "b", "rate", 2.0, 4.0, "e2")])
+    src.close()
+    url = redis_server.url
+    assert main(["copy-state", "--from", f"sqlite:///{tmp_path / 'state.db'}", "--to", url]) == 0
+    dst = open_store(url)
+    assert dst.count_events() == 2 and dst.item_id_indices(["a", "b"]) == {"a": 0, "b": 2}
+    assert dst.user_history("u", 10).item_ids == ["a", "b"]
+    assert main(["copy-state", "--from", f"sqlite:///{tmp_path / 'state.db'}", "--to", url]) == 0  # idempotent
+    assert dst.count_events() == 2

@@ -158,6 +158,11 @@ class SQLiteStore:
             )
         ]
 
+    def events(self) -> list[Event]:
+        """Every stored event in arrival order: the source for copying a build's state elsewhere."""
+        rows = self._read("SELECT user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq")
+        return [Event(u, i, t, ts, math.nan if v is None else v, eid) for u, i, t, ts, v, eid in rows]
+
     def count_events(self) -> int:
         return self._read("SELECT COUNT(*) FROM events")[0][0]
 
