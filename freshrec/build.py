@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path

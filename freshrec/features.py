@@ -3,8 +3,6 @@ serving and the reference pipeline, so there is no train/serve skew."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from freshrec.config import EVENT_FEATURES, EVENT_TYPES
@@ -54,7 +52,3 @@ def history_arrays(timestamps: np.ndarray, values: np.ndarray, types: np.ndarray
         "history_types": left_pad(np.asarray(types, np.int64), max_history),
         "history_mask": left_pad(np.ones(n, dtype=np.bool_), max_history),
     }
-
-
-def is_finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))

@@ -203,8 +203,7 @@ class Recommender:
             self._popular = (now, self.store.popular_items(k + len(banned) + 100, window=10000))
         chosen = [(i, s) for i, s in self._popular[1] if i not in banned][:k]
         if len(chosen) < k:  # too few recent events: fill from the catalog in index order
-            have = {i for i, _ in chosen} | banned
-            self.index.refresh(self.store)
+            have = {i for i, _ in chosen} | banned  # the index was refreshed by this request
             chosen += [(i, 0.0) for i in self.index.item_ids if i not in have][: k - len(chosen)]
         return Recommendation([i for i, _ in chosen], np.array([s for _, s in chosen], np.float32), "popular")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from freshrec.config import ModelConfig
-from freshrec.features import event_features, event_type_index
+from freshrec.features import event_features
 from freshrec.metrics import rank_metrics
 from freshrec.models.reranker import Reranker
 from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
@@ -36,10 +36,6 @@ class Catalog:
     metadata: list[str]
     text_embedding: np.ndarray  # (N, E) float32
     id_index: np.ndarray  # (N,) int64, 0 = no learned id row
-
-    @property
-    def row(self) -> dict[str, int]:
-        return {i: r for r, i in enumerate(self.item_ids)}
 
 
 @dataclass

@@ -4,11 +4,9 @@ and a Redis outage is UNAVAILABLE on both, then recovers with nothing acknowledg
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException

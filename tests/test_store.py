@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +78,7 @@ def test_wal_mode_and_full_sync(tmp_path):
 def test_a_locked_store_fails_the_write_as_unavailable(tmp_path):
     path = tmp_path / "s.db"
     store = open_store(f"sqlite:///{path}")
-    store.db.execute(f"PRAGMA busy_timeout=100")
+    store.db.execute("PRAGMA busy_timeout=100")
     blocker = sqlite3.connect(str(path), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     with pytest.raises(StoreUnavailable):
