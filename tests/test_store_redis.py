@@ -1,9 +1,9 @@
-"""Redis state store on a real redis-server: the SQLite store's contract (idempotency, history
-order, catalog versions, concurrent writers), durability across SIGKILL, fast UNAVAILABLE."""
+"""Redis-specific behaviour of the state store on a real redis-server: URL options, the kept
+popularity window, durability across SIGKILL, fast UNAVAILABLE (the shared contract is in
+test_store_contract.py)."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 
 import numpy as np
@@ -28,84 +28,12 @@ def test_open_store_parses_redis_urls(redis_server):
     assert other.prefix == "freshrec:" and other.count_events() == 0
 
 
-def test_events_are_idempotent_by_event_id(redis_server):
-    store = open_store(redis_server.url)
-    e = [Event("u", "i1", "click", 10.0, event_id="a"), Event("u", "i2", "click", 11.0, event_id="b")]
-    assert store.add_events(e) == 2
-    assert store.add_events(e) == 0
-    assert store.add_events([e[0], Event("u", "i9", "click", 12.0, event_id="c")]) == 1
-    assert store.add_events([Event("u", "i3", "click", 12.0)] * 2) == 2  # no id: each is new
-    assert store.count_events() == 5
-    assert store.add_events([]) == 0
-
-
-def test_user_history_is_latest_first_limited_and_time_ordered(redis_server):
-    store = open_store(redis_server.url)
-    store.add_events([Event("u", f"i{t}", "rate", float(t), value=float(t % 5)) for t in (5, 1, 3, 2, 4)])
-    store.add_events([Event("other", "x", "click", 9.0)])
-    h = store.user_history("u", limit=3)
-    assert h.item_ids == ["i3", "i4", "i5"]
-    assert h.timestamps == [3.0, 4.0, 5.0]
-    assert h.values == [3.0, 4.0, 0.0] and h.event_types == ["rate"] * 3
-    assert h.seen == {"i1", "i2", "i3", "i4", "i5"}
-    assert store.user_history("nobody", 3).item_ids == []
-    # equal timestamps keep arrival order; missing values come back as NaN; odd ids are fine
-    store.add_events([Event("v:{x}|", "é/1", "click", 7.0), Event("v:{x}|", "b|2", "like", 7.0, value=1.5)])
-    h = store.user_history("v:{x}|", 10)
-    assert h.item_ids == ["é/1", "b|2"] and np.isnan(h.values[0]) and h.values[1] == 1.5
-    h0 = store.user_history("u", 0)
-    assert h0.item_ids == [] and h0.seen == {"i1", "i2", "i3", "i4", "i5"}
-
-
-def test_items_since_sees_inserts_and_updates_in_version_order(redis_server):
-    store = open_store(redis_server.url)
-    assert store.items_since(0) == ([], 0)
-    store.upsert_items([Item("a", "text a", _vec(1)), Item("b", "text b", _vec(2), metadata='{"y": 1}', id_index=7)])
-    items, v1 = store.items_since(0)
-    assert [i.item_id for i in items] == ["a", "b"] and v1 == 1
-    assert items[1].metadata == '{"y": 1}' and items[1].vector.dtype == np.float32
-    store.upsert_items([Item("a", "text a2", _vec(3))])
-    items, v2 = store.items_since(v1)
-    assert [(i.item_id, i.text) for i in items] == [("a", "text a2")] and v2 == 2
-    np.testing.assert_array_equal(items[0].vector, _vec(3))
-    assert store.items_since(v2) == ([], v2)
-    assert store.item_id_indices(["a", "b", "zz"]) == {"a": 0, "b": 7}
-    # another replica (its own connection) sees the same catalog
-    items, v = open_store(redis_server.url).items_since(0)
-    assert sorted(i.item_id for i in items) == ["a", "b"] and v == 2
-
-
-def test_popular_items_over_the_latest_window_of_known_items(redis_server):
+def test_popular_items_window_is_capped_at_what_is_kept(redis_server):
     store = open_store(redis_server.url + "?window=5")
     store.upsert_items([Item(x, x, _vec(i)) for i, x in enumerate("abc")])
-    store.add_events([Event("u", "a", "click", 1.0)] * 3)  # falls out of the 5-event window
+    store.add_events([Event("u", "a", "click", 1.0)] * 3)  # falls out of the 5 kept events
     store.add_events([Event("u", i, "click", 2.0) for i in ("b", "c", "b", "ghost", "c")])
-    assert store.popular_items(10, window=5) == [("b", 2.0), ("c", 2.0)]  # ties by id; ghost unknown
-    assert store.popular_items(1, window=2) == [("c", 1.0)]
-    assert store.popular_items(10, window=100) == [("b", 2.0), ("c", 2.0)]  # capped at the kept window
-
-
-def _writer(url: str, start: int, n: int) -> None:
-    store = open_store(url)
-    for i in range(start, start + n):
-        store.add_events([Event(f"u{i % 3}", f"i{i}", "click", float(i), event_id=f"e{i}")])
-        if i % 10 == 0:  # the same event from two replicas: stored once
-            store.add_events([Event("race", "r", "click", 1.0, event_id=f"race{i % 50}")])
-    store.close()
-
-
-def test_concurrent_writers_in_processes_lose_nothing(redis_server):
-    url = redis_server.url
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(url, k * 100, 100)) for k in range(3)]
-    for p in procs:
-        p.start()
-    reader = open_store(url)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert reader.count_events() == 300 + 5  # every write of another process is visible at once
-    assert sum(len(reader.user_history(f"u{j}", 1000).item_ids) for j in range(3)) == 300
-    assert len(reader.user_history("race", 100).item_ids) == 5
+    assert store.popular_items(10, window=100) == [("b", 2.0), ("c", 2.0)]
 
 
 def test_acknowledged_writes_survive_sigkill(redis_server):
