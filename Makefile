@@ -31,7 +31,7 @@ CHART := helm/freshrec
 HELM_ENV := HELM_CACHE_HOME=$(CURDIR)/$(HELM_DIR)/home/cache HELM_CONFIG_HOME=$(CURDIR)/$(HELM_DIR)/home/config \
 	HELM_DATA_HOME=$(CURDIR)/$(HELM_DIR)/home/data
 
-.PHONY: help venv assets build demo serve test test-fast clean helm-bin helm-lint redis-server-bin
+.PHONY: help venv assets build demo serve eval tune test test-fast clean helm-bin helm-lint redis-server-bin
 
 help: ## List the targets
 	@echo "freshrec make targets (variables: PYTHON=$(or $(PYTHON),auto) VENV=$(VENV)):"
@@ -78,6 +78,12 @@ demo: venv assets ## Build if needed, serve, run the scripted session, stop
 
 serve: venv assets ## Start tritonserver on the built model repository (run `make build` first)
 	$(FRESHREC) serve
+
+eval: venv assets ## Full evaluation (about 40 min on 2 cores): report, plots and summary.json in docs/results
+	$(FRESHREC) eval
+
+tune: venv assets ## Bayesian search of the towers' hyperparameters; writes build/tuned_config.json
+	$(FRESHREC) tune
 
 # pytest's exit code 5 means it collected nothing: a broken collection, never a pass.
 define run_pytest

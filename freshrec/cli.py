@@ -78,6 +78,32 @@ def _cmd_copy_state(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from freshrec.evaluation import ALL_BASELINES, EvalOptions, run_eval
+
+    seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else ((0,) if args.tiny else (0, 1, 2))
+    baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines is not None else ALL_BASELINES
+    opts = EvalOptions(
+        out=Path(args.out), work=Path(args.work), seeds=seeds, tiny=args.tiny, max_users=args.max_users,
+        config=args.config and Path(args.config), baselines=baselines, five_core=not args.no_five_core,
+        replay=not args.no_replay, served=not args.no_served, replay_limit=args.replay_limit,
+        freshness_trials=args.freshness_trials,
+    )  # fmt: skip
+    summary = run_eval(opts)
+    for t in summary["targets"]:
+        print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']:.4f}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from freshrec.tune import TuneOptions, tune
+
+    result = tune(TuneOptions(out=Path(args.out), trials=args.trials, timeout_s=args.timeout, seed=args.seed, tiny=args.tiny, max_users=args.max_users))
+    print(json.dumps({k: result[k] for k in ("best_valid_ndcg10", "best_params", "config", "seconds")}, indent=2))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from freshrec.demo import run_demo
 
@@ -124,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="source", default="sqlite:///build/state.db")
     s.add_argument("--to", dest="target", required=True, help="e.g. redis://127.0.0.1:6379/0")
     s.set_defaults(func=_cmd_copy_state)
+
+    s = sub.add_parser("eval", help="offline evaluation, baselines, served check, replay, cold start -> report in --out")
+    s.add_argument("--out", default="docs/results", help="report.md, plots and summary.json")
+    s.add_argument("--work", default="build/eval", help="builds and state copies made on the way")
+    s.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2; --tiny: 0)")
+    s.add_argument("--tiny", action="store_true", help="tiny models and short runs (a smoke test of every path)")
+    s.add_argument("--max-users", type=int, help="keep only the first N users")
+    s.add_argument("--config", help="model config JSON (e.g. written by `freshrec tune`)")
+    s.add_argument("--baselines", help="comma-separated subset of: popularity,time_decayed_popularity,item_knn,svd,als,sasrec ('' for none)")
+    s.add_argument("--no-five-core", action="store_true", help="skip the 5-core variant")
+    s.add_argument("--no-replay", action="store_true", help="skip the prequential replay and cold start")
+    s.add_argument("--no-served", action="store_true", help="skip everything that starts tritonserver")
+    s.add_argument("--replay-limit", type=int, help="replay only the first N events after T0")
+    s.add_argument("--freshness-trials", type=int, default=100, help="writes timed for freshness latency (each kind)")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("tune", help="Bayesian search (Optuna TPE) of the towers' hyperparameters on the validation split")
+    s.add_argument("--out", default="build/tuned_config.json", help="best model config (for build/eval --config)")
+    s.add_argument("--trials", type=int, default=20)
+    s.add_argument("--timeout", type=float, default=1800.0, help="seconds after which no new trial starts")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tiny", action="store_true")
+    s.add_argument("--max-users", type=int)
+    s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("demo", help="build if needed, serve, run a scripted session, stop")
     s.add_argument("--build", default="build")

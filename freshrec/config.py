@@ -74,6 +74,7 @@ class TrainConfig:
     temperature: float = 0.05  # cosine logits / temperature: sharp enough for full-catalog softmax
     num_negatives: int = 0  # sampled-softmax negatives per batch; 0 = every catalog item (exact)
     rerank_positions: int = 4  # prefixes per user window used to train the reranker
+    rerank_patience: int = 3  # the reranker peaks within a few epochs: stop after this many without a better one
     log_every: int = 1  # epochs between progress lines
 
     @classmethod

@@ -96,8 +96,65 @@ def all_item_vectors(tower: ItemTower, catalog: Catalog) -> torch.Tensor:
     return tower(torch.from_numpy(catalog.text_embedding), torch.from_numpy(catalog.id_index)[:, None])
 
 
-# -- evaluation used for early stopping and the build report -----------------------------------
+# -- evaluation used for early stopping, the build report and `freshrec eval` ------------------
+@dataclass
+class Ranked:
+    """Per user: 0-based rank of the target (10**9 = not ranked) and the top-`k` catalog rows."""
+
+    retrieval_ranks: np.ndarray  # (U,)
+    retrieval_top: np.ndarray  # (U, k)
+    rerank_ranks: np.ndarray | None = None  # (U,): 10**9 where the target was not retrieved
+    rerank_top: np.ndarray | None = None  # (U, k)
+
+
 @torch.no_grad()
+def rank_users(
+    cfg: ModelConfig,
+    item_tower: ItemTower,
+    user_tower: UserTower,
+    reranker: Reranker | None,
+    catalog: Catalog,
+    histories: list[Sequence],
+    targets: np.ndarray,
+    k: int = 10,
+    batch_size: int = 256,
+) -> Ranked:
+    """Full ranking over the catalog, everything the user has seen masked; then, with a
+    reranker, the top `num_candidates` retrieved items reordered (as served)."""
+    for m in (item_tower, user_tower, reranker):
+        if m is not None:
+            m.eval()
+    items = all_item_vectors(item_tower, catalog)
+    L, C = cfg.user.max_history, cfg.reranker.num_candidates
+    ret_ranks, ret_top, rr_ranks, rr_top = [], [], [], []
+    for i in range(0, len(histories), batch_size):
+        seqs = histories[i : i + batch_size]
+        tgt = torch.from_numpy(targets[i : i + batch_size])
+        batch = pad_batch(seqs, [len(s.rows) for s in seqs], L)
+        hist = history_inputs(batch, items)
+        u = user_tower(**hist)  # (B, D)
+        scores = u @ items.T  # (B, N)
+        for b, s in enumerate(seqs):  # mask everything the user has seen, not only the window
+            scores[b, torch.from_numpy(s.rows)] = float("-inf")
+        target_scores = scores.gather(1, tgt[:, None])
+        ret_ranks.append((scores > target_scores).sum(1))
+        ret_top.append(scores.topk(k, dim=1).indices)
+        if reranker is not None:
+            top = scores.topk(C, dim=1)
+            cand = top.indices  # (B, C)
+            rr = reranker(
+                **hist, candidate_vectors=items[cand], candidate_mask=torch.ones_like(cand, dtype=torch.bool), candidate_scores=top.values
+            )
+            hit = cand == tgt[:, None]
+            inside = hit.any(1)
+            t_score = (rr * hit).sum(1)
+            rank = (rr > t_score[:, None]).sum(1)
+            rr_ranks.append(torch.where(inside, rank, torch.full_like(rank, 10**9)))
+            rr_top.append(cand.gather(1, rr.topk(k, dim=1).indices))
+    cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    return Ranked(cat(ret_ranks), cat(ret_top), cat(rr_ranks), cat(rr_top))
+
+
 def evaluate(
     cfg: ModelConfig,
     item_tower: ItemTower,
@@ -110,37 +167,10 @@ def evaluate(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Full-ranking metrics, seen items masked: retrieval alone and retrieval + reranker."""
-    for m in (item_tower, user_tower, reranker):
-        if m is not None:
-            m.eval()
-    items = all_item_vectors(item_tower, catalog)
-    L, C = cfg.user.max_history, cfg.reranker.num_candidates
-    ret_ranks, rr_ranks = [], []
-    for i in range(0, len(histories), batch_size):
-        seqs = histories[i : i + batch_size]
-        tgt = torch.from_numpy(targets[i : i + batch_size])
-        batch = pad_batch(seqs, [len(s.rows) for s in seqs], L)
-        hist = history_inputs(batch, items)
-        u = user_tower(**hist)  # (B, D)
-        scores = u @ items.T  # (B, N)
-        for b, s in enumerate(seqs):  # mask everything the user has seen, not only the window
-            scores[b, torch.from_numpy(s.rows)] = float("-inf")
-        target_scores = scores.gather(1, tgt[:, None])
-        ret_ranks.append((scores > target_scores).sum(1))
-        if reranker is not None:
-            top = scores.topk(C, dim=1)
-            cand = top.indices  # (B, C)
-            rr = reranker(
-                **hist, candidate_vectors=items[cand], candidate_mask=torch.ones_like(cand, dtype=torch.bool), candidate_scores=top.values
-            )
-            hit = cand == tgt[:, None]
-            inside = hit.any(1)
-            t_score = (rr * hit).sum(1)
-            rank = (rr > t_score[:, None]).sum(1)
-            rr_ranks.append(torch.where(inside, rank, torch.full_like(rank, 10**9)))
-    out = {f"retrieval_{k}": v for k, v in rank_metrics(torch.cat(ret_ranks).numpy(), ks).items()}
-    if reranker is not None:
-        out.update({f"rerank_{k}": v for k, v in rank_metrics(torch.cat(rr_ranks).numpy(), ks).items()})
+    r = rank_users(cfg, item_tower, user_tower, reranker, catalog, histories, targets, batch_size=batch_size)
+    out = {f"retrieval_{k}": v for k, v in rank_metrics(r.retrieval_ranks, ks).items()}
+    if r.rerank_ranks is not None:
+        out.update({f"rerank_{k}": v for k, v in rank_metrics(r.rerank_ranks, ks).items()})
     return out
 
 
@@ -249,7 +279,7 @@ def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
     opt = torch.optim.AdamW(reranker.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     with torch.no_grad():
         items = all_item_vectors(item_tower, catalog)
-    best, best_state, history = -1.0, None, []
+    best, best_state, best_epoch, history = -1.0, None, 0, []
     for epoch in range(1, tc.rerank_epochs + 1):
         prefixes, cands, labels = rerank_samples(cfg, item_tower, user_tower, catalog, train, rng)
         reranker.train()
@@ -274,7 +304,10 @@ def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
         log(f"reranker epoch {epoch}/{tc.rerank_epochs} loss {total / len(order):.4f} "
             f"valid HR@10 {metrics['rerank_10']['hr']:.4f} NDCG@10 {metrics['rerank_10']['ndcg']:.4f} ({time.time() - t0:.1f}s)")
         if metrics["rerank_10"]["ndcg"] > best:
-            best, best_state = metrics["rerank_10"]["ndcg"], clone_state(reranker)
+            best, best_state, best_epoch = metrics["rerank_10"]["ndcg"], clone_state(reranker), epoch
+        elif epoch - best_epoch >= tc.rerank_patience:
+            log(f"reranker: no better validation NDCG@10 for {tc.rerank_patience} epochs; best epoch {best_epoch}")
+            break
     reranker.load_state_dict(best_state)
     return reranker.eval(), {"epochs": history, "best_valid_ndcg10": best}
 
