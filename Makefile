@@ -31,7 +31,7 @@ CHART := helm/freshrec
 HELM_ENV := HELM_CACHE_HOME=$(CURDIR)/$(HELM_DIR)/home/cache HELM_CONFIG_HOME=$(CURDIR)/$(HELM_DIR)/home/config \
 	HELM_DATA_HOME=$(CURDIR)/$(HELM_DIR)/home/data
 
-.PHONY: help venv assets build demo serve eval tune test test-fast clean helm-bin helm-lint redis-server-bin
+.PHONY: help venv assets build demo serve eval tune bench test test-fast clean helm-bin helm-lint redis-server-bin
 
 help: ## List the targets
 	@echo "freshrec make targets (variables: PYTHON=$(or $(PYTHON),auto) VENV=$(VENV)):"
@@ -84,6 +84,11 @@ eval: venv assets ## Full evaluation (about 40 min on 2 cores): report, plots an
 
 tune: venv assets ## Bayesian search of the towers' hyperparameters; writes build/tuned_config.json
 	$(FRESHREC) tune
+
+# BENCH_ARGS e.g. "--smoke" (CI size), "--compare" (tuning study), "--catalog-items 100000 --work build/bench".
+BENCH_ARGS ?=
+bench: venv assets ## perf_analyzer over gRPC against the served build: docs/benchmarks/serving.md, summary.json, plots
+	$(VENV)/bin/python -m freshrec.bench $(BENCH_ARGS)
 
 # pytest's exit code 5 means it collected nothing: a broken collection, never a pass.
 define run_pytest

@@ -85,8 +85,8 @@ def _cmd_eval(args) -> int:
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines is not None else ALL_BASELINES
     opts = EvalOptions(
         out=Path(args.out), work=Path(args.work), seeds=seeds, tiny=args.tiny, max_users=args.max_users,
-        config=args.config and Path(args.config), baselines=baselines, five_core=not args.no_five_core,
-        replay=not args.no_replay, served=not args.no_served, replay_limit=args.replay_limit,
+        config=args.config and Path(args.config), baselines=baselines, parts=tuple(p for p in args.parts.split(",") if p),
+        served=not args.no_served, replay_limit=args.replay_limit,
         freshness_trials=args.freshness_trials,
     )  # fmt: skip
     summary = run_eval(opts)
@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-users", type=int, help="keep only the first N users")
     s.add_argument("--config", help="model config JSON (e.g. written by `freshrec tune`)")
     s.add_argument("--baselines", help="comma-separated subset of: popularity,time_decayed_popularity,item_knn,svd,als,sasrec ('' for none)")
-    s.add_argument("--no-five-core", action="store_true", help="skip the 5-core variant")
-    s.add_argument("--no-replay", action="store_true", help="skip the prequential replay and cold start")
+    s.add_argument("--parts", default="loo,five_core,replay",
+                   help="what to run (comma-separated): loo (+ served check), five_core, replay (+ cold start, freshness); "
+                        "each is saved under OUT/parts/ and the report combines every saved part of the same configuration")
     s.add_argument("--no-served", action="store_true", help="skip everything that starts tritonserver")
     s.add_argument("--replay-limit", type=int, help="replay only the first N events after T0")
     s.add_argument("--freshness-trials", type=int, default=100, help="writes timed for freshness latency (each kind)")

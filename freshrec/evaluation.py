@@ -47,8 +47,7 @@ class EvalOptions:
     max_users: int | None = None  # keep the first N users (tests)
     config: Path | None = None  # model config JSON (e.g. from `freshrec tune`)
     baselines: tuple[str, ...] = ALL_BASELINES
-    five_core: bool = True
-    replay: bool = True
+    parts: tuple[str, ...] = ("loo", "five_core", "replay")  # see PARTS
     served: bool = True  # the served checks: LOO over gRPC, replay over gRPC, freshness latency
     quantile: float = 0.8  # T0 = this quantile of all timestamps
     replay_limit: int | None = None  # replay only the first N events after T0 (None: all)
@@ -152,7 +151,7 @@ def offline_loo(ds: Dataset, cfg: ModelConfig, opts: EvalOptions, work: Path, la
         c = p.catalog
         off = Catalog(c.item_ids, c.texts, c.metadata, np.zeros_like(c.text_embedding), c.id_index)
         cfg_off = dataclasses.replace(p.cfg, item=dataclasses.replace(p.cfg.item, id_dropout=0.0))
-        for seed in seeds:
+        for seed in seeds[:1]:  # a diagnostic of what the text adds: one seed
             t = time.time()
             cfg_s = dataclasses.replace(cfg_off, train=dataclasses.replace(cfg_off.train, seed=seed))
             modules, _ = fit(p, cfg_s, off, rerank=False)
@@ -338,40 +337,90 @@ def machine() -> dict:
     }  # fmt: skip
 
 
+PARTS = ("loo", "five_core", "replay")
+
+
 def run_eval(opts: EvalOptions) -> dict:
+    """Runs the parts in `opts.parts`, each saved to `<out>/parts/<part>.json` as soon as it is
+    done, then writes `summary.json` and `report.md` from every part saved for the same data,
+    model config and seeds. Parts are independent runs of this code (each records its own date,
+    machine and wall time), so a long evaluation can be split across processes or resumed."""
     from freshrec.build import subsample
     from freshrec.data import load_movielens_100k
 
-    t_start = time.time()
+    unknown = set(opts.parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown eval parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     out, work = Path(opts.out), Path(opts.work)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig.tiny() if opts.tiny else ModelConfig.load(opts.config) if opts.config else ModelConfig()
     ds = load_movielens_100k()
     if opts.max_users:
         ds = subsample(ds, opts.max_users)
-    summary: dict = {
-        "dataset": ds.name, "seeds": list(opts.seeds), "tiny": opts.tiny, "model_config": cfg.to_dict(), "machine": machine(),
-        "protocol": "leave-one-out by time (ties in source row order), full ranking over every item, seen items masked",
-    }  # fmt: skip
-    summary["loo"] = offline_loo(ds, cfg, opts, work, "unfiltered")
-    if opts.five_core:
-        chosen = {n: m["params"] for n, m in summary["loo"]["info"]["models"].items() if "params" in m}
+    key = {"dataset": ds.name, "seeds": list(opts.seeds), "tiny": opts.tiny, "model_config": cfg.to_dict()}
+
+    def save(part: str, result: dict, t0: float) -> None:
+        record = {**key, "part": part, "result": result, "machine": machine(), "seconds": round(time.time() - t0, 1),
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}  # fmt: skip
+        (out / "parts" / f"{part}.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=float))
+        log(f"eval part {part} done in {record['seconds']}s")
+
+    if "loo" in opts.parts:
+        t0 = time.time()
+        result = {"offline": offline_loo(ds, cfg, opts, work, "unfiltered")}
+        sb = result["offline"]["info"].get("served_build")
+        if opts.served and sb:
+            result["served"] = served_loo(ds, Path(sb["build"]), Path(sb["repository"]), work)
+            log(f"served LOO over gRPC: HR@10 {result['served']['served']['hr@10']:.4f} vs offline {result['served']['offline']['hr@10']:.4f}")
+        save("loo", result, t0)
+    if "five_core" in opts.parts:
+        t0 = time.time()
+        loo = _load_part(out, "loo", key)
+        chosen = {n: m["params"] for n, m in loo["result"]["offline"]["info"]["models"].items() if "params" in m} if loo else {}
         fc_opts = dataclasses.replace(opts, served=False, baselines=tuple(b for b in ("popularity", "sasrec") if b in opts.baselines))
-        summary["five_core"] = offline_loo(k_core(ds, 5), cfg, fc_opts, work, "5-core", fixed=chosen)
-    if opts.served and "served_build" in summary["loo"]["info"]:
-        sb = summary["loo"]["info"]["served_build"]
-        summary["served_loo"] = served_loo(ds, Path(sb["build"]), Path(sb["repository"]), work)
-        log(f"served LOO over gRPC: HR@10 {summary['served_loo']['served']['hr@10']:.4f} vs offline {summary['served_loo']['offline']['hr@10']:.4f}")
-    if opts.replay:
-        summary["replay"] = replay_section(ds, cfg, opts, work)
-    summary["targets"] = targets(summary)
-    summary["seconds"] = round(time.time() - t_start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float))
+        save("five_core", offline_loo(k_core(ds, 5), cfg, fc_opts, work, "5-core", fixed=chosen), t0)
+    if "replay" in opts.parts:
+        t0 = time.time()
+        save("replay", replay_section(ds, cfg, opts, work), t0)
+    return write_summary(out, key)
+
+
+def _load_part(out: Path, part: str, key: dict) -> dict | None:
+    path = out / "parts" / f"{part}.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if any(record.get(k) != v for k, v in key.items()):
+        log(f"eval: ignoring {path}: it was run with other data, seeds or model config")
+        return None
+    return record
+
+
+def write_summary(out: Path, key: dict) -> dict:
+    """summary.json + report.md from the saved parts that match `key`."""
     from freshrec.report import write_report
 
+    parts = {p: r for p in PARTS if (r := _load_part(out, p, key)) is not None}
+    if "loo" not in parts:
+        raise ValueError(f"no leave-one-out results for this configuration in {out / 'parts'}: run `freshrec eval --parts loo` first")
+    summary: dict = {
+        **key, "machine": parts["loo"]["machine"],
+        "protocol": "leave-one-out by time (ties in source row order), full ranking over every item, seen items masked",
+        "loo": parts["loo"]["result"]["offline"],
+        "parts": {p: {"seconds": r["seconds"], "finished": r["finished"], "machine": r["machine"]} for p, r in parts.items()},
+    }  # fmt: skip
+    if "served" in parts["loo"]["result"]:
+        summary["served_loo"] = parts["loo"]["result"]["served"]
+    if "five_core" in parts:
+        summary["five_core"] = parts["five_core"]["result"]
+    if "replay" in parts:
+        summary["replay"] = parts["replay"]["result"]
+    summary["targets"] = targets(summary)
+    summary["seconds"] = round(sum(r["seconds"] for r in parts.values()), 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float))
     write_report(summary, out)
-    log(f"eval done in {summary['seconds']}s -> {out / 'report.md'}")
+    log(f"eval: {', '.join(parts)} -> {out / 'report.md'}")
     return summary
 
 

@@ -276,7 +276,7 @@ def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
     tc = cfg.train
     L = cfg.reranker.max_history
     reranker = Reranker(cfg.reranker)
-    opt = torch.optim.AdamW(reranker.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(reranker.parameters(), lr=tc.rerank_lr, weight_decay=tc.weight_decay)
     with torch.no_grad():
         items = all_item_vectors(item_tower, catalog)
     best, best_state, best_epoch, history = -1.0, None, 0, []
