@@ -178,6 +178,7 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
         "events": len(e),
         "serve_state": opts.serve_state,
         "until": opts.until,
+        "max_users": opts.max_users,
         "test_metrics": metrics,
         "training": logs,
         "export": exported["models"],

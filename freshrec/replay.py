@@ -185,11 +185,18 @@ class ServedTarget:
 
 class PopularityTarget:
     """Most-interacted items not yet seen by the user, counted over every event before the
-    request (pre-T0 ones, plus replayed ones in real time). New items join as they are upserted."""
+    request (pre-T0 ones, plus replayed ones in real time), or with `window` over only the latest
+    `window` events (as the served fallback counts). New items join as they are upserted."""
 
-    def __init__(self, ds_before: Dataset) -> None:
+    def __init__(self, ds_before: Dataset, window: int | None = None) -> None:
+        from collections import deque
+
         e = ds_before.events
-        self.counts = Counter(e.item_id.tolist())
+        order = np.lexsort((e.order, e.timestamp))
+        items = e.item_id[order].tolist()
+        self.window = window
+        self.recent: deque[str] = deque(items[-window:] if window else [], maxlen=window)
+        self.counts = Counter(self.recent if window else items)
         self.catalog = set(ds_before.items.item_id)
         self.seen: dict[str, set[str]] = {}
         for u, i in zip(e.user_id.tolist(), e.item_id.tolist()):
@@ -207,6 +214,10 @@ class PopularityTarget:
         return out
 
     def ingest(self, ev: ReplayEvent) -> None:
+        if self.window and len(self.recent) == self.window:
+            self.counts[self.recent[0]] -= 1  # the oldest event leaves the window
+        if self.window:
+            self.recent.append(ev.item_id)
         self.counts[ev.item_id] += 1
         self.seen.setdefault(ev.user_id, set()).add(ev.item_id)
 

@@ -172,7 +172,8 @@ def write_report(s: dict, out: Path) -> Path:
                   f"{rp['new_items']} items first appear after T0 ({rp['cold_events']} events): each enters through `upsert_items`, "
                   "by its text alone, just before the request of its first event. Frozen = user state and catalog as of T0. "
                   "Periodic model updates are not part of this replay yet. A frozen user's answer cannot change, so it is asked "
-                  "once per user.", "",
+                  "once per user. Popularity counts every event before the request; recent popularity only the latest "
+                  "10,000 (as the served fallback does).", "",
                   "| variant | HR@10 | NDCG@10 | HR@50 | recommend calls | recommend p50 (ms) | wall (s) |", "|---|---|---|---|---|---|---|"]
         for name, mm in rp["models"].items():
             lines.append(f"| {name} | {mm['hr@10']:.4f} | {mm['ndcg@10']:.4f} | {mm['hr@50']:.4f} | {mm['recommend_calls']} | "
