@@ -294,6 +294,7 @@ def replay_section(ds: Dataset, cfg: ModelConfig, opts: EvalOptions, work: Path)
     out: dict = {
         "t0": t0, "quantile": opts.quantile, "events": len(stream), "events_before": len(ds0.events), "items_before": len(ds0.items),
         "new_items": len(new_items), "cold_events": int(cold.sum()), "build_test_metrics": report["test_metrics"],
+        "build_seconds": report["seconds"],  # the T0 build's own wall time (it may come from an earlier run)
     }  # fmt: skip
     freshness = None
     if opts.served:

@@ -25,8 +25,13 @@ def _pm(cell: dict, digits: int = 4) -> str:
     return f"{cell['mean']:.{digits}f}"
 
 
+def _ordered(rows: dict) -> dict:
+    """The report's row order (freshrec first, then baselines from simple to strong)."""
+    return {k: rows[k] for k in [*NAMES, *sorted(set(rows) - set(NAMES))] if k in rows}
+
+
 def _loo_tables(section: dict) -> list[str]:
-    rows = section["rows"]
+    rows = _ordered(section["rows"])
     lines = [
         "| model | HR@5 | NDCG@5 | MRR@5 | HR@10 | NDCG@10 | MRR@10 | HR@20 | NDCG@20 | MRR@20 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -48,7 +53,7 @@ def _plots(s: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    rows = s["loo"]["rows"]
+    rows = _ordered(s["loo"]["rows"])
     keys = [k for k in rows if k != "freshrec.rerank_on_retrieved"]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.barh([NAMES.get(k, k) for k in keys], [rows[k]["ndcg@10"]["mean"] for k in keys], xerr=[rows[k]["ndcg@10"]["std"] for k in keys], color="#4c72b0")
@@ -181,7 +186,7 @@ def write_report(s: dict, out: Path) -> Path:
         if "served_vs_offline" in rp:
             sv = rp["served_vs_offline"]
             lines += ["", f"The served replay (real tritonserver, gRPC) against the in-process replay of the same checkpoints: "
-                      f"identical top-10 lists for {sv['same_top10']:.1%} of the requests, the same hit/miss at 10 for {sv['same_hit@10']:.1%}."]
+                      f"identical top-10 lists for {sv['same_top10']:.2%} of the requests, the same hit/miss at 10 for {sv['same_hit@10']:.2%}."]
         lines += ["", "![windowed HR@10 and NDCG@10 over the replay](replay_windows.png)", "",
                   "### Cold start", "", "| model | HR@10 | HR@50 |", "|---|---|---|"]
         for name, c in rp["cold_start"].items():
@@ -202,6 +207,10 @@ def write_report(s: dict, out: Path) -> Path:
     for t in s["targets"]:
         measured = f"{t['measured']:.2f}x" if " x " in t["target"] else f"{t['measured']:.4f}"
         lines.append(f"| {t['target']} | {measured} | {'yes' if t['met'] else 'NO'} |")
+    missed = [t for t in s["targets"] if not t["met"]]
+    if missed:
+        lines += ["", "Missed: " + "; ".join(f"{t['target']}: measured {t['measured']:.4f}" for t in missed) +
+                  ". What was tried is in `README.md` beside this report."]
     lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
