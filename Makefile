@@ -31,7 +31,7 @@ CHART := helm/freshrec
 HELM_ENV := HELM_CACHE_HOME=$(CURDIR)/$(HELM_DIR)/home/cache HELM_CONFIG_HOME=$(CURDIR)/$(HELM_DIR)/home/config \
 	HELM_DATA_HOME=$(CURDIR)/$(HELM_DIR)/home/data
 
-.PHONY: help venv assets build demo serve eval tune bench test test-fast clean helm-bin helm-lint redis-server-bin
+.PHONY: help venv assets build demo serve eval tune bench bench-index test test-fast clean helm-bin helm-lint redis-server-bin
 
 help: ## List the targets
 	@echo "freshrec make targets (variables: PYTHON=$(or $(PYTHON),auto) VENV=$(VENV)):"
@@ -89,6 +89,9 @@ tune: venv assets ## Bayesian search of the towers' hyperparameters; writes buil
 BENCH_ARGS ?=
 bench: venv assets ## perf_analyzer over gRPC against the served build: docs/benchmarks/serving.md, summary.json, plots
 	$(VENV)/bin/python -m freshrec.bench $(BENCH_ARGS)
+
+bench-index: venv assets ## Exact vs approximate retrieval at 10k/100k/1M items (needs a full build): docs/benchmarks/index.md
+	$(VENV)/bin/python -m freshrec.bench_index
 
 # pytest's exit code 5 means it collected nothing: a broken collection, never a pass.
 define run_pytest

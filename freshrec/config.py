@@ -138,6 +138,9 @@ class DeployConfig:
     ort_threads: int = 1  # onnxruntime intra-op threads per instance (2-core machines: 1)
     version: int = 1  # model version directory written by this export
     state: str = "sqlite:///state.db"  # state store URL; relative paths resolve against the build dir
+    # Retrieval index (FRESHREC_INDEX overrides): "exact" (matrix product + top-k), "hnsw" (usearch
+    # graph, candidates rescored exactly) or "auto" (hnsw from 200k items; see docs/benchmarks/index.md).
+    index: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,22 +2,85 @@
 
 Each model instance keeps one; before serving it applies the items written since the version
 it last saw, so an upserted item is retrievable on every instance with no rebuild.
+
+Three kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment variable):
+
+- ``exact`` (default): matrix product over every item vector + partial top-k (torch, on the
+  pipeline's device). Exact, no build step, no extra memory; on the 2-core CPU as fast as the
+  graph at recall 0.95 up to about 100k items (docs/benchmarks/index.md).
+- ``hnsw``: a usearch HNSW graph (inner product) over the same vectors, chosen by measurement
+  (docs/benchmarks/index.md). It only proposes candidates: the index asks the graph for
+  `k + excluded` neighbours, drops excluded rows, and rescores the survivors exactly against
+  the item matrix, so scores are the true inner products. New items are added to the graph
+  as the refresh sees them; an upserted existing item is removed and re-added under the same
+  key; nothing is ever rebuilt. The graph is built once per instance, on its first refresh
+  (seconds at 100k, minutes at 1M on 2 cores). On a GPU device it falls back to exact: the
+  graph is CPU-only and the exact scan is one kernel there (GPU timings are unmeasured).
+- ``auto``: exact below `ann_threshold` items, hnsw from there on (graph built on crossing).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from freshrec.store.base import Item, StateStore
 
+INDEX_KINDS = ("exact", "hnsw", "auto")
+ANN_THRESHOLD = 200_000  # "auto": below this, exact on CPU is within the latency budget (see docs/benchmarks/index.md)
+
+
+class HnswGraph:
+    """usearch HNSW over unit vectors, inner product; keys are the index's row numbers."""
+
+    def __init__(self, dim: int, connectivity: int = 16, expansion_add: int = 64, expansion_search: int = 2048,
+                 dtype: str = "f32", threads: int = 0) -> None:  # fmt: skip
+        try:
+            from usearch.index import Index
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise RuntimeError("index 'hnsw' needs the usearch package (pip install 'usearch==2.26.6')") from e
+        self.index = Index(ndim=dim, metric="ip", dtype=dtype, connectivity=connectivity,
+                           expansion_add=expansion_add, expansion_search=expansion_search)  # fmt: skip
+        self.expansion_search = expansion_search
+        self.threads = threads
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def upsert(self, rows: np.ndarray, vectors: np.ndarray, existing: np.ndarray) -> None:
+        """Adds rows; rows flagged `existing` are in the graph already and are replaced."""
+        if existing.any():
+            self.index.remove(rows[existing].astype(np.uint64))
+        self.index.add(rows.astype(np.uint64), np.ascontiguousarray(vectors, dtype=np.float32), threads=self.threads)
+
+    def search(self, query: np.ndarray, count: int) -> np.ndarray:
+        """Up to `count` candidate rows, best first (approximate)."""
+        count = min(count, len(self.index))
+        if count <= 0:
+            return np.zeros(0, np.int64)
+        self.index.expansion_search = max(self.expansion_search, count)
+        # One query on the calling thread: a served request must not fan out over the cores.
+        return np.asarray(self.index.search(query, count, threads=1).keys, dtype=np.int64)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.index.memory_usage)
+
 
 class ItemIndex:
-    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, dim: int, device: torch.device | str = "cpu", kind: str = "exact",
+                 ann_threshold: int = ANN_THRESHOLD, **hnsw: int | str) -> None:  # fmt: skip
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
         self.dim = dim
         self.device = torch.device(device)
+        self.kind = kind
+        self.ann_threshold = ann_threshold
+        self.hnsw_params = hnsw
         self.item_ids: list[str] = []
         self.rows: dict[str, int] = {}
         self._matrix = torch.zeros(0, dim, device=self.device)  # capacity grows by doubling
+        self.graph: HnswGraph | None = None
         self.version = 0
 
     def __len__(self) -> int:
@@ -28,6 +91,15 @@ class ItemIndex:
         """(N, D) item vectors, row i = item_ids[i]."""
         return self._matrix[: len(self.item_ids)]
 
+    @property
+    def uses_graph(self) -> bool:
+        return self.graph is not None
+
+    def _wants_graph(self) -> bool:
+        if self.device.type != "cpu" or self.kind == "exact":
+            return False
+        return self.kind == "hnsw" or len(self.item_ids) >= self.ann_threshold
+
     def refresh(self, store: StateStore) -> int:
         """Applies items written since the last refresh; returns how many changed."""
         items, version = store.items_since(self.version)
@@ -37,27 +109,49 @@ class ItemIndex:
         return len(items)
 
     def apply(self, items: list[Item]) -> None:
-        new = [it for it in items if it.item_id not in self.rows]
-        need = len(self.item_ids) + len(new)
+        if len({it.item_id for it in items}) != len(items):  # the last write of an id wins
+            items = list({it.item_id: it for it in items}.values())
+        existing = np.fromiter((it.item_id in self.rows for it in items), dtype=bool, count=len(items))
+        need = len(self.item_ids) + int((~existing).sum())
         if need > self._matrix.shape[0]:
             grown = torch.zeros(max(need, 2 * self._matrix.shape[0], 1024), self.dim, device=self.device)
             grown[: len(self.item_ids)] = self.matrix
             self._matrix = grown
-        for it in new:
-            self.rows[it.item_id] = len(self.item_ids)
-            self.item_ids.append(it.item_id)
-        rows = torch.tensor([self.rows[it.item_id] for it in items], dtype=torch.long, device=self.device)
-        vecs = torch.stack([torch.from_numpy(it.vector.copy()) for it in items]).to(self.device)
-        self._matrix[rows] = vecs
+        rows = np.empty(len(items), np.int64)
+        for j, it in enumerate(items):
+            row = self.rows.get(it.item_id)
+            if row is None:
+                row = self.rows[it.item_id] = len(self.item_ids)
+                self.item_ids.append(it.item_id)
+            rows[j] = row
+        vecs = np.stack([np.asarray(it.vector, dtype=np.float32) for it in items])
+        self._matrix[torch.from_numpy(rows).to(self.device)] = torch.from_numpy(vecs).to(self.device)
+        if self.graph is not None:
+            self.graph.upsert(rows, vecs, existing)
+        elif self._wants_graph():
+            self.graph = HnswGraph(self.dim, **self.hnsw_params)
+            n = len(self.item_ids)
+            self.graph.upsert(np.arange(n), self.matrix.cpu().numpy(), np.zeros(n, bool))
 
     def search(self, query: torch.Tensor, k: int, exclude_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact inner-product top-k. query (D,) -> rows (k',), scores (k',), best first;
-        k' = min(k, items not excluded)."""
-        scores = self.matrix @ query  # (N,)
-        if exclude_rows:
-            scores[torch.tensor(exclude_rows, dtype=torch.long, device=self.device)] = float("-inf")
-        k = min(k, len(self.item_ids) - len(set(exclude_rows)))
+        """Inner-product top-k. query (D,) -> rows (k',), scores (k',), best first;
+        k' = min(k, items not excluded). Exact, or HNSW candidates rescored exactly."""
+        banned = set(exclude_rows)
+        k = min(k, len(self.item_ids) - len(banned))
         if k <= 0:
             return torch.zeros(0, dtype=torch.long, device=self.device), torch.zeros(0, device=self.device)
+        if self.graph is not None:  # CPU only; numpy keeps this path single-threaded (no OpenMP stalls)
+            q = query.detach().numpy().astype(np.float32, copy=False)
+            cand = self.graph.search(q, k + len(banned))
+            if banned:
+                cand = cand[~np.isin(cand, np.fromiter(banned, np.int64, len(banned)))]
+            if len(cand) >= k:  # else the graph returned too few: exact below
+                rows = cand[:k]
+                scores = self.matrix.numpy()[rows] @ q  # exact inner products of the candidates
+                order = np.argsort(-scores, kind="stable")
+                return torch.from_numpy(rows[order]), torch.from_numpy(scores[order])
+        scores = self.matrix @ query  # (N,)
+        if banned:
+            scores[torch.tensor(sorted(banned), dtype=torch.long, device=self.device)] = float("-inf")
         top = torch.topk(scores, k)
         return top.indices, top.values

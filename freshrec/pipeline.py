@@ -111,7 +111,7 @@ class Recommender:
         self.cfg = cfg
         self.deploy = deploy
         self.device = torch.device(device)
-        self.index = ItemIndex(cfg.item.dim, self.device)
+        self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index)
         self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])

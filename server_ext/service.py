@@ -3,6 +3,7 @@ convert back. A bad request gets its own error response; it never fails the othe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,12 +35,22 @@ class Service:
     def __init__(self, args: dict, pb) -> None:
         self.pb = pb
         self.name = args["model_name"]
+        # torch intra-op threads per instance (FRESHREC_TORCH_THREADS, default 1; 0 = torch's
+        # default, one per core). Several instances share the cores: with torch's default their
+        # thread pools fight, and a loaded 2-core machine spent ~30 ms per recommend in small torch
+        # ops instead of ~6 (docs/benchmarks/serving.md, tuning study).
+        threads = int(os.environ.get("FRESHREC_TORCH_THREADS", "1"))
+        if threads > 0:
+            torch.set_num_threads(threads)
         model_dir = Path(args["model_repository"]) / args["model_version"]
         settings = json.loads((model_dir / SETTINGS_FILE).read_text())
         cfg = ModelConfig.from_dict(settings["model"])
         deploy = DeployConfig.from_dict(settings["deploy"])
         # The state URL is per deployment: the environment overrides what the build wrote.
         state = os.environ.get("FRESHREC_STATE") or settings["state"]
+        # So is the retrieval index: exact, hnsw or auto (freshrec.index).
+        if os.environ.get("FRESHREC_INDEX"):
+            deploy = dataclasses.replace(deploy, index=os.environ["FRESHREC_INDEX"])
         tokenizer = None
         if (model_dir / TOKENIZER_FILE).exists():
             from freshrec.models.text_encoder import Tokenizer
@@ -47,6 +58,13 @@ class Service:
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
         self.stats = TritonStats(pb, self.name)
         self.recommender = Recommender(open_store(state), BlsEngine(pb), tokenizer, cfg, deploy, device_of(args), stats=self.stats)
+        if self.name == "recommend":
+            # Load the catalog into the index while the model loads, not on the first request:
+            # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).
+            try:
+                self.recommender.index.refresh(self.recommender.store)
+            except StoreUnavailable as exc:  # requests retry the refresh; the store may come up later
+                pb.Logger.log_warn(f"{self.name}: state store unavailable at start, index loads on first request: {exc}")
 
     def close(self) -> None:
         self.recommender.store.close()

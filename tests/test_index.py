@@ -1,0 +1,207 @@
+"""The item index: exact and HNSW retrieval, incremental adds, updates, exclusion; the index
+benchmark's tiny run; a scaled catalog served with the HNSW index."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec.index import ItemIndex
+from freshrec.store.base import Item
+
+DIM = 32
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int = DIM, centres: int = 50) -> np.ndarray:
+    """Unit vectors around a few centres: closer to item embeddings than isotropic noise."""
+    c = unit(rng, centres, dim)
+    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def items(vectors: np.ndarray, start: int = 0) -> list[Item]:
+    return [Item(f"i{start + j}", f"text {start + j}", v) for j, v in enumerate(vectors)]
+
+
+def exact_top(matrix: np.ndarray, q: np.ndarray, k: int, banned: set[int] = frozenset()) -> list[int]:
+    s = matrix @ q
+    s[list(banned)] = -np.inf
+    return np.argsort(-s, kind="stable")[:k].tolist()
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return clustered(rng, 5000), clustered(rng, 30)
+
+
+def test_kinds_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown index kind"):
+        ItemIndex(DIM, kind="annoy")
+
+
+def test_hnsw_recall_against_exact(data) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind="hnsw")
+    idx.apply(items(x))
+    assert idx.uses_graph and len(idx.graph) == len(x)
+    recalls = []
+    for q in queries:
+        rows, scores = idx.search(torch.from_numpy(q), 50, [])
+        truth = exact_top(x, q, 50)
+        recalls.append(len(set(rows.tolist()) & set(truth)) / 50)
+        # Scores are exact inner products of the returned rows, best first.
+        np.testing.assert_allclose(scores.numpy(), x[rows.numpy()] @ q, rtol=1e-5, atol=1e-6)
+        assert (np.diff(scores.numpy()) <= 1e-6).all()
+    assert np.mean(recalls) >= 0.95
+
+
+def test_exact_kind_matches_numpy(data) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM)
+    idx.apply(items(x))
+    assert not idx.uses_graph
+    rows, _ = idx.search(torch.from_numpy(queries[0]), 20, [3, 7])
+    assert rows.tolist() == exact_top(x, queries[0], 20, {3, 7})
+
+
+def test_incremental_add_is_visible_in_next_search(data) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind="hnsw")
+    idx.apply(items(x[:4000]))
+    q = queries[1]
+    # A new item pointing exactly at the query must come first once applied, with no rebuild.
+    graph = idx.graph
+    idx.apply([Item("new", "new item", q.copy())])
+    assert idx.graph is graph and len(graph) == 4001
+    rows, scores = idx.search(torch.from_numpy(q), 10, [])
+    assert idx.item_ids[rows[0]] == "new" and scores[0] == pytest.approx(1.0, abs=1e-5)
+    idx.apply(items(x[4000:], start=4000))  # a larger batch
+    rows, _ = idx.search(torch.from_numpy(q), 10, [])
+    assert idx.item_ids[rows[0]] == "new" and len(idx) == 5001
+
+
+def test_update_of_existing_item_moves_it(data) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind="hnsw")
+    idx.apply(items(x))
+    q = queries[2]
+    top = idx.item_ids[idx.search(torch.from_numpy(q), 1, [])[0][0]]
+    far = -q  # the same id now points away from the query: it must leave the top results
+    idx.apply([Item(top, "changed", far.copy())])
+    assert len(idx) == len(x) and len(idx.graph) == len(x)
+    rows, _ = idx.search(torch.from_numpy(q), 100, [])
+    assert top not in [idx.item_ids[r] for r in rows.tolist()]
+    # ... and it is found where it now points, under the same row.
+    rows, scores = idx.search(torch.from_numpy(far), 1, [])
+    assert idx.item_ids[rows[0]] == top and rows[0] == idx.rows[top] and scores[0] == pytest.approx(1.0, abs=1e-5)
+    # A batch repeating an id: the last write wins.
+    idx.apply([Item(top, "a", q.copy()), Item(top, "b", far.copy())])
+    assert idx.item_ids[idx.search(torch.from_numpy(far), 1, [])[0][0]] == top
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_exclusion(data, kind: str) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind=kind)
+    idx.apply(items(x))
+    q = torch.from_numpy(queries[3])
+    first = idx.search(q, 30, [])[0].tolist()
+    banned = first[:20] + [4999]
+    rows, _ = idx.search(q, 30, banned)
+    assert len(rows) == 30 and not set(rows.tolist()) & set(banned)
+    truth = exact_top(x, queries[3], 30, set(banned))
+    assert len(set(rows.tolist()) & set(truth)) >= 28
+    # Excluding almost everything: k shrinks to what is left, exactly.
+    small = ItemIndex(DIM, kind=kind)
+    small.apply(items(x[:40]))
+    rows, _ = small.search(q, 10, list(range(35)))
+    assert sorted(rows.tolist()) == [35, 36, 37, 38, 39]
+    assert len(small.search(q, 10, list(range(40)))[0]) == 0
+
+
+def test_auto_switches_to_the_graph_above_the_threshold(data) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind="auto", ann_threshold=3000)
+    idx.apply(items(x[:2000]))
+    assert not idx.uses_graph
+    idx.apply(items(x[2000:], start=2000))
+    assert idx.uses_graph and len(idx.graph) == len(x)
+    # On a GPU device the graph is never used.
+    assert not ItemIndex(DIM, device="meta", kind="hnsw")._wants_graph()
+
+
+def test_bench_index_tiny(tmp_path: Path) -> None:
+    from freshrec.bench_index import main
+
+    main(["--sizes", "3000", "--queries", "40", "--source", "random", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "index.json").read_text())
+    assert report["machine"]["cpus"] >= 1 and report["libraries"]["usearch"]
+    rows = report["results"]
+    assert {r["method"] for r in rows} >= {"exact_torch", "usearch_hnsw", "faiss_hnsw", "faiss_ivf"}
+    for r in rows:
+        assert r["n_items"] == 3000
+        assert 0.0 < r["recall_at_200"] <= 1.0
+        assert 0.0 < r["p50_ms"] <= r["p99_ms"] < 1000.0
+        assert r["build_s"] >= 0.0 and r["memory_bytes"] >= 0
+        if r["method"].startswith("exact"):
+            assert r["recall_at_200"] == 1.0
+    assert max(r["recall_at_200"] for r in rows if r["method"] == "usearch_hnsw") >= 0.9
+    assert (tmp_path / "index.md").read_text().startswith("# ") and (tmp_path / "index_latency.png").stat().st_size > 0
+
+
+def test_scaled_catalog_served_with_hnsw(tiny_build, tmp_path: Path, triton_server_factory) -> None:
+    """A tiny build's state grown with synthetic items (real MiniLM + the build's item tower),
+    served from the build's own repository with FRESHREC_INDEX=hnsw."""
+    from freshrec.catalog_scale import scaled_state
+    from freshrec.client import FreshrecClient, ItemIn
+    from freshrec.config import DeployConfig
+    from freshrec.pipeline import Recommender, load_reference
+    from freshrec.store import open_store
+
+    src = sqlite3.connect(str(tiny_build["build_dir"] / "state.db"))
+    n = src.execute("SELECT COUNT(*) FROM items").fetchone()[0] + 300
+    src.close()
+    url = scaled_state(tiny_build["build_dir"], n, tmp_path / "scaled.db", log=lambda m: None)
+    db = sqlite3.connect(url[len("sqlite:///") :])
+    assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == n
+    assert db.execute("SELECT COUNT(*) FROM items WHERE item_id LIKE 'syn-%' AND id_index = 0").fetchone()[0] > 0
+    text, meta = db.execute("SELECT text, metadata FROM items WHERE item_id = 'syn-0000000'").fetchone()
+    assert "(" in text and "Genres:" in text and json.loads(meta)["text_embedding"] == "minilm"
+    user = db.execute("SELECT user_id FROM events ORDER BY seq LIMIT 1").fetchone()[0]
+    db.close()
+    server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env={"FRESHREC_STATE": url, "FRESHREC_INDEX": "hnsw"})
+    # The served HNSW path returns what the exact reference returns on this small catalog.
+    engine, tokenizer, cfg = load_reference(tiny_build["build_dir"])
+    ref = Recommender(open_store(url), engine, tokenizer, cfg, DeployConfig())
+    with FreshrecClient(server.grpc_url, timeout_s=30.0) as client:
+        assert client.recommend(user, k=10).item_ids == ref.recommend(user, k=10).item_ids
+        # An item added through the server enters the graph without a rebuild: a query with its
+        # exact text finds it first (query-only path: retrieval order is the answer).
+        text = "Starfall Protocol (1997). Genres: Action, Adventure, Sci-Fi, Thriller"
+        assert client.upsert_items([ItemIn("brand-new", text)]) == 1
+        assert client.recommend("nobody-yet", k=5, query=text).item_ids[0] == "brand-new"
+
+
+def test_synthetic_items_are_deterministic_and_size_independent() -> None:
+    from freshrec.catalog_scale import CHUNK, synthetic_items
+
+    ids, texts, metas = synthetic_items(0, 300)
+    assert ids[0] == "syn-0000000" and len(set(ids)) == 300 and len(set(texts)) > 290
+    assert synthetic_items(0, 300) == (ids, texts, metas)
+    assert synthetic_items(250, 300)[1] == texts[250:]  # item i does not depend on the range asked
+    assert synthetic_items(CHUNK - 5, CHUNK + 5)[0] == [f"syn-{i:07d}" for i in range(CHUNK - 5, CHUNK + 5)]
+    assert synthetic_items(0, 300, seed=1)[1] != texts
+    meta = json.loads(metas[0])
+    assert meta["synthetic"] and 1930 <= meta["year"] <= 2024 and 1 <= len(meta["genres"]) <= 3
+    assert f"({meta['year']}). Genres: " in texts[0]
