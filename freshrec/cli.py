@@ -104,6 +104,12 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from freshrec.bench import run_cli
+
+    return run_cli(args)
+
+
 def _cmd_demo(args) -> int:
     from freshrec.demo import run_demo
 
@@ -175,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tiny", action="store_true")
     s.add_argument("--max-users", type=int)
     s.set_defaults(func=_cmd_tune)
+
+    s = sub.add_parser("bench", help="perf_analyzer over gRPC against the served build -> docs/benchmarks (serving.md, summary.json, plots)")
+    from freshrec.bench import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="build if needed, serve, run a scripted session, stop")
     s.add_argument("--build", default="build")
