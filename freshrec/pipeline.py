@@ -116,6 +116,11 @@ class Recommender:
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
 
+    def refresh_index(self) -> None:
+        """Applies catalog writes since the last refresh to the index and reports its size."""
+        if self.index.refresh(self.store):
+            self.stats.index_size(len(self.index))
+
     # -- recommend --------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
         check_id("user_id", user_id)
@@ -125,8 +130,7 @@ class Recommender:
             raise InvalidInput(f"query is longer than {MAX_TEXT_BYTES} bytes")
         stats = self.stats
         with stats.stage("store"):
-            if self.index.refresh(self.store):
-                stats.index_size(len(self.index))
+            self.refresh_index()
             history = self.store.user_history(user_id, self.cfg.user.max_history)
         banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
 

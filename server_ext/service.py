@@ -62,7 +62,7 @@ class Service:
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).
             try:
-                self.recommender.index.refresh(self.recommender.store)
+                self.recommender.refresh_index()
             except StoreUnavailable as exc:  # requests retry the refresh; the store may come up later
                 pb.Logger.log_warn(f"{self.name}: state store unavailable at start, index loads on first request: {exc}")
 
