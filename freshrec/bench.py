@@ -27,8 +27,8 @@ What it does:
 
 `--smoke` is the CI version: the tiny build (built into the work folder if `--build` has none), one
 concurrency level, a few dozen requests per model. `--compare` adds the tuning study: the same
-perf_analyzer runs at concurrency 1 against the repository as built and against a tuned copy,
-alternating between the two servers so both see the same machine load.
+perf_analyzer runs against one server per variant (`TUNING_VARIANTS`: BLS vs in-process towers,
+batching delay), rotating between the servers so all see the same machine load.
 """
 
 from __future__ import annotations
@@ -547,11 +547,39 @@ def stats_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, in
     return out
 
 
+def stage_stats(metrics_url: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """freshrec's own stage histograms (server_ext/metrics.py) from the metrics port:
+    (model, stage) -> (count, sum of seconds), cumulative."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    out: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("freshrec_stage_latency_seconds_count", "freshrec_stage_latency_seconds_sum"):
+                key = (sample.labels.get("model", ""), sample.labels.get("stage", ""))
+                out.setdefault(key, [0.0, 0.0])[sample.name.endswith("_sum")] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_delta(before: dict, after: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """model -> stage -> {"calls", "ms"}: the mean time of each pipeline stage per call in between."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (model, stage), (n, total) in after.items():
+        n0, t0 = before.get((model, stage), (0.0, 0.0))
+        if n - n0 > 0:
+            out.setdefault(model, {})[stage] = {"calls": int(n - n0), "ms": (total - t0) / (n - n0) * 1e3}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------
-def pa_args(spec: Spec, concurrency: int, input_data: Path, grpc_url: str, csv_path: Path) -> list[str]:
-    """perf_analyzer arguments (after the binary) for one run."""
+def pa_args(spec: Spec, concurrency: int, input_data: Path, grpc_url: str, csv_path: Path, composing: tuple[str, ...] = ()) -> list[str]:
+    """perf_analyzer arguments (after the binary) for one run; `composing`: the BLS models the
+    parent calls (only models that receive requests; none when the towers run in-process)."""
     args = [
         "-m", spec.model, "-i", "grpc", "-u", grpc_url,
         "--input-data", str(input_data),
@@ -562,8 +590,8 @@ def pa_args(spec: Spec, concurrency: int, input_data: Path, grpc_url: str, csv_p
         "-f", str(csv_path), "--verbose-csv",
         "--profile-export-file", str(csv_path.with_suffix(".profile.json")),
     ]  # fmt: skip
-    if spec.composing:
-        args += ["--bls-composing-models", ",".join(spec.composing)]
+    if composing:
+        args += ["--bls-composing-models", ",".join(composing)]
     return args
 
 
@@ -586,6 +614,14 @@ class Server:
     state_url: str
     env: dict[str, str] = field(default_factory=dict)
     handle: Any = None
+
+    @property
+    def engine(self) -> str:
+        """How its pipeline models run the towers: "bls" or "inprocess" (DeployConfig.engine)."""
+        from freshrec.config import DeployConfig
+
+        deploy = DeployConfig.from_dict(json.loads((self.repository / "recommend" / "1" / "freshrec.json").read_text())["deploy"])
+        return DeployConfig(**{**deploy.to_dict(), "engine": self.env.get("FRESHREC_ENGINE") or deploy.engine}).resolved_engine()
 
     def start(self, work: Path, ready_timeout: float = 300.0) -> None:
         from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
@@ -611,12 +647,13 @@ def run_one(pa: list[str], spec: Spec, concurrency: int, input_data: Path, serve
     raw.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.label}{tag}.c{concurrency}"
     csv_path = raw / f"{stem}.csv"
-    args = pa_args(spec, concurrency, input_data, server.handle.grpc_url, csv_path)
-    before = triton_stats(server.handle.grpc_url)
+    engine = server.engine
+    args = pa_args(spec, concurrency, input_data, server.handle.grpc_url, csv_path, spec.composing if engine == "bls" else ())
+    before, stages_before = triton_stats(server.handle.grpc_url), stage_stats(server.handle.metrics_url)
     t0 = time.time()
     proc = subprocess.run([*pa, *args], capture_output=True, text=True, timeout=900)
     seconds = time.time() - t0
-    after = triton_stats(server.handle.grpc_url)
+    after, stages_after = triton_stats(server.handle.grpc_url), stage_stats(server.handle.metrics_url)
     (raw / f"{stem}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not csv_path.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
@@ -648,6 +685,8 @@ def run_one(pa: list[str], spec: Spec, concurrency: int, input_data: Path, serve
         "perf_analyzer_server": console.get("server", {}),
         "perf_analyzer_composing": console.get("composing", {}),
         "server": server_stats,
+        "engine": engine,
+        "stages": stage_delta(stages_before, stages_after),
         "command": shown_command(args, raw.parent),
         "input_data": str(input_data),
     }
@@ -914,26 +953,31 @@ def _count_writes(state_url: str, token: str) -> dict[str, int] | None:
 
 
 TUNING_VARIANTS = {
-    "before": "the repository as `freshrec build` wrote it, torch's default intra-op threads in the Python backend "
-              "(FRESHREC_TORCH_THREADS=0: one per core in every instance)",
-    "torch_1_thread": "as built, one torch intra-op thread per instance (FRESHREC_TORCH_THREADS=1, the new default in server_ext/service.py)",
-    "tuned": "torch_1_thread + the towers' dynamic batching max_queue_delay_microseconds 0 (was 200; config.pbtxt of a copy of the repository)",
-    "tuned_ort_2_threads": "tuned + onnxruntime intra-op threads 2 (was 1) in the towers",
+    "bls": "the towers behind BLS requests (FRESHREC_ENGINE=bls), dynamic batching max_queue_delay_microseconds 200: "
+           "the default before the in-process engine",
+    "bls_delay_0": "bls + the towers' max_queue_delay_microseconds 0 (config.pbtxt of a copy of the repository)",
+    "inprocess": "the towers' ONNX files run by onnxruntime inside the pipeline's own process (FRESHREC_ENGINE=inprocess; "
+                 "the embedded flavour's default, engine \"auto\")",
+    "inprocess_delay_0": "inprocess + the towers' max_queue_delay_microseconds 0 (matters only for direct tower requests)",
 }
 
 
 def compare(opts: BenchOptions, pa: list[str], repo: Path, state_url: str, inputs: dict, work: Path, raw: Path,
             servers: list[Server], log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """Before vs after, side by side: one server per variant, all up at once; the same runs
-    (recommend at concurrency 1 and 4, the user tower and the reranker at 1) rotate through the
-    variants round by round so all see the same machine load; medians over the rounds."""
+    """The variants of TUNING_VARIANTS side by side: one server per variant, all up at once; the
+    same runs (recommend at concurrency 1 and 4; the user tower, the reranker and upsert_items at 1)
+    rotate through the variants round by round so all see the same machine load; medians over the
+    rounds, ratios against the first variant."""
     index_env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
+    one = {"FRESHREC_TORCH_THREADS": "1"}
+    delay0 = variant_repository(repo, work / "repo-delay0", queue_delay_us=0)
     variants = {
-        "before": (repo, {"FRESHREC_TORCH_THREADS": "0"}),
-        "torch_1_thread": (repo, {"FRESHREC_TORCH_THREADS": "1"}),
-        "tuned": (variant_repository(repo, work / "repo-tuned", queue_delay_us=0), {"FRESHREC_TORCH_THREADS": "1"}),
-        "tuned_ort_2_threads": (variant_repository(repo, work / "repo-ort2", queue_delay_us=0, ort_threads=2), {"FRESHREC_TORCH_THREADS": "1"}),
+        "bls": (repo, {**one, "FRESHREC_ENGINE": "bls"}),
+        "bls_delay_0": (delay0, {**one, "FRESHREC_ENGINE": "bls"}),
+        "inprocess": (repo, {**one, "FRESHREC_ENGINE": "inprocess"}),
+        "inprocess_delay_0": (delay0, {**one, "FRESHREC_ENGINE": "inprocess"}),
     }
+    base_name = next(iter(variants))
     log("== tuning study: " + ", ".join(variants) + f" ({opts.compare_rounds} rotating rounds)")
     running = {}
     for name, (path, env) in variants.items():
@@ -947,6 +991,8 @@ def compare(opts: BenchOptions, pa: list[str], repo: Path, state_url: str, input
         prewarm(srv, [u["user_id"][0] for u in users[:8]], log=log)
     n = opts.requests or (20 if opts.smoke else 200)
     cases = [Spec("recommend", "recommend", (1, 4), n, 10)] + [Spec(t, t, (1,), n, 10) for t in ("user_tower", "reranker") if t in inputs]
+    if "upsert_items" in inputs:  # a write: every variant has its own state copy; later rounds update the same items
+        cases.append(Spec("upsert_items", "upsert_items", (1,), min(n, 100), 0))
     rounds: dict[str, dict[str, list[dict]]] = {}
     names = list(running)
     for r in range(opts.compare_rounds):
@@ -972,14 +1018,14 @@ def compare(opts: BenchOptions, pa: list[str], repo: Path, state_url: str, input
                 "compute_infer_ms": float(np.median(comp)),
                 "rounds": len(runs),
             }
-        base = table[case]["before"]
+        base = table[case][base_name]
         table[case]["ratios_vs_before"] = {
             name: {k: (v[k] / base[k] if base[k] else math.nan) for k in ("p50_ms", "p99_ms", "throughput", "queue_plus_overhead_ms")}
-            for name, v in list(table[case].items()) if name != "before"
+            for name, v in list(table[case].items()) if name != base_name
         }  # fmt: skip
     for srv in running.values():
         srv.stop()
-    return {"variants": dict(TUNING_VARIANTS), "rounds": opts.compare_rounds, "table": table}
+    return {"variants": dict(TUNING_VARIANTS), "baseline": base_name, "rounds": opts.compare_rounds, "table": table}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1189,23 +1235,38 @@ def render_md(s: dict[str, Any]) -> str:
                     continue
                 L.append(f"| {label} | {c} | {model} | {st['requests']} | {_f(st['avg_batch'])} | {_f(st['queue_ms'], 3)} | {_f(st['compute_input_ms'], 3)} | "
                          f"{_f(st['compute_infer_ms'], 3)} | {_f(st['compute_output_ms'], 3)} | {_f(st['overhead_ms'], 3)} | {_f(st['queue_plus_overhead_ms'], 3)} |")  # fmt: skip
-    L += ["", "For `recommend` the compute infer of the parent holds its own Python work (store read, retrieval, top-k) *and* the "
-          "time it waits on its BLS calls; the composing rows show the towers' share.", ""]  # fmt: skip
     r1 = res.get("recommend", {}).get("1")
+    engine = (r1 or {}).get("engine", "bls")
+    if engine == "bls":
+        L += ["", "For `recommend` the compute infer of the parent holds its own Python work (store read, retrieval, top-k) *and* the "
+              "time it waits on its BLS calls; the composing rows show the towers' share.", ""]  # fmt: skip
+    else:
+        L += ["", "The pipeline models run the towers in their own process (engine `inprocess`): the towers' rows above are the "
+              "direct requests to them; inside `recommend` their time is part of its compute infer (split below).", ""]  # fmt: skip
     if r1 and "recommend" in r1["server"]:
         srv = r1["server"]
-        bls = {m: srv[m]["request_ms"] for m in ("user_tower", "reranker") if m in srv}
-        own = srv["recommend"]["compute_infer_ms"] - sum(bls.values())
+        rec = srv["recommend"]
         wait = r1.get("csv", {}).get("grpc_response_wait_us", math.nan) / 1e3  # client's mean gRPC response wait
-        outside = wait - srv["recommend"]["request_ms"]
-        L += ["**Where a recommendation's time goes** (concurrency 1, means per request): "
-              f"client gRPC response wait {wait:.2f} ms (p50 {r1['p50_ms']:.2f}) = Triton request {srv['recommend']['request_ms']:.2f} ms "
-              f"(queue {srv['recommend']['queue_ms']:.3f}, compute input {srv['recommend']['compute_input_ms']:.3f}, compute infer "
-              f"{srv['recommend']['compute_infer_ms']:.2f}, compute output {srv['recommend']['compute_output_ms']:.3f}) + gRPC transport and "
-              f"Triton's front end about {outside:.2f} ms. Inside compute infer: "
-              + ", ".join(f"BLS {m} {v:.2f} ms (its queue {srv[m]['queue_ms']:.3f})" for m, v in bls.items())
-              + f", and the pipeline's own Python work (store reads, index refresh check, history tensors, retrieval, top-k, BLS "
-              f"marshalling) about {own:.2f} ms.", ""]  # fmt: skip
+        outside = wait - rec["request_ms"]
+        head = ("**Where a recommendation's time goes** (concurrency 1, means per request): "
+                f"client gRPC response wait {wait:.2f} ms (p50 {r1['p50_ms']:.2f}) = Triton request {rec['request_ms']:.2f} ms "
+                f"(queue {rec['queue_ms']:.3f}, compute input {rec['compute_input_ms']:.3f}, compute infer "
+                f"{rec['compute_infer_ms']:.2f}, compute output {rec['compute_output_ms']:.3f}) + gRPC transport and "
+                f"Triton's front end about {outside:.2f} ms. Inside compute infer: ")  # fmt: skip
+        stages = (r1.get("stages") or {}).get("recommend", {})
+        bls = {m: srv[m]["request_ms"] for m in ("user_tower", "reranker") if m in srv}
+        if stages:
+            named = {k: v["ms"] * v["calls"] / rec["requests"] for k, v in stages.items()}  # per recommend request
+            rest = rec["compute_infer_ms"] - sum(named.values())
+            L += [head + ", ".join(f"{k} {v:.2f} ms" for k, v in named.items())
+                  + f" (freshrec_stage_latency_seconds, per request; `{engine}` engine: the tower stages "
+                  + ("include the BLS round trip" if engine == "bls" else "are onnxruntime runs in the same process")
+                  + f"), and the rest (request parsing, history tensors, response tensors) about {rest:.2f} ms.", ""]  # fmt: skip
+        elif bls:
+            own = rec["compute_infer_ms"] - sum(bls.values())
+            L += [head + ", ".join(f"BLS {m} {v:.2f} ms (its queue {srv[m]['queue_ms']:.3f})" for m, v in bls.items())
+                  + f", and the pipeline's own Python work (store reads, index refresh check, history tensors, retrieval, top-k, BLS "
+                  f"marshalling) about {own:.2f} ms.", ""]  # fmt: skip
     if s.get("writes"):
         w = s["writes"]
         L += [f"Writes: every `ingest_events` request carried a new event id and every `upsert_items` request a new item id; "
@@ -1215,7 +1276,8 @@ def render_md(s: dict[str, Any]) -> str:
     if cmp_:
         L += ["## Tuning: before and after, side by side", "",
               f"One server per variant, all up at once on copies of the same state; the same perf_analyzer runs rotate through the "
-              f"variants round by round so all see the same machine load; medians over {cmp_.get('rounds', '?')} rounds. Ratios are variant / before "
+              f"variants round by round so all see the same machine load; medians over {cmp_.get('rounds', '?')} rounds. Ratios are variant / "
+              f"`{cmp_.get('baseline', 'before')}` "
               "(< 1 is better for latency, > 1 for throughput).", ""]  # fmt: skip
         if cmp_.get("note"):
             L += [cmp_["note"], ""]

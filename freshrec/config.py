@@ -122,6 +122,9 @@ class ModelConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+ENGINES = ("auto", "bls", "inprocess")
+
+
 @dataclass(frozen=True)
 class DeployConfig:
     """Everything the exporter needs to lay out a Triton model repository. Cluster settings
@@ -141,6 +144,19 @@ class DeployConfig:
     # Retrieval index (FRESHREC_INDEX overrides): "exact" (matrix product + top-k), "hnsw" (usearch
     # graph, candidates rescored exactly) or "auto" (hnsw from 200k items; see docs/benchmarks/index.md).
     index: str = "exact"
+    # How the pipeline models (recommend, upsert_items) run the towers (FRESHREC_ENGINE overrides):
+    # "bls" (a Triton request per stage, dynamically batched across requests), "inprocess"
+    # (onnxruntime inside the pipeline's own process, no hop) or "auto": inprocess on the
+    # embedded flavour, where every tower is itself a Python-backend process and a hop costs
+    # two process crossings; bls on ngc (native backends, GPU batching). docs/benchmarks/serving.md
+    engine: str = "auto"
+
+    def resolved_engine(self) -> str:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "auto":
+            return "inprocess" if self.flavour == "embedded" else "bls"
+        return self.engine
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,8 +3,9 @@
     state store -> history tensors -> user tower -> retrieval over the item index
                 -> reranker -> filter -> top-k
 
-Model calls go through an `Engine`: in the server it issues BLS requests to the exported models;
-in the reference (`TorchEngine`) it runs the PyTorch modules. Everything else is shared, so the
+Model calls go through an `Engine`: in the server it issues BLS requests to the exported models
+(`server_ext/bls.py`) or runs their ONNX files in its own process (`OnnxEngine`); in the
+reference (`TorchEngine`) it runs the PyTorch modules. Everything else is shared, so the
 served result can be checked against the reference for the same state.
 """
 
@@ -16,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +68,48 @@ class TorchEngine:
         c = self.contracts[model]
         out = self.modules[model](*(inputs[n] for n in c.input_names))
         return {c.output_names[0]: out}
+
+
+class OnnxEngine:
+    """Runs the repository's exported ONNX models in this process with onnxruntime: the
+    pipeline's stages without a Triton hop (DeployConfig.engine "inprocess"). Sessions open on
+    first use of a model, or up front with `load`."""
+
+    def __init__(self, repository: Path, version: int | str, threads: int = 1, device: torch.device | str = "cpu") -> None:
+        from freshrec.contract import BY_NAME
+
+        self.repository, self.version, self.threads = Path(repository), str(version), threads
+        self.device = torch.device(device)
+        self.contracts = BY_NAME
+        self.sessions: dict[str, Any] = {}
+
+    def load(self, *models: str) -> None:
+        for m in models:
+            self._session(m)
+
+    def _session(self, model: str):
+        s = self.sessions.get(model)
+        if s is None:
+            import onnxruntime as ort
+
+            path = self.repository / model / self.version / "model.onnx"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} missing: the in-process engine runs the ONNX models of its own repository")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            providers: list = ["CPUExecutionProvider"]
+            if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+            s = self.sessions[model] = ort.InferenceSession(str(path), opts, providers=providers)
+        return s
+
+    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c = self.contracts[model]
+        feeds = {n: inputs[n].detach().cpu().numpy() for n in c.input_names}
+        outs = self._session(model).run(list(c.output_names), feeds)
+        return {n: torch.from_numpy(o) for n, o in zip(c.output_names, outs)}
 
 
 @dataclass

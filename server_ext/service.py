@@ -16,11 +16,15 @@ import torch
 
 from freshrec.config import DeployConfig, ModelConfig
 from freshrec.export.repository import SETTINGS_FILE, TOKENIZER_FILE
-from freshrec.pipeline import InvalidInput, Recommender
+from freshrec.pipeline import InvalidInput, OnnxEngine, Recommender
 from freshrec.server_ext import tensors as T
 from freshrec.server_ext.bls import BlsEngine, ModelCallError
 from freshrec.server_ext.metrics import TritonStats
 from freshrec.store import Event, StoreUnavailable, open_store
+
+
+# The towers each pipeline model runs (recommend embeds free-text queries, upsert_items item texts).
+ENGINE_MODELS = {"recommend": ("user_tower", "reranker", "text_encoder", "item_tower"), "upsert_items": ("text_encoder", "item_tower")}
 
 
 def device_of(args: dict) -> torch.device:
@@ -30,7 +34,8 @@ def device_of(args: dict) -> torch.device:
 
 
 class Service:
-    """One per model instance: the store connection, the item index and the BLS engine."""
+    """One per model instance: the store connection, the item index and the engine that runs the
+    towers (BLS requests, or onnxruntime in this process)."""
 
     def __init__(self, args: dict, pb) -> None:
         self.pb = pb
@@ -57,7 +62,16 @@ class Service:
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
         self.stats = TritonStats(pb, self.name)
-        self.recommender = Recommender(open_store(state), BlsEngine(pb), tokenizer, cfg, deploy, device_of(args), stats=self.stats)
+        # So is how the towers run: a BLS request per stage, or onnxruntime in this process.
+        if os.environ.get("FRESHREC_ENGINE"):
+            deploy = dataclasses.replace(deploy, engine=os.environ["FRESHREC_ENGINE"])
+        device = device_of(args)
+        if deploy.resolved_engine() == "inprocess":
+            engine = OnnxEngine(Path(args["model_repository"]).parent, args["model_version"], deploy.ort_threads, device)
+            engine.load(*ENGINE_MODELS.get(self.name, ()))  # at model load, not on the first request
+        else:
+            engine = BlsEngine(pb)
+        self.recommender = Recommender(open_store(state), engine, tokenizer, cfg, deploy, device, stats=self.stats)
         if self.name == "recommend":
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).

@@ -208,26 +208,39 @@ def test_input_data_uses_real_users_and_contract_shapes(tiny_inputs, tiny_build)
 
 
 # -- the real thing: perf_analyzer over gRPC against tritonserver on the tiny build -------------------
-def test_perf_analyzer_smoke_over_grpc(tiny_inputs, tiny_build, fresh_state: Path, triton_server_factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["inprocess", "bls"])
+def test_perf_analyzer_smoke_over_grpc(tiny_inputs, tiny_build, fresh_state: Path, triton_server_factory, tmp_path: Path, engine: str) -> None:
     from freshrec.perf_analyzer import perf_analyzer_command
 
     pa = perf_analyzer_command()  # raises (the test fails, never skips) if it cannot be fetched
     _ds, paths, _specs, repo = tiny_inputs
     url = f"sqlite:///{fresh_state}"
-    handle = triton_server_factory(repo, env={"FRESHREC_STATE": url}, restricted_apis=())
-    server = Server("smoke", repo, url, handle=handle)
+    env = {"FRESHREC_STATE": url, "FRESHREC_ENGINE": engine}
+    handle = triton_server_factory(repo, env=env, restricted_apis=())
+    server = Server("smoke", repo, url, env=env, handle=handle)
+    assert server.engine == engine
     raw = tmp_path / "raw"
     rec = bench.run_one(pa, Spec("recommend", "recommend", (1,), 30, 3), 1, paths["recommend"][1], server, raw, log=lambda _m: None)
     ing = bench.run_one(pa, Spec("ingest_events", "ingest_events", (1,), 30, 0), 1, paths["ingest_events"][1], server, raw, log=lambda _m: None)
-    for r, models in ((rec, ("recommend", "user_tower", "reranker")), (ing, ("ingest_events",))):
+    towers = ("user_tower", "reranker") if engine == "bls" else ()  # in-process towers get no Triton requests
+    for r, models in ((rec, ("recommend", *towers)), (ing, ("ingest_events",))):
+        assert r["engine"] == engine
         assert r["throughput"] > 0 and r["throughput_perf_analyzer"] > 0
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert set(r["server"]) == set(models), sorted(r["server"])
         for m in models:  # every model row: the parent and each composing model served the requests
-            assert m in r["server"], (m, sorted(r["server"]))
             assert r["server"][m]["requests"] >= 30 and r["server"][m]["failures"] == 0
             assert r["server"][m]["queue_plus_overhead_ms"] >= 0
         assert r["command"].startswith("perf_analyzer -m ") and "-i grpc" in r["command"]
-    assert set(rec["perf_analyzer_composing"]) == {"user_tower", "reranker"}
+    assert set(rec["perf_analyzer_composing"]) == set(towers)
+    assert ("--bls-composing-models" in rec["command"]) == (engine == "bls")
+    # The per-stage split from freshrec's own stage metrics, whichever engine runs the towers.
+    stages = rec["stages"]["recommend"]
+    for stage in ("store", "user_tower", "retrieval", "rerank"):
+        assert stages[stage]["calls"] >= 30 and stages[stage]["ms"] > 0, (stage, stages)
+    assert sum(v["ms"] for v in stages.values()) < rec["server"]["recommend"]["compute_infer_ms"]
+    assert ing["stages"] == {"ingest_events": {"store": ing["stages"]["ingest_events"]["store"]}}
+    assert ing["stages"]["ingest_events"]["store"]["calls"] == 30
     # Every ingest request stored a new event (no idempotent replays).
     db = sqlite3.connect(str(fresh_state))
     (stored,) = db.execute("SELECT COUNT(*) FROM events WHERE event_id LIKE 'bench-t0-%'").fetchone()
@@ -279,6 +292,7 @@ def test_bench_smoke_end_to_end_writes_docs(tiny_build, tmp_path: Path) -> None:
     assert run["writes"]["events_stored"] == 40  # every ingest request stored a new event
     assert summary["machine"]["cores"] and summary["perf_analyzer"]["version"].startswith("perf-analyzer==2.60.0")
     md = (out / "serving.md").read_text()
-    assert "perf_analyzer -m recommend -i grpc" in md and "--bls-composing-models user_tower,reranker" in md
+    assert "perf_analyzer -m recommend -i grpc" in md and "--bls-composing-models" not in md  # embedded: in-process towers
+    assert "Where a recommendation's time goes" in md and "freshrec_stage_latency_seconds" in md
     assert (out / "inputs" / "main" / "recommend.json").exists() and (out / "inputs" / "main" / "ingest_events.c1.json").exists()
     assert any(t["target"].startswith("Triton queue + overhead") for t in summary["targets"])

@@ -77,3 +77,13 @@ def test_regenerating_the_repository_gives_the_same_tree(tiny_build, tmp_path):
     assert _tree_digest(a) == _tree_digest(b)
     assert _tree_digest(a) == _tree_digest(Path(tiny_build["repositories"]["embedded"]))
 
+
+
+def test_engine_setting_resolves_per_flavour():
+    from freshrec.config import DeployConfig
+
+    assert DeployConfig(flavour="embedded").resolved_engine() == "inprocess"  # towers are Python stubs there
+    assert DeployConfig(flavour="ngc").resolved_engine() == "bls"  # native backends batch across requests
+    assert DeployConfig(flavour="ngc", engine="inprocess").resolved_engine() == "inprocess"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        DeployConfig(engine="grpc").resolved_engine()

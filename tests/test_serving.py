@@ -77,10 +77,15 @@ def assert_same(served, expected):
     np.testing.assert_allclose(scores, expected.scores, atol=2e-4, rtol=1e-4)
 
 
-def test_served_recommend_equals_the_pytorch_reference(tiny_build, served):
-    ref = reference(tiny_build, served.state_path)
+@pytest.mark.parametrize("engine", ["inprocess", "bls"])
+def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, triton_server_factory, engine):
+    """Both ways of running the towers (in the pipeline's process, or as BLS requests to the
+    tower models) serve exactly what the PyTorch reference computes on the same state."""
+    env = {"FRESHREC_STATE": f"sqlite:///{fresh_state}", "FRESHREC_ENGINE": engine}
+    served = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env=env)
+    ref = reference(tiny_build, fresh_state)
     client = grpcclient.InferenceServerClient(served.grpc_url)
-    users = users_of(served.state_path, 8)
+    users = users_of(fresh_state, 8)
     for user in users:
         assert_same(recommend(client, user, k=10), ref.recommend(user, k=10))
     # with free-text intent, with exclusions, with k above the candidate count
@@ -94,6 +99,13 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, served):
     assert len(cold[0]) == 10 and ref.recommend("never-seen-user", 10).source == "popular"
     assert_same(cold, ref.recommend("never-seen-user", k=10))
     assert_same(recommend(client, "never-seen-user", 10, "space"), ref.recommend("never-seen-user", 10, "space"))
+    # a new item embedded by the served towers is the reference's vector, and recommendable at once
+    text = "Nebula Harbor (2026). Genres: Sci-Fi, Adventure"
+    assert upsert(client, [f"engine-{engine}"], [text]) == 1
+    stored = {it.item_id: it for it in ref.store.items_since(0)[0]}[f"engine-{engine}"]
+    np.testing.assert_allclose(stored.vector, ref.embed_items([text], [0])[0].numpy(), atol=2e-4)
+    assert_same(recommend(client, users[3], k=10, query=text), ref.recommend(users[3], 10, text))
+    assert recommend(client, "never-seen-user", k=1, query=text)[0] == [f"engine-{engine}"]  # its own text: cosine 1
 
 
 def test_read_your_writes_across_two_instances(tiny_build, served):
