@@ -43,6 +43,7 @@ def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, ba
     kind = mc.ModelInstanceGroup.KIND_GPU if deploy.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     if contract.batched:
         cfg.max_batch_size = deploy.max_batch_size
+        cfg.dynamic_batching.SetInParent()  # present even when every field is at its default
         cfg.dynamic_batching.max_queue_delay_microseconds = deploy.max_queue_delay_us
         count = deploy.tower_instances
     else:

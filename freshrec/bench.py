@@ -730,8 +730,9 @@ def variant_repository(base: Path, dest: Path, queue_delay_us: int | None = None
                 target.symlink_to(src.resolve())
         cfg = (model_dir / "config.pbtxt").read_text()
         if model_dir.name in TOWERS:
-            if queue_delay_us is not None:
-                cfg = re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {queue_delay_us}", cfg)
+            if queue_delay_us is not None:  # a delay of 0 is the proto default: text_format leaves it out
+                cfg = re.sub(r"\n\s*max_queue_delay_microseconds: \d+", "", cfg)
+                cfg = cfg.replace("dynamic_batching {", f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}", 1)
             if ort_threads is not None:
                 cfg = re.sub(r'(key: "ort_threads"\s*value \{\s*string_value: ")\d+(")', rf"\g<1>{ort_threads}\g<2>", cfg)
             if tower_instances is not None:
@@ -889,7 +890,8 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         servers.append(main)
         log(f"== tritonserver on {repo} (state {state_url}, index {index})")
         t0 = time.time()
-        main.start(work)
+        # The recommend instances load the catalog (and build an HNSW graph) before the server is ready.
+        main.start(work, ready_timeout=300.0 + (opts.catalog_items or 0) / 500)
         ready_s = time.time() - t0
         log(f"   ready in {ready_s:.0f}s; perf_analyzer: {' '.join(pa)}")
         warm_s = prewarm(main, warm_users, log=log) if any(s.model == "recommend" for s in specs) else 0.0
@@ -953,12 +955,12 @@ def _count_writes(state_url: str, token: str) -> dict[str, int] | None:
 
 
 TUNING_VARIANTS = {
-    "bls": "the towers behind BLS requests (FRESHREC_ENGINE=bls), dynamic batching max_queue_delay_microseconds 200: "
-           "the default before the in-process engine",
-    "bls_delay_0": "bls + the towers' max_queue_delay_microseconds 0 (config.pbtxt of a copy of the repository)",
-    "inprocess": "the towers' ONNX files run by onnxruntime inside the pipeline's own process (FRESHREC_ENGINE=inprocess; "
-                 "the embedded flavour's default, engine \"auto\")",
-    "inprocess_delay_0": "inprocess + the towers' max_queue_delay_microseconds 0 (matters only for direct tower requests)",
+    "bls_delay_200": "the towers behind BLS requests (FRESHREC_ENGINE=bls), dynamic batching max_queue_delay_microseconds 200: "
+                     "the defaults before this study",
+    "bls": "bls with the towers' max_queue_delay_microseconds 0 (the default now)",
+    "inprocess_delay_200": "the towers' ONNX files run by onnxruntime inside the pipeline's own process (FRESHREC_ENGINE=inprocess), "
+                           "towers' delay 200 (it matters only for direct tower requests)",
+    "inprocess": "inprocess with delay 0: the repository as `freshrec build` writes it now (embedded flavour, engine \"auto\")",
 }
 
 
@@ -971,11 +973,12 @@ def compare(opts: BenchOptions, pa: list[str], repo: Path, state_url: str, input
     index_env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
     one = {"FRESHREC_TORCH_THREADS": "1"}
     delay0 = variant_repository(repo, work / "repo-delay0", queue_delay_us=0)
+    delay200 = variant_repository(repo, work / "repo-delay200", queue_delay_us=200)
     variants = {
-        "bls": (repo, {**one, "FRESHREC_ENGINE": "bls"}),
-        "bls_delay_0": (delay0, {**one, "FRESHREC_ENGINE": "bls"}),
-        "inprocess": (repo, {**one, "FRESHREC_ENGINE": "inprocess"}),
-        "inprocess_delay_0": (delay0, {**one, "FRESHREC_ENGINE": "inprocess"}),
+        "bls_delay_200": (delay200, {**one, "FRESHREC_ENGINE": "bls"}),
+        "bls": (delay0, {**one, "FRESHREC_ENGINE": "bls"}),
+        "inprocess_delay_200": (delay200, {**one, "FRESHREC_ENGINE": "inprocess"}),
+        "inprocess": (delay0, {**one, "FRESHREC_ENGINE": "inprocess"}),
     }
     base_name = next(iter(variants))
     log("== tuning study: " + ", ".join(variants) + f" ({opts.compare_rounds} rotating rounds)")

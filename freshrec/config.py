@@ -135,7 +135,9 @@ class DeployConfig:
     tower_instances: int = 1  # instances of each ONNX model (per device on GPU)
     pipeline_instances: int = 2  # recommend/ingest instances; >1 proves state is shared, not cached
     max_batch_size: int = 64  # tower batch limit; recommend/ingest take one request each
-    max_queue_delay_us: int = 200  # dynamic batching wait: small, so concurrency-1 latency stays low
+    # Dynamic batching wait of the towers: 0 batches only what queued while an instance was busy,
+    # so a lone request never waits (200 us cost 0.25 ms at concurrency 1; docs/benchmarks/serving.md)
+    max_queue_delay_us: int = 0
     max_k: int = 1000  # largest k a client may ask for
     query_weight: float = 0.5  # blend of free-text intent into the user vector
     ort_threads: int = 1  # onnxruntime intra-op threads per instance (2-core machines: 1)

@@ -160,6 +160,10 @@ def test_variant_repository_changes_only_the_towers(tmp_path: Path) -> None:
     assert "max_queue_delay_microseconds: 0" in ut and 'string_value: "2"' in ut and "count: 2" in ut
     assert (out / "recommend" / "config.pbtxt").read_text() == (base / "recommend" / "config.pbtxt").read_text()
     assert (out / "user_tower" / "1" / "model.py").is_symlink()
+    # from a delay of 0 (which text_format leaves out) to a set one
+    (base / "user_tower" / "config.pbtxt").write_text('name: "user_tower"\ndynamic_batching {\n}\n')
+    out = bench.variant_repository(base, tmp_path / "v2", queue_delay_us=200)
+    assert "max_queue_delay_microseconds: 200" in (out / "user_tower" / "config.pbtxt").read_text()
 
 
 # -- input data from the tiny build ----------------------------------------------------------------

@@ -29,6 +29,32 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
+    def forward_with_candidates(
+        self, h: torch.Tensor, c: torch.Tensor, hist_allowed: torch.Tensor, history_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """History tokens h (B, L, D) attend among themselves as `hist_allowed` (B, 1, L, L) says;
+        each candidate token of c (B, C, D) attends to the real history events (history_mask
+        (B, L)) and to itself, never to another candidate. The same as `forward` over [h; c] with
+        that block pattern, but the candidate rows cost O(C*L) instead of O((L+C)^2): the C x C
+        block of the full pattern is all masked except its diagonal."""
+        B, L, D = h.shape
+        C, H = c.shape[1], self.heads
+        drop = self.dropout if self.training else 0.0
+
+        def heads(t: torch.Tensor, n: int) -> torch.Tensor:
+            return t.view(B, n, H, D // H).transpose(1, 2)  # (B, H, n, Dh)
+
+        qh, kh, vh = (heads(t, L) for t in self.qkv(h).split(D, dim=-1))
+        qc, kc, vc = (heads(t, C) for t in self.qkv(c).split(D, dim=-1))
+        yh = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=hist_allowed, dropout_p=drop)
+        scale = (D // H) ** -0.5
+        to_history = (qc @ kh.transpose(-1, -2)) * scale  # (B, H, C, L)
+        to_history = to_history.masked_fill(~history_mask[:, None, None, :], float("-inf"))
+        to_self = (qc * kc).sum(-1, keepdim=True) * scale  # (B, H, C, 1): never masked, so no empty row
+        p = F.dropout(torch.softmax(torch.cat([to_history, to_self], dim=-1), dim=-1), drop, self.training)
+        yc = p[..., :L] @ vh + p[..., L:] * vc
+        return self.out(yh.transpose(1, 2).reshape(B, L, D)), self.out(yc.transpose(1, 2).reshape(B, C, D))
+
 
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
@@ -42,6 +68,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), allowed))
         return x + self.mlp(self.ln2(x))
+
+    def forward_with_candidates(
+        self, h: torch.Tensor, c: torch.Tensor, hist_allowed: torch.Tensor, history_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` over [h; c] where candidates see the history and themselves only."""
+        ah, ac = self.attn.forward_with_candidates(self.ln1(h), self.ln1(c), hist_allowed, history_mask)
+        h, c = h + self.drop(ah), c + self.drop(ac)
+        return h + self.mlp(self.ln2(h)), c + self.mlp(self.ln2(c))
 
 
 def causal_allowed(mask: torch.Tensor) -> torch.Tensor:

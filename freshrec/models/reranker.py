@@ -44,23 +44,14 @@ class Reranker(nn.Module):
         candidate_scores: torch.Tensor,
     ) -> torch.Tensor:
         """History (B, L, ...) and candidates (B, C, D), (B, C), (B, C) -> scores (B, C)."""
-        B, L, _ = history_vectors.shape
-        C = candidate_vectors.shape[1]
         h = self.embed(history_vectors, history_features, history_types, history_mask)
         c = self.candidate(candidate_vectors) + self.candidate_marker
-        x = torch.cat([h, c], dim=1)  # (B, L+C, D)
-
+        # [history; candidates] with history causal and each candidate seeing the history and
+        # itself (layers.SelfAttention.forward_with_candidates computes that pattern blockwise).
         hist_allowed = causal_allowed(history_mask)  # (B, 1, L, L)
-        eye_c = torch.eye(C, dtype=torch.bool, device=x.device)
-        top = torch.cat([hist_allowed, torch.zeros(B, 1, L, C, dtype=torch.bool, device=x.device)], dim=-1)
-        bottom = torch.cat(
-            [history_mask[:, None, None, :].expand(B, 1, C, L), eye_c[None, None].expand(B, 1, C, C)], dim=-1
-        )
-        allowed = torch.cat([top, bottom], dim=2)  # (B, 1, L+C, L+C)
-
         for block in self.blocks:
-            x = block(x, allowed)
-        out = self.ln(x[:, L:])  # (B, C, D)
+            h, c = block.forward_with_candidates(h, c, hist_allowed, history_mask)
+        out = self.ln(c)  # (B, C, D)
         # Bilinear score against the candidate's own vector keeps the retrieval geometry usable.
         scores = candidate_scores / self.temperature + (self.score(out) * candidate_vectors).sum(-1)
         return scores.masked_fill(~candidate_mask, -1e9)
