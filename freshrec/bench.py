@@ -1317,14 +1317,22 @@ def render_md(s: dict[str, Any]) -> str:
             L.append(f"| {r['catalog_items_served']:,} | {r['index']} | {_f(rec.get('1', {}).get('p50_ms'))} | {_f(rec.get('1', {}).get('p99_ms'))} | "
                      f"{_f(best, 1)} | {_f(mem.get('total_rss_mib'), 0)} | {_f((mem.get('by_model_rss_mib') or {}).get('recommend'), 0)} | "
                      f"{_f(r.get('server_ready_seconds'), 0)} | {_f(r.get('prewarm_seconds'), 0)} |")  # fmt: skip
-        L += ["", "| catalog | index | concurrency | throughput /s | p50 ms | p90 ms | p99 ms | recommend compute infer ms | user_tower + reranker ms |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        L += ["", "Per stage (freshrec_stage_latency_seconds, ms per recommend request): retrieval is the index search; towers are "
+              "the user tower and the reranker (onnxruntime runs in-process, or the BLS round trips with the `bls` engine).", "",
+              "| catalog | index | concurrency | throughput /s | p50 ms | p90 ms | p99 ms | recommend compute infer ms | retrieval ms | towers ms |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in cats.items():
             for c, x in sorted(r["results"].get("recommend", {}).items(), key=lambda kv: int(kv[0])):
                 srv = x["server"]
-                towers = sum(srv.get(m, {}).get("request_ms", 0.0) for m in ("user_tower", "reranker"))
+                rec = srv.get("recommend", {})
+                st = (x.get("stages") or {}).get("recommend", {})
+                per = {k: v["ms"] * v["calls"] / rec["requests"] for k, v in st.items()} if st and rec.get("requests") else {}
+                if per:
+                    retrieval, towers = per.get("retrieval"), per.get("user_tower", 0.0) + per.get("rerank", 0.0)
+                else:  # runs from before the stage split: the BLS models' own request time
+                    retrieval, towers = None, sum(srv.get(m, {}).get("request_ms", 0.0) for m in ("user_tower", "reranker"))
                 L.append(f"| {r['catalog_items_served']:,} | {r['index']} | {c} | {_f(x['throughput'], 1)} | {_f(x['p50_ms'])} | {_f(x['p90_ms'])} | "
-                         f"{_f(x['p99_ms'])} | {_f(srv.get('recommend', {}).get('compute_infer_ms'))} | {_f(towers)} |")  # fmt: skip
+                         f"{_f(x['p99_ms'])} | {_f(rec.get('compute_infer_ms'))} | {_f(retrieval)} | {_f(towers)} |")  # fmt: skip
         L += ["", "Catalog-run command lines:", "", "```"]
         for r in cats.values():
             for by_c in r["results"].values():
@@ -1340,9 +1348,10 @@ def render_md(s: dict[str, Any]) -> str:
           "in it (the load average at the start is printed above).",
           "- Server-side averages include the warm-up requests (Triton's cumulative statistics read around each run).",
           "- `ingest_events` acknowledges only after SQLite's WAL is fsynced (`synchronous=FULL`): its tail is the disk's fsync tail.",
-          "- The embedded tritonserver has no native onnxruntime backend: every ONNX model runs inside a Python-backend stub, so each "
-          "BLS call and each tower request crosses a process boundary through shared memory. The NGC flavour's native backends "
-          "are not measured here.",
+          "- The embedded tritonserver has no native onnxruntime backend: every ONNX model served on its own runs inside a "
+          "Python-backend stub, so each direct tower request (and, with the `bls` engine, each BLS call) crosses a process boundary "
+          "through shared memory. That is why the embedded flavour runs the towers in the pipeline's own process (`inprocess`). "
+          "The NGC flavour's native backends, where `bls` is the default, are not measured here.",
           "- GPU: unmeasured (see above).", ""]  # fmt: skip
     L += ["## Rerun by hand", "",
           "The input data files are in `inputs/<run>/` beside this file (`ingest_events`/`upsert_items`: one file per concurrency "
@@ -1373,7 +1382,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default="", help="comma-separated models/labels, e.g. recommend,ingest_events")
     p.add_argument("--concurrency", default="", help="recommend's concurrency levels (default 1,2,4,8)")
     p.add_argument("--requests", type=int, help="measured requests per perf_analyzer run (default: 400 for recommend, see plan())")
-    p.add_argument("--compare", action="store_true", help="add the side-by-side tuning study (as built vs tuned)")
+    p.add_argument("--compare", action="store_true", help="add the side-by-side tuning study (TUNING_VARIANTS: BLS vs in-process towers, batching delay)")
     p.add_argument("--work", type=Path, help="work folder (kept; a catalog state built there is reused); default a temporary folder, removed")
     p.add_argument("--assemble", action="store_true", help="only re-render serving.md/summary.json/plots from <out>/runs/*.json")
     p.add_argument("--name", help="run name under <out>/runs/ (default: main, or catalog_<N>[_<index>])")

@@ -147,17 +147,18 @@ class DeployConfig:
     # graph, candidates rescored exactly) or "auto" (hnsw from 200k items; see docs/benchmarks/index.md).
     index: str = "exact"
     # How the pipeline models (recommend, upsert_items) run the towers (FRESHREC_ENGINE overrides):
-    # "bls" (a Triton request per stage, dynamically batched across requests), "inprocess"
-    # (onnxruntime inside the pipeline's own process, no hop) or "auto": inprocess on the
-    # embedded flavour, where every tower is itself a Python-backend process and a hop costs
-    # two process crossings; bls on ngc (native backends, GPU batching). docs/benchmarks/serving.md
+    # "bls" (a Triton request per stage, dynamically batched across requests, GPU tensors passed
+    # by DLPack), "inprocess" (onnxruntime inside the pipeline's own process, no hop) or "auto":
+    # inprocess on the embedded flavour on CPU, where every tower is itself a Python-backend
+    # process and a hop costs two process crossings (docs/benchmarks/serving.md); bls on ngc
+    # (native backends) and on GPU (tensors stay on the device, Triton places the instances).
     engine: str = "auto"
 
     def resolved_engine(self) -> str:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.engine == "auto":
-            return "inprocess" if self.flavour == "embedded" else "bls"
+            return "inprocess" if self.flavour == "embedded" and self.device == "cpu" else "bls"
         return self.engine
 
     def to_dict(self) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def test_engine_setting_resolves_per_flavour():
 
     assert DeployConfig(flavour="embedded").resolved_engine() == "inprocess"  # towers are Python stubs there
     assert DeployConfig(flavour="ngc").resolved_engine() == "bls"  # native backends batch across requests
+    assert DeployConfig(flavour="embedded", device="gpu").resolved_engine() == "bls"  # tensors stay on the GPU
     assert DeployConfig(flavour="ngc", engine="inprocess").resolved_engine() == "inprocess"
     with pytest.raises(ValueError, match="engine must be one of"):
         DeployConfig(engine="grpc").resolved_engine()
