@@ -886,6 +886,12 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         del ds
         index = opts.index or json.loads((repo / "recommend" / "1" / "freshrec.json").read_text())["deploy"].get("index", "exact")
         env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
+        # The servers' graph cache lives in the work folder: a first start builds the graph once
+        # (the other instance loads it); a reused --work folder starts from the saved graph.
+        graphs = work / "graphs"
+        if graphs.exists() and any(graphs.glob("hnsw-*.usearch")):
+            log(f"   graph cache {graphs} holds saved graphs: ready time is a load, not a build")
+        env["FRESHREC_INDEX_CACHE"] = str(graphs)
         main = Server(name, repo, state_url, env)
         servers.append(main)
         log(f"== tritonserver on {repo} (state {state_url}, index {index})")
@@ -970,7 +976,7 @@ def compare(opts: BenchOptions, pa: list[str], repo: Path, state_url: str, input
     same runs (recommend at concurrency 1 and 4; the user tower, the reranker and upsert_items at 1)
     rotate through the variants round by round so all see the same machine load; medians over the
     rounds, ratios against the first variant."""
-    index_env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
+    index_env = {"FRESHREC_INDEX": opts.index, "FRESHREC_INDEX_CACHE": str(work / "graphs")} if opts.index else {}
     one = {"FRESHREC_TORCH_THREADS": "1"}
     delay0 = variant_repository(repo, work / "repo-delay0", queue_delay_us=0)
     delay200 = variant_repository(repo, work / "repo-delay200", queue_delay_us=200)

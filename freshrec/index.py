@@ -13,13 +13,28 @@ Three kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment 
   `k + excluded` neighbours, drops excluded rows, and rescores the survivors exactly against
   the item matrix, so scores are the true inner products. New items are added to the graph
   as the refresh sees them; an upserted existing item is removed and re-added under the same
-  key; nothing is ever rebuilt. The graph is built once per instance, on its first refresh
-  (seconds at 100k, minutes at 1M on 2 cores). On a GPU device it falls back to exact: the
-  graph is CPU-only and the exact scan is one kernel there (GPU timings are unmeasured).
+  key; nothing is ever rebuilt. The graph is built on an instance's first refresh (seconds at
+  100k, minutes at 1M on 2 cores), or loaded from the graph cache below. On a GPU device it
+  falls back to exact: the graph is CPU-only and the exact scan is one kernel there (GPU
+  timings are unmeasured).
 - ``auto``: exact below `ann_threshold` items, hnsw from there on (graph built on crossing).
+
+A graph built from scratch can be kept in a folder (`graph_cache`; the server uses
+FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to disable), keyed by a hash of
+the exact vectors and graph settings: the instances of one server (and a restarted one) load the
+graph the first instance built instead of each building its own. Builds take a folder lock, so a
+second instance waits for the first and loads its file; the newest `GRAPH_CACHE_KEEP` files are
+kept. Items added after the build go into each instance's graph as usual.
 """
 
 from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +43,20 @@ from freshrec.store.base import Item, StateStore
 
 INDEX_KINDS = ("exact", "hnsw", "auto")
 ANN_THRESHOLD = 200_000  # "auto": below this, exact on CPU is within the latency budget (see docs/benchmarks/index.md)
+GRAPH_CACHE_KEEP = 2  # graph files kept in the cache folder (a 1M-item graph is about 0.5 GB)
+log = logging.getLogger(__name__)
+
+
+def graph_cache_dir() -> Path | None:
+    """The server's graph cache: FRESHREC_INDEX_CACHE, "off" for none, default <freshrec cache>/index."""
+    value = os.environ.get("FRESHREC_INDEX_CACHE", "")
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value).expanduser()
+    from freshrec.assets import cache_root
+
+    return cache_root() / "index"
 
 
 class HnswGraph:
@@ -43,6 +72,62 @@ class HnswGraph:
                            expansion_add=expansion_add, expansion_search=expansion_search)  # fmt: skip
         self.expansion_search = expansion_search
         self.threads = threads
+        self.settings = {"dim": dim, "connectivity": connectivity, "expansion_add": expansion_add, "dtype": dtype}
+        self.loaded_from: Path | None = None  # the cache file it came from, if it was not built here
+
+    @classmethod
+    def over(cls, vectors: np.ndarray, cache: Path | None = None, **params) -> "HnswGraph":
+        """A graph over `vectors` (keys 0..N-1): loaded from `cache` when a graph of the same
+        vectors and settings is there, else built (and saved there)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = len(vectors)
+        graph = cls(vectors.shape[1], **params)
+        if cache is None:
+            graph.upsert(np.arange(n), vectors, np.zeros(n, bool))
+            return graph
+        from usearch import __version__ as usearch_version
+
+        h = hashlib.sha256(json.dumps({**graph.settings, "n": n, "usearch": usearch_version}, sort_keys=True).encode())
+        h.update(memoryview(vectors).cast("B"))
+        path = cache / f"hnsw-{h.hexdigest()[:32]}.usearch"
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            lock = open(cache / ".lock", "a+")
+        except OSError as exc:  # an unusable folder costs a build, nothing else
+            log.warning("graph cache %s unusable (%s); building without it", cache, exc)
+            graph.upsert(np.arange(n), vectors, np.zeros(n, bool))
+            return graph
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and load it
+            try:
+                if path.exists():
+                    try:
+                        graph.index.load(str(path))
+                        ok = len(graph.index) == n
+                    except Exception as exc:  # noqa: BLE001 - a damaged file is rebuilt, never served
+                        log.warning("graph cache file %s unreadable (%s); rebuilding", path, exc)
+                        ok = False
+                    if ok:
+                        graph.loaded_from = path
+                        try:
+                            os.utime(path)  # recently used: kept by the pruning below
+                        except OSError:
+                            pass
+                        return graph
+                    graph = cls(vectors.shape[1], **params)
+                graph.upsert(np.arange(n), vectors, np.zeros(n, bool))
+                try:
+                    tmp = path.with_suffix(".tmp")
+                    graph.index.save(str(tmp))
+                    os.replace(tmp, path)
+                    old = sorted(cache.glob("hnsw-*.usearch"), key=lambda p: p.stat().st_mtime, reverse=True)
+                    for stale in old[GRAPH_CACHE_KEEP:]:
+                        stale.unlink(missing_ok=True)
+                except OSError as exc:  # a full or read-only disk costs the next start a build, nothing else
+                    log.warning("graph not saved to %s: %s", cache, exc)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return graph
 
     def __len__(self) -> int:
         return len(self.index)
@@ -69,7 +154,7 @@ class HnswGraph:
 
 class ItemIndex:
     def __init__(self, dim: int, device: torch.device | str = "cpu", kind: str = "exact",
-                 ann_threshold: int = ANN_THRESHOLD, **hnsw: int | str) -> None:  # fmt: skip
+                 ann_threshold: int = ANN_THRESHOLD, graph_cache: Path | None = None, **hnsw: int | str) -> None:  # fmt: skip
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
         self.dim = dim
@@ -77,6 +162,7 @@ class ItemIndex:
         self.kind = kind
         self.ann_threshold = ann_threshold
         self.hnsw_params = hnsw
+        self.graph_cache = graph_cache
         self.item_ids: list[str] = []
         self.rows: dict[str, int] = {}
         self._matrix = torch.zeros(0, dim, device=self.device)  # capacity grows by doubling
@@ -129,9 +215,7 @@ class ItemIndex:
         if self.graph is not None:
             self.graph.upsert(rows, vecs, existing)
         elif self._wants_graph():
-            self.graph = HnswGraph(self.dim, **self.hnsw_params)
-            n = len(self.item_ids)
-            self.graph.upsert(np.arange(n), self.matrix.cpu().numpy(), np.zeros(n, bool))
+            self.graph = HnswGraph.over(self.matrix.cpu().numpy(), self.graph_cache, **self.hnsw_params)
 
     def search(self, query: torch.Tensor, k: int, exclude_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Inner-product top-k. query (D,) -> rows (k',), scores (k',), best first;

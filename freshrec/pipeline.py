@@ -147,6 +147,7 @@ class Recommender:
         device: torch.device | str = "cpu",
         popular_ttl_s: float = 10.0,
         stats: Stats | None = None,
+        graph_cache: Path | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -154,7 +155,7 @@ class Recommender:
         self.cfg = cfg
         self.deploy = deploy
         self.device = torch.device(device)
-        self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index)
+        self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index, graph_cache=graph_cache)
         self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])

@@ -16,6 +16,7 @@ import torch
 
 from freshrec.config import DeployConfig, ModelConfig
 from freshrec.export.repository import SETTINGS_FILE, TOKENIZER_FILE
+from freshrec.index import graph_cache_dir
 from freshrec.pipeline import InvalidInput, OnnxEngine, Recommender
 from freshrec.server_ext import tensors as T
 from freshrec.server_ext.bls import BlsEngine, ModelCallError
@@ -71,7 +72,9 @@ class Service:
             engine.load(*ENGINE_MODELS.get(self.name, ()))  # at model load, not on the first request
         else:
             engine = BlsEngine(pb)
-        self.recommender = Recommender(open_store(state), engine, tokenizer, cfg, deploy, device, stats=self.stats)
+        # A graph index is built once per catalog and shared through FRESHREC_INDEX_CACHE (freshrec.index).
+        self.recommender = Recommender(open_store(state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
+                                       graph_cache=graph_cache_dir())  # fmt: skip
         if self.name == "recommend":
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).

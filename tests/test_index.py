@@ -66,6 +66,46 @@ def test_hnsw_recall_against_exact(data) -> None:
     assert np.mean(recalls) >= 0.95
 
 
+def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
+    """A graph over the same vectors is built once and loaded after; other vectors get their own
+    file; the newest GRAPH_CACHE_KEEP files stay; a damaged file is rebuilt, never served."""
+    from freshrec.index import GRAPH_CACHE_KEEP
+
+    x, queries = data
+    cache = tmp_path / "graphs"
+    first = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    first.apply(items(x))
+    assert first.graph.loaded_from is None and len(list(cache.glob("hnsw-*.usearch"))) == 1
+    second = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    second.apply(items(x))
+    assert second.graph.loaded_from is not None and len(second.graph) == len(x)
+    for q in queries[:5]:
+        a, b = first.search(torch.from_numpy(q), 20, [3]), second.search(torch.from_numpy(q), 20, [3])
+        assert a[0].tolist() == b[0].tolist()
+    # Items added after the load go into the loaded graph as usual.
+    extra = clustered(np.random.default_rng(9), 3)
+    second.apply(items(extra, start=len(x)))
+    assert second.search(torch.from_numpy(extra[0]), 1, [])[0].tolist() == [len(x)]
+    # Other catalogs: a file each, the oldest pruned.
+    for seed in range(GRAPH_CACHE_KEEP + 1):
+        other = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+        other.apply(items(clustered(np.random.default_rng(100 + seed), 500)))
+    assert len(list(cache.glob("hnsw-*.usearch"))) == GRAPH_CACHE_KEEP
+    # A damaged file is rebuilt.
+    newest = max(cache.glob("hnsw-*.usearch"), key=lambda p: p.stat().st_mtime)
+    newest.write_bytes(b"not a graph")
+    again = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    again.apply(items(clustered(np.random.default_rng(100 + GRAPH_CACHE_KEEP), 500)))
+    assert again.graph.loaded_from is None and len(again.graph) == 500
+    assert newest.stat().st_size > 100  # saved again, whole
+    # An unusable cache folder (here: a file in its place) costs a build, not the model.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x")
+    plain = ItemIndex(DIM, kind="hnsw", graph_cache=blocked / "graphs")
+    plain.apply(items(x[:300]))
+    assert plain.graph.loaded_from is None and len(plain.graph) == 300
+
+
 def test_exact_kind_matches_numpy(data) -> None:
     x, queries = data
     idx = ItemIndex(DIM)
@@ -180,7 +220,11 @@ def test_scaled_catalog_served_with_hnsw(tiny_build, tmp_path: Path, triton_serv
     assert "(" in text and "Genres:" in text and json.loads(meta)["text_embedding"] == "minilm"
     user = db.execute("SELECT user_id FROM events ORDER BY seq LIMIT 1").fetchone()[0]
     db.close()
-    server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env={"FRESHREC_STATE": url, "FRESHREC_INDEX": "hnsw"})
+    graphs = tmp_path / "graphs"
+    env = {"FRESHREC_STATE": url, "FRESHREC_INDEX": "hnsw", "FRESHREC_INDEX_CACHE": str(graphs)}
+    server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env=env)
+    # Both recommend instances loaded the catalog at start: one built the graph, the other loaded its file.
+    assert len(list(graphs.glob("hnsw-*.usearch"))) == 1
     # The served HNSW path returns what the exact reference returns on this small catalog.
     engine, tokenizer, cfg = load_reference(tiny_build["build_dir"])
     ref = Recommender(open_store(url), engine, tokenizer, cfg, DeployConfig())
