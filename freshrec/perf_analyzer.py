@@ -43,7 +43,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from freshrec.assets import AssetError, cache_root
+from freshrec.assets import AssetError, WheelAsset, _sha256_file, cache_root, fetch_wheel
 
 __all__ = [
     "DEBS",
@@ -66,17 +66,19 @@ class PerfAnalyzerUnavailable(AssetError):
 
 @dataclass(frozen=True)
 class Pinned:
-    name: str  # PyPI project or Debian package
+    name: str  # Debian package
     version: str
     filename: str  # as served (Debian: the epoch is %3a-escaped by apt-get download)
     sha256: str
 
 
-PA_WHEEL = Pinned(
+# A manylinux_2_38 wheel: pip is told the platform, since this host's own tags (glibc 2.36) exclude it.
+PA_WHEEL = WheelAsset(
     "perf-analyzer",
     PA_VERSION,
     "perf_analyzer-2.60.0-py3-none-manylinux_2_38_x86_64.whl",
     "23ef56b107ae9233e5cf09fbdf508dd9b936a52f1bae2f63f53c8117087b3f25",
+    pip_args=("--platform", "manylinux_2_38_x86_64", "--python-version", "3.11"),
 )
 PA_MEMBER = "perf_analyzer/bin/perf_analyzer"
 PA_MIN_GLIBC = (2, 38)
@@ -116,16 +118,8 @@ def _log(msg: str) -> None:
     print(f"freshrec: {msg}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(path: Path, pin: Pinned, source: str) -> None:
-    actual = _sha256(path)
+    actual = _sha256_file(path)
     if actual != pin.sha256:
         path.unlink(missing_ok=True)
         raise PerfAnalyzerUnavailable(
@@ -160,35 +154,26 @@ def _from_wheelhouse(pin: Pinned, dest: Path) -> bool:
 
 # -- the wheel -----------------------------------------------------------------------------------
 def _fetch_wheel() -> Path:
-    wheels = cache_root() / "wheels"
-    dest = wheels / PA_WHEEL.filename
-    if dest.is_file():
-        try:
-            _verify(dest, PA_WHEEL, f"cache {dest}")
-            return dest
-        except PerfAnalyzerUnavailable as e:
-            _log(f"{e}; fetching it again")
-    wheels.mkdir(parents=True, exist_ok=True)
-    if _from_wheelhouse(PA_WHEEL, dest):
-        return dest
-    with tempfile.TemporaryDirectory(dir=wheels, prefix=".fetch-") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--platform", "manylinux_2_38_x86_64", "--python-version", "3.11",
-            f"{PA_WHEEL.name}=={PA_WHEEL.version}", "-d", tmp,
-        ]  # fmt: skip
-        _log(f"downloading {PA_WHEEL.name}=={PA_WHEEL.version} (manylinux_2_38 wheel) with pip ...")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
-            raise PerfAnalyzerUnavailable(f"pip download of {PA_WHEEL.name}=={PA_WHEEL.version} failed (exit {proc.returncode}). "
-                                          f"{_NETWORK_HINT}{PA_WHEEL.filename}\n{tail}")  # fmt: skip
-        path = Path(tmp) / PA_WHEEL.filename
-        if not path.is_file():
-            raise PerfAnalyzerUnavailable(f"pip download gave {sorted(os.listdir(tmp))}, not {PA_WHEEL.filename}")
-        _verify(path, PA_WHEEL, "pip download")
-        os.replace(path, dest)
-    return dest
+    """The verified, cached wheel (freshrec.assets.fetch_wheel: cache, FRESHREC_WHEELHOUSE, pip)."""
+    try:
+        return fetch_wheel(PA_WHEEL)
+    except AssetError as e:
+        raise PerfAnalyzerUnavailable(f"{e}\n{_NETWORK_HINT}{PA_WHEEL.filename}") from e
+
+
+def _install(folder: Path, fill, marker: str) -> None:
+    """Fills a fresh folder beside `folder` (`fill(tmp)`), writes the marker, then swaps it in by
+    rename, so a reader sees the old folder or the complete new one, never a half-written one."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        fill(tmp)
+        (tmp / MARKER).write_text(marker + "\n")
+        tmp.chmod(0o755)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _binary() -> Path:
@@ -200,19 +185,14 @@ def _binary() -> Path:
         return binary
     wheel = _fetch_wheel()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         (tmp / "bin").mkdir()
         with zipfile.ZipFile(wheel) as zf, zf.open(PA_MEMBER) as src, open(tmp / "bin" / "perf_analyzer", "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         (tmp / "bin" / "perf_analyzer").chmod(0o755)
-        (tmp / MARKER).write_text(PA_WHEEL.sha256 + "\n")
-        tmp.chmod(0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _install(folder, fill, PA_WHEEL.sha256)
     return binary
 
 
@@ -308,19 +288,14 @@ def _runtime() -> Path:
     if shutil.which("dpkg") is None:
         raise PerfAnalyzerUnavailable("dpkg is needed to unpack the Debian 13 C library for perf_analyzer (glibc < 2.38)")
     debs = _debs()
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         for deb in debs:
             proc = subprocess.run(["dpkg", "-x", str(deb), str(tmp)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise PerfAnalyzerUnavailable(f"dpkg -x {deb.name} failed: {proc.stderr.strip()}")
-        (tmp / MARKER).write_text(digest + "\n")
-        tmp.chmod(0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _install(folder, fill, digest)
     return folder
 
 
