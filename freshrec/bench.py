@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -181,11 +182,9 @@ def _tensor(values: list, shape: list[int]) -> dict[str, Any]:
 
 
 def _onnx_session(repository: Path, model: str):
-    import onnxruntime as ort
+    from freshrec.server_ext.onnx_model import onnx_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(repository / model / "1" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(repository / model / "1" / "model.onnx")
 
 
 @dataclass
@@ -621,7 +620,7 @@ class Server:
         from freshrec.config import DeployConfig
 
         deploy = DeployConfig.from_dict(json.loads((self.repository / "recommend" / "1" / "freshrec.json").read_text())["deploy"])
-        return DeployConfig(**{**deploy.to_dict(), "engine": self.env.get("FRESHREC_ENGINE") or deploy.engine}).resolved_engine()
+        return dataclasses.replace(deploy, engine=self.env.get("FRESHREC_ENGINE") or deploy.engine).resolved_engine()
 
     def start(self, work: Path, ready_timeout: float = 300.0) -> None:
         from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports

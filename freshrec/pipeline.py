@@ -90,19 +90,13 @@ class OnnxEngine:
     def _session(self, model: str):
         s = self.sessions.get(model)
         if s is None:
-            import onnxruntime as ort
-
             path = self.repository / model / self.version / "model.onnx"
             if not path.exists():
                 raise FileNotFoundError(f"{path} missing: the in-process engine runs the ONNX models of its own repository")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            providers: list = ["CPUExecutionProvider"]
-            if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-            s = self.sessions[model] = ort.InferenceSession(str(path), opts, providers=providers)
+            from freshrec.server_ext.onnx_model import onnx_session  # the towers' own session settings
+
+            cuda = (self.device.index or 0) if self.device.type == "cuda" else None
+            s = self.sessions[model] = onnx_session(path, self.threads, cuda)
         return s
 
     def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

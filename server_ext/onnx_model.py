@@ -12,23 +12,30 @@ import numpy as np
 from freshrec.contract import BY_NAME
 
 
+def onnx_session(path: Path, threads: int = 1, cuda_device: int | None = None):
+    """The onnxruntime session every served ONNX model runs in: `threads` intra-op threads, one
+    inter-op thread, every graph optimisation; CUDA first when a device is given and available."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers: list = ["CPUExecutionProvider"]
+    if cuda_device is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": cuda_device}))
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
 class OnnxModel:
     def __init__(self, args: dict, pb) -> None:
-        import onnxruntime as ort
-
         self.pb = pb
         self.contract = BY_NAME[args["model_name"]]
         params = json.loads(args["model_config"]).get("parameters", {})
         threads = int(params.get("ort_threads", {}).get("string_value", "1"))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))}))
+        cuda = int(args.get("model_instance_device_id", 0)) if args.get("model_instance_kind") == "GPU" else None
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.session = onnx_session(path, threads, cuda)
 
     def execute(self, requests):
         pb = self.pb
