@@ -1,7 +1,7 @@
 """`freshrec bench`: the served models under load, measured with the real perf_analyzer over gRPC.
 
     python -m freshrec.bench [--build build] [--repository model_repository/embedded] [--out docs/benchmarks]
-                             [--smoke] [--state URL | --catalog-items N] [--index exact|hnsw]
+                             [--smoke] [--state URL | --catalog-items N] [--index exact|sq8|hnsw|auto]
                              [--compare] [--only recommend,ingest_events]
 
 What it does:
@@ -322,9 +322,9 @@ def generate_inputs(ds: Dataset, repository: Path, specs: list[Spec], out: Path,
         picks = rng.choice(len(catalog), size=min(32, len(catalog)), replace=False)
         tok = Tokenizer(repository / "upsert_items" / "1", ds.max_tokens)
         ids, mask = tok([texts[j] for j in picks])
-        if "text_encoder" in labels:
-            steps = [{"input_ids": _tensor([int(x) for x in i], [ds.max_tokens]), "attention_mask": _tensor([int(x) for x in m], [ds.max_tokens])}
-                     for i, m in zip(ids, mask)]  # fmt: skip
+        if "text_encoder" in labels:  # one text per request, tokenised alone as upsert_items does
+            steps = [{"input_ids": _tensor([int(x) for x in i[0]], [i.shape[1]]), "attention_mask": _tensor([int(x) for x in m[0]], [m.shape[1]])}
+                     for i, m in (tok([texts[j]]) for j in picks)]  # fmt: skip
             p = dump("text_encoder", steps)
             paths["text_encoder"] = {c: p for s in specs if s.label == "text_encoder" for c in s.concurrency}
         if "item_tower" in labels:
@@ -883,7 +883,10 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         inputs = generate_inputs(ds, repo, specs, inputs_dir, token, opts.seed)
         n_items, warm_users = len(ds.items), ds.users[:8]
         del ds
-        index = opts.index or json.loads((repo / "recommend" / "1" / "freshrec.json").read_text())["deploy"].get("index", "exact")
+        from freshrec.index import resolve_kind
+
+        index_setting = opts.index or json.loads((repo / "recommend" / "1" / "freshrec.json").read_text())["deploy"].get("index", "exact")
+        index = resolve_kind(index_setting, n_items)  # what the (CPU) server searches with at this size
         env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
         # The servers' graph cache lives in the work folder: a first start builds the graph once
         # (the other instance loads it); a reused --work folder starts from the saved graph.
@@ -924,6 +927,7 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
             "catalog": catalog,
             "catalog_items_served": n_items,
             "index": index,
+            "index_setting": index_setting,
             "server_ready_seconds": round(ready_s, 1),
             "prewarm_seconds": round(warm_s, 1),
             "memory_after_warmup": memory,
@@ -1383,7 +1387,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--state", help="serve this state instead of the build's (sqlite:///... is copied first)")
     g.add_argument("--catalog-items", type=int, help="bench recommend on a synthetic catalog of N items (freshrec.catalog_scale)")
-    p.add_argument("--index", choices=("exact", "hnsw", "auto"), help="retrieval index (FRESHREC_INDEX for the server)")
+    p.add_argument("--index", choices=("exact", "sq8", "hnsw", "auto"), help="retrieval index (FRESHREC_INDEX for the server)")
     p.add_argument("--only", default="", help="comma-separated models/labels, e.g. recommend,ingest_events")
     p.add_argument("--concurrency", default="", help="recommend's concurrency levels (default 1,2,4,8)")
     p.add_argument("--requests", type=int, help="measured requests per perf_analyzer run (default: 400 for recommend, see plan())")

@@ -21,7 +21,7 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding size
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    max_tokens: int = 32  # item titles + year + genres fit in ~25 word pieces; fixed length lets Triton batch
+    max_tokens: int = 32  # item titles + year + genres fit in ~25 word pieces (a batch is padded to its longest)
     dim: int = TEXT_DIM
 
 
@@ -143,9 +143,11 @@ class DeployConfig:
     ort_threads: int = 1  # onnxruntime intra-op threads per instance (2-core machines: 1)
     version: int = 1  # model version directory written by this export
     state: str = "sqlite:///state.db"  # state store URL; relative paths resolve against the build dir
-    # Retrieval index (FRESHREC_INDEX overrides): "exact" (matrix product + top-k), "hnsw" (usearch
-    # graph, candidates rescored exactly) or "auto" (hnsw from 200k items; see docs/benchmarks/index.md).
-    index: str = "exact"
+    # Retrieval index (FRESHREC_INDEX overrides): "exact" (matrix product + top-k), "sq8" (int8 scan,
+    # candidates rescored exactly), "hnsw" (usearch graph, candidates rescored exactly) or "auto"
+    # (exact below 20k items, sq8 below 200k, hnsw from there; see freshrec/index.py and
+    # docs/benchmarks/index.md).
+    index: str = "auto"
     # How the pipeline models (recommend, upsert_items) run the towers (FRESHREC_ENGINE overrides):
     # "bls" (a Triton request per stage, dynamically batched across requests, GPU tensors passed
     # by DLPack), "inprocess" (onnxruntime inside the pipeline's own process, no hop) or "auto":

@@ -91,7 +91,7 @@ _HISTORY = (
 TEXT_ENCODER = ModelContract(
     name="text_encoder",
     inputs=(
-        _t("input_ids", "TYPE_INT64", "T", doc="word-piece ids, padded to max_tokens"),
+        _t("input_ids", "TYPE_INT64", "T", doc="word-piece ids, padded to the batch's longest text (a multiple of 8, at most max_tokens)"),
         _t("attention_mask", "TYPE_INT64", "T"),
     ),
     outputs=(_t("text_embedding", "TYPE_FP32", "E", doc="all-MiniLM-L6-v2 sentence embedding, unit norm"),),

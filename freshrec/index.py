@@ -3,21 +3,28 @@
 Each model instance keeps one; before serving it applies the items written since the version
 it last saw, so an upserted item is retrievable on every instance with no rebuild.
 
-Three kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment variable):
+Four kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment variable):
 
-- ``exact`` (default): matrix product over every item vector + partial top-k (torch, on the
-  pipeline's device). Exact, no build step, no extra memory; on the 2-core CPU as fast as the
-  graph at recall 0.95 up to about 100k items (docs/benchmarks/index.md).
+- ``exact``: matrix product over every item vector + partial top-k (torch, on the pipeline's
+  device). Exact, no build step, no extra memory; memory-bound on CPU (100k items: ~3.5 ms).
+- ``sq8``: the same full scan over int8 codes of the vectors (faiss `IndexScalarQuantizer`, one
+  range per dimension), a quarter of the bytes; the index asks the scan for `k + excluded` (+25%)
+  candidates, drops excluded rows, rescores the survivors exactly against the item matrix and
+  keeps the best k, so scores are the true inner products (recall@200 vs exact: 1.0 on the 100k and 1M catalogs,
+  docs/benchmarks/index.md). No build step beyond encoding (one pass over the vectors); new
+  items are encoded and appended, an updated item's codes are overwritten in place; the ranges
+  are re-fitted (all codes re-encoded) when the catalog has doubled since the last fit. On a
+  GPU device it falls back to exact.
 - ``hnsw``: a usearch HNSW graph (inner product) over the same vectors, chosen by measurement
-  (docs/benchmarks/index.md). It only proposes candidates: the index asks the graph for
-  `k + excluded` neighbours, drops excluded rows, and rescores the survivors exactly against
-  the item matrix, so scores are the true inner products. New items are added to the graph
+  (docs/benchmarks/index.md). It only proposes candidates, as the int8 scan does: `k + excluded`
+  (+25%) neighbours, rescored exactly, the best k kept. New items are added to the graph
   as the refresh sees them; an upserted existing item is removed and re-added under the same
   key; nothing is ever rebuilt. The graph is built on an instance's first refresh (seconds at
   100k, minutes at 1M on 2 cores), or loaded from the graph cache below. On a GPU device it
   falls back to exact: the graph is CPU-only and the exact scan is one kernel there (GPU
   timings are unmeasured).
-- ``auto``: exact below `ann_threshold` items, hnsw from there on (graph built on crossing).
+- ``auto`` (default): exact below `sq8_threshold` items (the scan is well under a millisecond
+  there), sq8 below `ann_threshold`, hnsw from there on (graph built on crossing).
 
 A graph built from scratch can be kept in a folder (`graph_cache`; the server uses
 FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to disable), keyed by a hash of
@@ -41,8 +48,12 @@ import torch
 
 from freshrec.store.base import Item, StateStore
 
-INDEX_KINDS = ("exact", "hnsw", "auto")
-ANN_THRESHOLD = 200_000  # "auto": below this, exact on CPU is within the latency budget (see docs/benchmarks/index.md)
+INDEX_KINDS = ("exact", "sq8", "hnsw", "auto")
+SQ8_THRESHOLD = 20_000  # "auto": below this, the exact scan costs well under a millisecond
+ANN_THRESHOLD = 200_000  # "auto": from here the graph is faster than any full scan (see docs/benchmarks/index.md)
+# sq8/hnsw propose k + excluded + k / RESCORE_SLACK candidates; all are rescored exactly and the
+# best k kept, so a true top-k item ranked just past k by the approximation is still found.
+RESCORE_SLACK = 4
 GRAPH_CACHE_KEEP = 2  # graph files kept in the cache folder (a 1M-item graph is about 0.5 GB)
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,13 @@ def graph_cache_dir() -> Path | None:
     from freshrec.assets import cache_root
 
     return cache_root() / "index"
+
+
+def resolve_kind(kind: str, n_items: int, sq8_threshold: int = SQ8_THRESHOLD, ann_threshold: int = ANN_THRESHOLD) -> str:
+    """What a CPU index of `kind` searches with over `n_items` items: "exact", "sq8" or "hnsw"."""
+    if kind != "auto":
+        return kind
+    return "hnsw" if n_items >= ann_threshold else "sq8" if n_items >= sq8_threshold else "exact"
 
 
 class HnswGraph:
@@ -152,21 +170,86 @@ class HnswGraph:
         return int(self.index.memory_usage)
 
 
+class Sq8Scan:
+    """A full scan over int8 codes of the item vectors: faiss `IndexScalarQuantizer` (QT_8bit,
+    inner product), one [min, max] range per dimension fitted on the catalog with a margin;
+    components outside it are clipped (the candidates are rescored exactly anyway). Codes are
+    kept in row order, so faiss labels are the index's row numbers."""
+
+    MARGIN = 0.1  # of each dimension's spread, on either side: room for items added later
+
+    def __init__(self, dim: int) -> None:
+        import faiss
+
+        self.faiss = faiss
+        self.index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        self.fitted_on = 0  # rows in the catalog when the ranges were last fitted
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def fit(self, vectors: np.ndarray) -> None:
+        """Fits the ranges on `vectors` (rows 0..N-1) and encodes them all, replacing any codes."""
+        lo, hi = vectors.min(axis=0), vectors.max(axis=0)
+        pad = self.MARGIN * (hi - lo) + 1e-3  # never a zero-width range
+        self.index.reset()
+        self.faiss.copy_array_to_vector(np.concatenate([lo - pad, hi - lo + 2 * pad]).astype(np.float32), self.index.sq.trained)
+        self.index.is_trained = True
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.fitted_on = len(vectors)
+
+    def upsert(self, rows: np.ndarray, vectors: np.ndarray, existing: np.ndarray) -> None:
+        """New rows (numbered on from the current end, in order) are appended; rows flagged
+        `existing` get their codes overwritten in place."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if (~existing).any():
+            self.index.add(vectors[~existing])
+        if existing.any():
+            size = self.index.code_size
+            codes = self.faiss.rev_swig_ptr(self.index.codes.data(), len(self) * size).reshape(len(self), size)
+            codes[rows[existing]] = self.index.sa_encode(vectors[existing])
+
+    def search(self, query: np.ndarray, count: int) -> np.ndarray:
+        """The `count` rows of highest quantized inner product, best first."""
+        count = min(count, len(self))
+        if count <= 0:
+            return np.zeros(0, np.int64)
+        # One query on the calling thread: faiss opens an OpenMP region even for one query, and
+        # a second (spinning) thread costs latency on small machines. faiss and torch share the
+        # OpenMP runtime, so the caller's count is restored.
+        threads = self.faiss.omp_get_max_threads()
+        if threads != 1:
+            self.faiss.omp_set_num_threads(1)
+        try:
+            _, labels = self.index.search(query[None], count)
+        finally:
+            if threads != 1:
+                self.faiss.omp_set_num_threads(threads)
+        return labels[0][labels[0] >= 0]
+
+    @property
+    def memory_bytes(self) -> int:
+        return len(self) * int(self.index.code_size)
+
+
 class ItemIndex:
-    def __init__(self, dim: int, device: torch.device | str = "cpu", kind: str = "exact",
-                 ann_threshold: int = ANN_THRESHOLD, graph_cache: Path | None = None, **hnsw: int | str) -> None:  # fmt: skip
+    def __init__(self, dim: int, device: torch.device | str = "cpu", kind: str = "auto",
+                 ann_threshold: int = ANN_THRESHOLD, graph_cache: Path | None = None,
+                 sq8_threshold: int = SQ8_THRESHOLD, **hnsw: int | str) -> None:  # fmt: skip
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
         self.dim = dim
         self.device = torch.device(device)
         self.kind = kind
         self.ann_threshold = ann_threshold
+        self.sq8_threshold = sq8_threshold
         self.hnsw_params = hnsw
         self.graph_cache = graph_cache
         self.item_ids: list[str] = []
         self.rows: dict[str, int] = {}
         self._matrix = torch.zeros(0, dim, device=self.device)  # capacity grows by doubling
         self.graph: HnswGraph | None = None
+        self.scan: Sq8Scan | None = None
         self.version = 0
 
     def __len__(self) -> int:
@@ -181,10 +264,19 @@ class ItemIndex:
     def uses_graph(self) -> bool:
         return self.graph is not None
 
+    @property
+    def serving_kind(self) -> str:
+        """What searches now: "exact", "sq8" or "hnsw"."""
+        return "hnsw" if self.graph is not None else "sq8" if self.scan is not None else "exact"
+
+    def _wanted_kind(self) -> str:
+        """The structure this catalog size asks for (a GPU device always scans exactly)."""
+        if self.device.type != "cpu":
+            return "exact"
+        return resolve_kind(self.kind, len(self.item_ids), self.sq8_threshold, self.ann_threshold)
+
     def _wants_graph(self) -> bool:
-        if self.device.type != "cpu" or self.kind == "exact":
-            return False
-        return self.kind == "hnsw" or len(self.item_ids) >= self.ann_threshold
+        return self._wanted_kind() == "hnsw"
 
     def refresh(self, store: StateStore) -> int:
         """Applies items written since the last refresh; returns how many changed."""
@@ -214,26 +306,36 @@ class ItemIndex:
         self._matrix[torch.from_numpy(rows).to(self.device)] = torch.from_numpy(vecs).to(self.device)
         if self.graph is not None:
             self.graph.upsert(rows, vecs, existing)
-        elif self._wants_graph():
+            return
+        wanted = self._wanted_kind()
+        if wanted == "hnsw":
+            self.scan = None
             self.graph = HnswGraph.over(self.matrix.cpu().numpy(), self.graph_cache, **self.hnsw_params)
+        elif wanted == "sq8":
+            if self.scan is None:
+                self.scan = Sq8Scan(self.dim)
+            if self.scan.fitted_on == 0 or len(self.item_ids) >= 2 * self.scan.fitted_on:
+                self.scan.fit(self.matrix.numpy())
+            else:
+                self.scan.upsert(rows, vecs, existing)
 
     def search(self, query: torch.Tensor, k: int, exclude_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Inner-product top-k. query (D,) -> rows (k',), scores (k',), best first;
-        k' = min(k, items not excluded). Exact, or HNSW candidates rescored exactly."""
+        k' = min(k, items not excluded). Exact, or sq8/HNSW candidates rescored exactly."""
         banned = set(exclude_rows)
         k = min(k, len(self.item_ids) - len(banned))
         if k <= 0:
             return torch.zeros(0, dtype=torch.long, device=self.device), torch.zeros(0, device=self.device)
-        if self.graph is not None:  # CPU only; numpy keeps this path single-threaded (no OpenMP stalls)
+        proposer = self.graph if self.graph is not None else self.scan
+        if proposer is not None:  # CPU only; numpy keeps this path single-threaded (no OpenMP stalls)
             q = query.detach().numpy().astype(np.float32, copy=False)
-            cand = self.graph.search(q, k + len(banned))
+            cand = proposer.search(q, k + len(banned) + k // RESCORE_SLACK)
             if banned:
                 cand = cand[~np.isin(cand, np.fromiter(banned, np.int64, len(banned)))]
-            if len(cand) >= k:  # else the graph returned too few: exact below
-                rows = cand[:k]
-                scores = self.matrix.numpy()[rows] @ q  # exact inner products of the candidates
-                order = np.argsort(-scores, kind="stable")
-                return torch.from_numpy(rows[order]), torch.from_numpy(scores[order])
+            if len(cand) >= k:  # else too few came back: exact below
+                scores = self.matrix.numpy()[cand] @ q  # exact inner products of the candidates
+                order = np.argsort(-scores, kind="stable")[:k]
+                return torch.from_numpy(cand[order]), torch.from_numpy(scores[order])
         scores = self.matrix @ query  # (N,)
         if banned:
             scores[torch.tensor(sorted(banned), dtype=torch.long, device=self.device)] = float("-inf")

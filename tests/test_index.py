@@ -1,5 +1,5 @@
-"""The item index: exact and HNSW retrieval, incremental adds, updates, exclusion; the index
-benchmark's tiny run; a scaled catalog served with the HNSW index."""
+"""The item index: exact, int8-scan and HNSW retrieval, incremental adds, updates, exclusion;
+the index benchmark's tiny run; a scaled catalog served with the HNSW index."""
 
 from __future__ import annotations
 
@@ -108,22 +108,57 @@ def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
 
 def test_exact_kind_matches_numpy(data) -> None:
     x, queries = data
-    idx = ItemIndex(DIM)
+    idx = ItemIndex(DIM, kind="exact")
     idx.apply(items(x))
-    assert not idx.uses_graph
+    assert idx.serving_kind == "exact"
     rows, _ = idx.search(torch.from_numpy(queries[0]), 20, [3, 7])
     assert rows.tolist() == exact_top(x, queries[0], 20, {3, 7})
 
 
-def test_incremental_add_is_visible_in_next_search(data) -> None:
+def test_sq8_scan_matches_exact(data) -> None:
+    """The int8 scan proposes, the item matrix rescores: on these vectors the result is the
+    exact top-k, with exact scores, and the codes hold a quarter of the matrix's bytes."""
     x, queries = data
-    idx = ItemIndex(DIM, kind="hnsw")
+    idx = ItemIndex(DIM, kind="sq8")
+    idx.apply(items(x))
+    assert idx.serving_kind == "sq8" and len(idx.scan) == len(x) and idx.scan.memory_bytes == len(x) * DIM
+    hits = 0
+    for q in queries:
+        rows, scores = idx.search(torch.from_numpy(q), 100, [3, 7])
+        truth = exact_top(x, q, 100, {3, 7})
+        hits += len(set(rows.tolist()) & set(truth))
+        np.testing.assert_allclose(scores.numpy(), x[rows.numpy()] @ q, rtol=1e-6, atol=1e-6)
+        assert (np.diff(scores.numpy()) <= 0).all()
+    assert hits / (100 * len(queries)) >= 0.99
+    # Quantisation alone is coarse: its own ranking differs from the exact one somewhere.
+    raw = [idx.scan.search(q, 100).tolist() for q in queries]
+    assert any(r != exact_top(x, q, 100) for r, q in zip(raw, queries))
+
+
+def test_sq8_refits_its_ranges_when_the_catalog_doubles(data) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind="sq8")
+    idx.apply(items(x[:10] * 0.1))  # a tiny, narrow first catalog: narrow ranges
+    assert idx.scan.fitted_on == 10
+    idx.apply(items(x[10:15], start=10))  # fewer than double: appended under the old ranges
+    assert idx.scan.fitted_on == 10 and len(idx.scan) == 15
+    idx.apply(items(x[15:], start=15))  # past double: ranges refitted on all rows, all re-encoded
+    assert idx.scan.fitted_on == len(x) and len(idx.scan) == len(x)
+    rows, _ = idx.search(torch.from_numpy(queries[0]), 50, [])
+    truth = exact_top(np.concatenate([x[:10] * 0.1, x[10:]]), queries[0], 50)
+    assert len(set(rows.tolist()) & set(truth)) >= 49
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "sq8"])
+def test_incremental_add_is_visible_in_next_search(data, kind: str) -> None:
+    x, queries = data
+    idx = ItemIndex(DIM, kind=kind)
     idx.apply(items(x[:4000]))
     q = queries[1]
     # A new item pointing exactly at the query must come first once applied, with no rebuild.
-    graph = idx.graph
+    structure = idx.graph if kind == "hnsw" else idx.scan
     idx.apply([Item("new", "new item", q.copy())])
-    assert idx.graph is graph and len(graph) == 4001
+    assert (idx.graph if kind == "hnsw" else idx.scan) is structure and len(structure) == 4001
     rows, scores = idx.search(torch.from_numpy(q), 10, [])
     assert idx.item_ids[rows[0]] == "new" and scores[0] == pytest.approx(1.0, abs=1e-5)
     idx.apply(items(x[4000:], start=4000))  # a larger batch
@@ -131,15 +166,16 @@ def test_incremental_add_is_visible_in_next_search(data) -> None:
     assert idx.item_ids[rows[0]] == "new" and len(idx) == 5001
 
 
-def test_update_of_existing_item_moves_it(data) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "sq8"])
+def test_update_of_existing_item_moves_it(data, kind: str) -> None:
     x, queries = data
-    idx = ItemIndex(DIM, kind="hnsw")
+    idx = ItemIndex(DIM, kind=kind)
     idx.apply(items(x))
     q = queries[2]
     top = idx.item_ids[idx.search(torch.from_numpy(q), 1, [])[0][0]]
     far = -q  # the same id now points away from the query: it must leave the top results
     idx.apply([Item(top, "changed", far.copy())])
-    assert len(idx) == len(x) and len(idx.graph) == len(x)
+    assert len(idx) == len(x) and len(idx.graph if kind == "hnsw" else idx.scan) == len(x)
     rows, _ = idx.search(torch.from_numpy(q), 100, [])
     assert top not in [idx.item_ids[r] for r in rows.tolist()]
     # ... and it is found where it now points, under the same row.
@@ -150,7 +186,7 @@ def test_update_of_existing_item_moves_it(data) -> None:
     assert idx.item_ids[idx.search(torch.from_numpy(far), 1, [])[0][0]] == top
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "sq8", "hnsw"])
 def test_exclusion(data, kind: str) -> None:
     x, queries = data
     idx = ItemIndex(DIM, kind=kind)
@@ -170,15 +206,19 @@ def test_exclusion(data, kind: str) -> None:
     assert len(small.search(q, 10, list(range(40)))[0]) == 0
 
 
-def test_auto_switches_to_the_graph_above_the_threshold(data) -> None:
+def test_auto_switches_by_catalog_size(data) -> None:
     x, queries = data
-    idx = ItemIndex(DIM, kind="auto", ann_threshold=3000)
-    idx.apply(items(x[:2000]))
-    assert not idx.uses_graph
+    idx = ItemIndex(DIM, kind="auto", sq8_threshold=1000, ann_threshold=3000)
+    idx.apply(items(x[:500]))
+    assert idx.serving_kind == "exact"
+    idx.apply(items(x[500:2000], start=500))
+    assert idx.serving_kind == "sq8" and len(idx.scan) == 2000
     idx.apply(items(x[2000:], start=2000))
-    assert idx.uses_graph and len(idx.graph) == len(x)
-    # On a GPU device the graph is never used.
-    assert not ItemIndex(DIM, device="meta", kind="hnsw")._wants_graph()
+    assert idx.serving_kind == "hnsw" and len(idx.graph) == len(x) and idx.scan is None
+    assert ItemIndex(DIM).kind == "auto"  # the default
+    # On a GPU device neither the graph nor the int8 scan is used.
+    for kind in ("hnsw", "sq8", "auto"):
+        assert ItemIndex(DIM, device="meta", kind=kind)._wanted_kind() == "exact"
 
 
 def test_bench_index_tiny(tmp_path: Path) -> None:
@@ -188,7 +228,7 @@ def test_bench_index_tiny(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "index.json").read_text())
     assert report["machine"]["cpus"] >= 1 and report["libraries"]["usearch"]
     rows = report["results"]
-    assert {r["method"] for r in rows} >= {"exact_torch", "usearch_hnsw", "faiss_hnsw", "faiss_ivf"}
+    assert {r["method"] for r in rows} >= {"exact_torch", "sq8_scan", "usearch_hnsw", "faiss_hnsw", "faiss_ivf"}
     for r in rows:
         assert r["n_items"] == 3000
         assert 0.0 < r["recall_at_200"] <= 1.0

@@ -42,6 +42,28 @@ def rec(tmp_path, minilm):
     return r
 
 
+def test_tokenizer_pads_to_the_longest_text_and_padding_never_changes_an_embedding(minilm):
+    d, text = minilm
+    tok = Tokenizer(d, 32)
+    short, long_ = "Toy Story (1995)", "A very long title " * 20
+    ids, mask = tok([short])
+    assert ids.shape == mask.shape and ids.shape[1] % 8 == 0 and ids.shape[1] < 32 and mask[0, -1] == 0
+    ids2, mask2 = tok([short, long_])
+    assert ids2.shape == (2, 32) and mask2[1].all()  # truncated at max_tokens, the batch padded to it
+    assert tok([])[0].shape[0] == 0
+    # The same text padded to 8-multiple or to max_tokens: the same embedding.
+    n = int(mask.sum())
+    full = np.zeros((1, 32), np.int64)
+    full_mask = np.zeros((1, 32), np.int64)
+    full[0, :n], full_mask[0, :n] = ids[0, :n], 1
+    with torch.no_grad():
+        a = text(torch.from_numpy(ids), torch.from_numpy(mask))
+        b = text(torch.from_numpy(full), torch.from_numpy(full_mask))
+        c = text(torch.from_numpy(ids2[:1]), torch.from_numpy(mask2[:1]))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+
+
 def test_history_arrays_left_pad_and_keep_the_newest():
     types = np.array([1, 2, 3, 4, 5, 6])
     out = history_arrays(np.arange(6.0), np.full(6, np.nan, np.float32), types, max_history=4)
