@@ -8,13 +8,13 @@ Four kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment v
 - ``exact``: matrix product over every item vector + partial top-k (torch, on the pipeline's
   device). Exact, no build step, no extra memory; memory-bound on CPU (100k items: ~3.5 ms).
 - ``sq8``: the same full scan over int8 codes of the vectors (faiss `IndexScalarQuantizer`, one
-  range per dimension), a quarter of the bytes; the index asks the scan for `k + excluded` (+25%)
-  candidates, drops excluded rows, rescores the survivors exactly against the item matrix and
-  keeps the best k, so scores are the true inner products (recall@200 vs exact: 1.0 on the 100k and 1M catalogs,
-  docs/benchmarks/index.md). No build step beyond encoding (one pass over the vectors); new
-  items are encoded and appended, an updated item's codes are overwritten in place; the ranges
-  are re-fitted (all codes re-encoded) when the catalog has doubled since the last fit. On a
-  GPU device it falls back to exact.
+  range per dimension), a quarter of the bytes; the index asks the scan for `k + excluded`
+  (+25%) candidates, drops excluded rows, rescores the survivors exactly against the item
+  matrix and keeps the best k, so scores are the true inner products (recall@200 vs exact: 1.0
+  on the 100k and 1M catalogs, docs/benchmarks/index.md). No build step beyond encoding (one
+  pass over the vectors); new items are encoded and appended, an updated item's codes are
+  overwritten in place; the ranges are re-fitted (all codes re-encoded) when the catalog has
+  doubled since the last fit. On a GPU device it falls back to exact.
 - ``hnsw``: a usearch HNSW graph (inner product) over the same vectors, chosen by measurement
   (docs/benchmarks/index.md). It only proposes candidates, as the int8 scan does: `k + excluded`
   (+25%) neighbours, rescored exactly, the best k kept. New items are added to the graph

@@ -78,10 +78,15 @@ class Service:
         if self.name == "recommend":
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).
+            t0 = time.perf_counter()
             try:
                 self.recommender.refresh_index()
             except StoreUnavailable as exc:  # requests retry the refresh; the store may come up later
                 pb.Logger.log_warn(f"{self.name}: state store unavailable at start, index loads on first request: {exc}")
+            else:
+                index = self.recommender.index
+                pb.Logger.log_info(f"{self.name}: retrieval index {index.serving_kind} ({deploy.index!r}) over {len(index):,} items, "
+                                   f"loaded in {time.perf_counter() - t0:.1f} s")  # fmt: skip
 
     def close(self) -> None:
         self.recommender.store.close()

@@ -240,9 +240,10 @@ def test_bench_index_tiny(tmp_path: Path) -> None:
     assert (tmp_path / "index.md").read_text().startswith("# ") and (tmp_path / "index_latency.png").stat().st_size > 0
 
 
-def test_scaled_catalog_served_with_hnsw(tiny_build, tmp_path: Path, triton_server_factory) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "sq8"])
+def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory, kind: str) -> None:
     """A tiny build's state grown with synthetic items (real MiniLM + the build's item tower),
-    served from the build's own repository with FRESHREC_INDEX=hnsw."""
+    served from the build's own repository with FRESHREC_INDEX=hnsw or sq8."""
     from freshrec.catalog_scale import scaled_state
     from freshrec.client import FreshrecClient, ItemIn
     from freshrec.config import DeployConfig
@@ -261,11 +262,12 @@ def test_scaled_catalog_served_with_hnsw(tiny_build, tmp_path: Path, triton_serv
     user = db.execute("SELECT user_id FROM events ORDER BY seq LIMIT 1").fetchone()[0]
     db.close()
     graphs = tmp_path / "graphs"
-    env = {"FRESHREC_STATE": url, "FRESHREC_INDEX": "hnsw", "FRESHREC_INDEX_CACHE": str(graphs)}
+    env = {"FRESHREC_STATE": url, "FRESHREC_INDEX": kind, "FRESHREC_INDEX_CACHE": str(graphs)}
     server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env=env)
     # Both recommend instances loaded the catalog at start: one built the graph, the other loaded its file.
-    assert len(list(graphs.glob("hnsw-*.usearch"))) == 1
-    # The served HNSW path returns what the exact reference returns on this small catalog.
+    assert len(list(graphs.glob("hnsw-*.usearch"))) == (1 if kind == "hnsw" else 0)
+    assert f"recommend: retrieval index {kind} ('{kind}') over {n:,} items" in server.log_path.read_text()
+    # The served approximate path returns what the exact reference returns on this small catalog.
     engine, tokenizer, cfg = load_reference(tiny_build["build_dir"])
     ref = Recommender(open_store(url), engine, tokenizer, cfg, DeployConfig())
     with FreshrecClient(server.grpc_url, timeout_s=30.0) as client:
