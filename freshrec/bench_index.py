@@ -160,25 +160,25 @@ def _filtered(cand: np.ndarray, k: int, banned: np.ndarray) -> np.ndarray:
     return cand[:k]
 
 
-class ExactTorch(Method):
-    """The served exact path: freshrec.index.ItemIndex(kind="exact")."""
+class ServedIndex(Method):
+    """A served retrieval path: freshrec.index.ItemIndex of one kind, searched as the pipeline
+    searches it, with torch (and faiss, which shares its OpenMP runtime) on `threads` threads."""
 
-    def __init__(self, threads: int | None = None) -> None:
-        # faiss and torch share one OpenMP runtime, so the count is set on every call.
-        self.threads = threads or TORCH_THREADS
-        self.name = "exact_torch" if threads is None else f"exact_torch_{threads}t"
-        self.params = {"torch_threads": self.threads}
+    kind = "exact"
+    threads: int | None = None  # None: leave the process's count alone
+    index_params: dict = {}
 
     def build(self, items: np.ndarray) -> None:
         from freshrec.index import ItemIndex
         from freshrec.store.base import Item
 
-        self.index = ItemIndex(items.shape[1], kind="exact")
+        self.index = ItemIndex(items.shape[1], kind=self.kind, **self.index_params)
         self.index.apply([Item(str(j), "", v) for j, v in enumerate(items)])
 
     def search(self, q, k, banned):
         before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        if self.threads is not None:  # the count is set on every call: other methods change it
+            torch.set_num_threads(self.threads)
         try:
             return self.index.search(torch.from_numpy(q), k, banned.tolist())[0].numpy()
         finally:
@@ -188,6 +188,15 @@ class ExactTorch(Method):
         from freshrec.store.base import Item
 
         self.index.apply([Item(str(row), "", vec)])
+
+
+class ExactTorch(ServedIndex):
+    """The served exact path: ItemIndex(kind="exact")."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or TORCH_THREADS
+        self.name = "exact_torch" if threads is None else f"exact_torch_{threads}t"
+        self.params = {"torch_threads": self.threads}
 
     def memory_bytes(self) -> int:
         return self.index.matrix.numel() * 4
@@ -272,64 +281,36 @@ class Faiss(Method):
         return int(faiss.serialize_index(self.index).nbytes)
 
 
-class Sq8(Method):
-    """The served int8 scan: freshrec.index.ItemIndex(kind="sq8") (faiss scalar-quantised codes
-    scanned in full, candidates filtered and rescored exactly)."""
+class Sq8(ServedIndex):
+    """The served int8 scan: ItemIndex(kind="sq8") (faiss scalar-quantised codes scanned in
+    full, candidates filtered and rescored exactly), on one thread as served
+    (FRESHREC_TORCH_THREADS)."""
 
-    name = "sq8_scan"
-    params = {"torch_threads": 1}  # as served (FRESHREC_TORCH_THREADS); faiss shares torch's OpenMP count
-
-    def build(self, items):
-        from freshrec.index import ItemIndex
-        from freshrec.store.base import Item
-
-        self.index = ItemIndex(items.shape[1], kind="sq8")
-        self.index.apply([Item(str(j), "", v) for j, v in enumerate(items)])
-
-    def search(self, q, k, banned):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self.index.search(torch.from_numpy(q), k, banned.tolist())[0].numpy()
-        finally:
-            torch.set_num_threads(before)
-
-    def add_one(self, row, vec):
-        from freshrec.store.base import Item
-
-        self.index.apply([Item(str(row), "", vec)])
+    name, kind, threads = "sq8_scan", "sq8", 1
+    params = {"torch_threads": 1}
 
     def memory_bytes(self) -> int:
         return self.index.scan.memory_bytes
 
 
-class Usearch(Method):
-    """The served HNSW path: freshrec.index.ItemIndex(kind="hnsw") (usearch graph, candidates
-    filtered and rescored exactly), or the bare usearch index (`raw=True`)."""
+class Usearch(ServedIndex):
+    """The served HNSW path: ItemIndex(kind="hnsw") (usearch graph, candidates filtered and
+    rescored exactly)."""
+
+    kind = "hnsw"
 
     def __init__(self, dtype: str = "f32", settings: tuple[dict, ...] = ({},), **params) -> None:
         self.dtype, self.params, self.settings = dtype, {"dtype": dtype, **params}, settings
         self.name = "usearch_hnsw" if dtype == "f32" else f"usearch_hnsw_{dtype}"
 
+    @property
+    def index_params(self) -> dict:  # the graph settings, as ItemIndex passes them to HnswGraph
+        return dict(self.params)
+
     def configure(self, setting):
         self.params.update(setting)
         if "expansion_search" in setting and getattr(self, "index", None) is not None:
             self.index.graph.expansion_search = setting["expansion_search"]
-
-    def build(self, items):
-        from freshrec.index import ItemIndex
-        from freshrec.store.base import Item
-
-        self.index = ItemIndex(items.shape[1], kind="hnsw", dtype=self.dtype, **{k: v for k, v in self.params.items() if k != "dtype"})
-        self.index.apply([Item(str(j), "", v) for j, v in enumerate(items)])
-
-    def search(self, q, k, banned):
-        return self.index.search(torch.from_numpy(q), k, banned.tolist())[0].numpy()
-
-    def add_one(self, row, vec):
-        from freshrec.store.base import Item
-
-        self.index.apply([Item(str(row), "", vec)])
 
     def memory_bytes(self) -> int:
         return self.index.graph.memory_bytes
