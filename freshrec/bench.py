@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -606,6 +605,13 @@ def shown_command(args: list[str], out: Path) -> str:
     return "perf_analyzer " + " ".join(shlex.quote(a) for a in shown)
 
 
+def _served_deploy(repository: Path, env: dict[str, str]):
+    """The DeployConfig a server on `repository` with `env` runs its pipeline models with."""
+    from freshrec.config import DeployConfig
+
+    return DeployConfig.served(json.loads((repository / "recommend" / "1" / "freshrec.json").read_text())["deploy"], env)
+
+
 @dataclass
 class Server:
     name: str
@@ -617,10 +623,7 @@ class Server:
     @property
     def engine(self) -> str:
         """How its pipeline models run the towers: "bls" or "inprocess" (DeployConfig.engine)."""
-        from freshrec.config import DeployConfig
-
-        deploy = DeployConfig.from_dict(json.loads((self.repository / "recommend" / "1" / "freshrec.json").read_text())["deploy"])
-        return dataclasses.replace(deploy, engine=self.env.get("FRESHREC_ENGINE") or deploy.engine).resolved_engine()
+        return _served_deploy(self.repository, self.env).resolved_engine()
 
     def start(self, work: Path, ready_timeout: float = 300.0) -> None:
         from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
@@ -885,9 +888,9 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         del ds
         from freshrec.index import resolve_kind
 
-        index_setting = opts.index or json.loads((repo / "recommend" / "1" / "freshrec.json").read_text())["deploy"].get("index", "exact")
-        index = resolve_kind(index_setting, n_items)  # what the (CPU) server searches with at this size
         env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
+        index_setting = _served_deploy(repo, env).index
+        index = resolve_kind(index_setting, n_items)  # what the (CPU) server searches with at this size
         # The servers' graph cache lives in the work folder: a first start builds the graph once
         # (the other instance loads it); a reused --work folder starts from the saved graph.
         graphs = work / "graphs"

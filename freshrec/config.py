@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 # Event types the towers know. A fixed vocabulary keeps the exported graphs static; index 0 is
 # reserved for padding so a padded history position never looks like a real event.
@@ -169,3 +169,13 @@ class DeployConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeployConfig":
         return cls(**d)
+
+    @classmethod
+    def served(cls, d: dict[str, Any], env: Mapping[str, str]) -> "DeployConfig":
+        """What a server runs with: the repository's settings `d`, then the deployment's
+        environment (FRESHREC_INDEX, FRESHREC_ENGINE) over them."""
+        return dataclasses.replace(cls.from_dict(d), **{f: env[v] for f, v in DEPLOY_ENV.items() if env.get(v)})
+
+
+# DeployConfig fields a deployment's environment overrides (server_ext/service.py, the bench).
+DEPLOY_ENV = {"index": "FRESHREC_INDEX", "engine": "FRESHREC_ENGINE"}

@@ -261,10 +261,6 @@ class ItemIndex:
         return self._matrix[: len(self.item_ids)]
 
     @property
-    def uses_graph(self) -> bool:
-        return self.graph is not None
-
-    @property
     def serving_kind(self) -> str:
         """What searches now: "exact", "sq8" or "hnsw"."""
         return "hnsw" if self.graph is not None else "sq8" if self.scan is not None else "exact"
@@ -274,9 +270,6 @@ class ItemIndex:
         if self.device.type != "cpu":
             return "exact"
         return resolve_kind(self.kind, len(self.item_ids), self.sq8_threshold, self.ann_threshold)
-
-    def _wants_graph(self) -> bool:
-        return self._wanted_kind() == "hnsw"
 
     def refresh(self, store: StateStore) -> int:
         """Applies items written since the last refresh; returns how many changed."""
@@ -312,9 +305,8 @@ class ItemIndex:
             self.scan = None
             self.graph = HnswGraph.over(self.matrix.cpu().numpy(), self.graph_cache, **self.hnsw_params)
         elif wanted == "sq8":
-            if self.scan is None:
-                self.scan = Sq8Scan(self.dim)
-            if self.scan.fitted_on == 0 or len(self.item_ids) >= 2 * self.scan.fitted_on:
+            if self.scan is None or len(self.item_ids) >= 2 * self.scan.fitted_on:
+                self.scan = self.scan or Sq8Scan(self.dim)
                 self.scan.fit(self.matrix.numpy())
             else:
                 self.scan.upsert(rows, vecs, existing)

@@ -43,7 +43,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from freshrec.assets import AssetError, WheelAsset, _sha256_file, cache_root, fetch_wheel
+from freshrec.assets import AssetError, WheelAsset, _check_sha256, cache_root, fetch_wheel
 
 __all__ = [
     "DEBS",
@@ -119,13 +119,11 @@ def _log(msg: str) -> None:
 
 
 def _verify(path: Path, pin: Pinned, source: str) -> None:
-    actual = _sha256_file(path)
-    if actual != pin.sha256:
-        path.unlink(missing_ok=True)
-        raise PerfAnalyzerUnavailable(
-            f"SHA-256 mismatch for {pin.filename} ({pin.name} {pin.version}) from {source}: "
-            f"expected {pin.sha256}, actual {actual} (bad file deleted)"
-        )
+    """freshrec.assets' checksum check (mismatch: the file is deleted), as PerfAnalyzerUnavailable."""
+    try:
+        _check_sha256(path, pin, f"{source} ({pin.name} {pin.version})")
+    except AssetError as e:
+        raise PerfAnalyzerUnavailable(str(e)) from None
 
 
 def glibc_version() -> tuple[int, int] | None:

@@ -3,7 +3,6 @@ convert back. A bad request gets its own error response; it never fails the othe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -51,21 +50,17 @@ class Service:
         model_dir = Path(args["model_repository"]) / args["model_version"]
         settings = json.loads((model_dir / SETTINGS_FILE).read_text())
         cfg = ModelConfig.from_dict(settings["model"])
-        deploy = DeployConfig.from_dict(settings["deploy"])
-        # The state URL is per deployment: the environment overrides what the build wrote.
+        # The state URL, the retrieval index (freshrec.index) and how the towers run (a BLS request
+        # per stage, or onnxruntime in this process) are per deployment: the environment
+        # overrides what the build wrote.
+        deploy = DeployConfig.served(settings["deploy"], os.environ)
         state = os.environ.get("FRESHREC_STATE") or settings["state"]
-        # So is the retrieval index: exact, hnsw or auto (freshrec.index).
-        if os.environ.get("FRESHREC_INDEX"):
-            deploy = dataclasses.replace(deploy, index=os.environ["FRESHREC_INDEX"])
         tokenizer = None
         if (model_dir / TOKENIZER_FILE).exists():
             from freshrec.models.text_encoder import Tokenizer
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
         self.stats = TritonStats(pb, self.name)
-        # So is how the towers run: a BLS request per stage, or onnxruntime in this process.
-        if os.environ.get("FRESHREC_ENGINE"):
-            deploy = dataclasses.replace(deploy, engine=os.environ["FRESHREC_ENGINE"])
         device = device_of(args)
         if deploy.resolved_engine() == "inprocess":
             engine = OnnxEngine(Path(args["model_repository"]).parent, args["model_version"], deploy.ort_threads, device)

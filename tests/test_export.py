@@ -88,3 +88,13 @@ def test_engine_setting_resolves_per_flavour():
     assert DeployConfig(flavour="ngc", engine="inprocess").resolved_engine() == "inprocess"
     with pytest.raises(ValueError, match="engine must be one of"):
         DeployConfig(engine="grpc").resolved_engine()
+
+
+def test_deployment_environment_overrides_the_repository_settings():
+    from freshrec.config import DeployConfig
+
+    written = DeployConfig(index="exact", engine="auto", max_k=50).to_dict()
+    assert DeployConfig.served(written, {}) == DeployConfig.from_dict(written)
+    served = DeployConfig.served(written, {"FRESHREC_INDEX": "sq8", "FRESHREC_ENGINE": "bls", "FRESHREC_STATE": "x"})
+    assert (served.index, served.engine, served.max_k) == ("sq8", "bls", 50)
+    assert DeployConfig.served(written, {"FRESHREC_INDEX": ""}).index == "exact"  # empty = not set

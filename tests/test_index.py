@@ -1,5 +1,5 @@
 """The item index: exact, int8-scan and HNSW retrieval, incremental adds, updates, exclusion;
-the index benchmark's tiny run; a scaled catalog served with the HNSW index."""
+the index benchmark's tiny run; a scaled catalog served with the HNSW index and the int8 scan."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_hnsw_recall_against_exact(data) -> None:
     x, queries = data
     idx = ItemIndex(DIM, kind="hnsw")
     idx.apply(items(x))
-    assert idx.uses_graph and len(idx.graph) == len(x)
+    assert idx.serving_kind == "hnsw" and len(idx.graph) == len(x)
     recalls = []
     for q in queries:
         rows, scores = idx.search(torch.from_numpy(q), 50, [])
