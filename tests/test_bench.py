@@ -300,3 +300,30 @@ def test_bench_smoke_end_to_end_writes_docs(tiny_build, tmp_path: Path) -> None:
     assert "Where a recommendation's time goes" in md and "freshrec_stage_latency_seconds" in md
     assert (out / "inputs" / "main" / "recommend.json").exists() and (out / "inputs" / "main" / "ingest_events.c1.json").exists()
     assert any(t["target"].startswith("Triton queue + overhead") for t in summary["targets"])
+    mb = summary["results"]["recommend"]["1"]["machine_bursts"]  # the jitter probe watched the run
+    assert mb["requests"] == 40 and mb["probe_samples"] >= 10 and 0 <= mb["slowest_1pct_in_bursts"] <= mb["slowest_1pct"] == 1
+    assert "## The machine's slow bursts" in md
+
+
+def test_a_hung_perf_analyzer_run_is_logged_retried_once_then_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that never finishes (a lost response) does not stall the benchmark for ever: it is
+    cut off, its output and the server's log are kept, it runs once more, then the bench fails."""
+    import sys
+    from types import SimpleNamespace
+
+    from freshrec import bench
+
+    monkeypatch.setattr(bench, "RUN_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(bench, "triton_stats", lambda url: {})
+    monkeypatch.setattr(bench, "stage_stats", lambda url: {})
+    handle = SimpleNamespace(grpc_url="127.0.0.1:1", metrics_url="http://127.0.0.1:1/metrics", log_tail=lambda n: "server log line")
+    server = SimpleNamespace(engine="inprocess", handle=handle)
+    hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    spec = bench.Spec("recommend", "recommend", (1,), 1, 0)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="did not finish recommend at concurrency 1 .* twice"):
+        bench.run_one(hang, spec, 1, tmp_path / "in.json", server, tmp_path / "raw", log=lines.append)
+    assert len(lines) == 1 and "running it again" in lines[0]
+    for attempt in (1, 2):
+        kept = (tmp_path / "raw" / f"recommend.c1.timeout{attempt}.log").read_text()
+        assert "started" in kept and "server log line" in kept
