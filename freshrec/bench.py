@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from freshrec.jitter import Probe, attribute
+from freshrec.jitter import FACTOR as JITTER_FACTOR, INTERVAL_MS as JITTER_INTERVAL_MS, Probe, attribute
 
 # Models whose calls a BLS parent makes; perf_analyzer reports them under "Composing models".
 # Only models that receive requests during the run may be named (else perf_analyzer stops with
@@ -665,11 +665,13 @@ def run_one(pa: list[str], spec: Spec, concurrency: int, input_data: Path, serve
     csv_path = raw / f"{stem}.csv"
     engine = server.engine
     args = pa_args(spec, concurrency, input_data, server.handle.grpc_url, csv_path, spec.composing if engine == "bls" else ())
-    before, stages_before = triton_stats(server.handle.grpc_url), stage_stats(server.handle.metrics_url)
-    # A run takes seconds; one that has not finished in this long has lost a request somewhere
-    # (perf_analyzer waits for every response). It is logged with the server's log and run once more.
+    # A run takes seconds; one that has not finished in this long has stalled (perf_analyzer 2.60 now
+    # and then stalls after the server has answered every request). It is logged with what the server
+    # answered meanwhile and its log, and run once more.
     timeout_s = RUN_TIMEOUT_S + 0.25 * (spec.requests + spec.warmup)
     for attempt in (1, 2):
+        # Read per attempt: a second attempt's statistics must not include the hung first one.
+        before, stages_before = triton_stats(server.handle.grpc_url), stage_stats(server.handle.metrics_url)
         t0 = time.time()
         try:
             with Probe() as probe:  # the machine's own slow bursts over the run (freshrec/jitter.py)
@@ -1454,8 +1456,8 @@ def _bursts_section(s: dict[str, Any], cats: dict[str, Any]) -> list[str]:
     L = ["## The machine's slow bursts", "",
          "On a shared virtual machine the same instructions sometimes run many times slower for about a tenth of a second, on "
          "every vCPU at once; the host causes it, not the program. During every run, `freshrec.jitter` times a fixed piece of Python "
-         "work every 20 ms in its own process, in thread CPU time: being preempted by the benchmark's own processes does not "
-         "count, only the vCPU itself running slower does. A sample over 3x the median marks a burst (widened to the neighbouring "
+         f"work every {JITTER_INTERVAL_MS:g} ms in its own process, in thread CPU time: being preempted by the benchmark's own processes does not "
+         f"count, only the vCPU itself running slower does. A sample over {JITTER_FACTOR:g}x the median marks a burst (widened to the neighbouring "
          "normal samples); bursts per minute and the time in bursts are over the whole perf_analyzer run, its start-up and warm-up "
          "included. A request *in a burst* overlapped one. If the tail were the service's own, the slowest 1% would overlap bursts "
          "about as often as all requests do.", "",
@@ -1467,7 +1469,7 @@ def _bursts_section(s: dict[str, Any], cats: dict[str, Any]) -> list[str]:
         L.append(f"| {items:,} | {index} | {label} | {c} | {mb['requests']} | {_f(r['p99_ms'])} | {_f(mb['bursts_per_minute'], 0)} | "
                  f"{100 * mb['slow_fraction']:.1f}% | {_f(mb['worst_slowdown'], 1)}x | {100 * mb['requests_in_bursts'] / mb['requests']:.1f}% | "
                  f"{mb['slowest_1pct_in_bursts']} of {mb['slowest_1pct']} | {_f(mb['p99_outside_bursts_ms'])} |")  # fmt: skip
-    return L + ["", "`python -m freshrec.jitter --seconds 20` prints the bursts on an idle machine.", ""]
+    return L + ["", "`python -m freshrec.jitter --seconds 20` prints the bursts on any machine.", ""]
 
 
 # ---------------------------------------------------------------------------------------------

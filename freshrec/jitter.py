@@ -22,9 +22,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,12 +51,17 @@ def sample(seconds: float, interval_ms: float = INTERVAL_MS, stop: list[bool] | 
     return out
 
 
+def median_cpu_ns(samples: list[tuple[int, int, int]]) -> float:
+    """The baseline: the median CPU time of the fixed work."""
+    return float(np.median([c for _, _, c in samples])) if samples else math.nan
+
+
 def bursts(samples: list[tuple[int, int, int]], factor: float = FACTOR) -> list[dict[str, float]]:
     """Slow bursts: runs of consecutive slow samples, each widened to the neighbouring fast
     samples (the machine may have been slow in the unobserved gap), with the worst slowdown."""
     if len(samples) < 10:
         return []
-    med = float(np.median([c for _, _, c in samples]))
+    med = median_cpu_ns(samples)
     slow = [c > factor * med for _, _, c in samples]
     out: list[dict[str, float]] = []
     i = 0
@@ -99,7 +102,7 @@ def attribute(requests: list[tuple[int, int]], samples: list[tuple[int, int, int
     outside = lat[~hit]
     return {
         "probe_samples": len(samples),
-        "probe_median_us": float(np.median([c for _, _, c in samples])) / 1e3,
+        "probe_median_us": median_cpu_ns(samples) / 1e3,
         "bursts": len(b),
         "bursts_per_minute": len(b) / (span_ns / 60e9) if span_ns > 0 else 0.0,
         "slow_fraction": slow_ns / span_ns if span_ns > 0 else 0.0,
@@ -121,10 +124,8 @@ class Probe:
         self.samples: list[tuple[int, int, int]] = []
 
     def __enter__(self) -> "Probe":
-        self._dir = tempfile.TemporaryDirectory(prefix="freshrec-jitter-")
-        self._out = Path(self._dir.name) / "samples.json"
         argv = [sys.executable, "-m", "freshrec.jitter", "--seconds", str(self.max_seconds),
-                "--interval-ms", str(self.interval_ms), "--out", str(self._out)]  # fmt: skip
+                "--interval-ms", str(self.interval_ms), "--json"]  # fmt: skip
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if self._proc.stdout.readline().strip() != "sampling":  # its SIGTERM handler is in place
             self._proc.kill()
@@ -134,33 +135,32 @@ class Probe:
     def __exit__(self, *exc: object) -> None:
         self._proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self._proc.communicate(timeout=30)
-            if self._proc.returncode != 0 or not self._out.exists():
-                raise RuntimeError(f"the jitter probe failed (exit {self._proc.returncode}): {err.strip()[-500:]}")
-            self.samples = [tuple(s) for s in json.loads(self._out.read_text())["samples"]]
+            out, err = self._proc.communicate(timeout=30)
         finally:
             if self._proc.poll() is None:
                 self._proc.kill()
-            self._dir.cleanup()
+        if self._proc.returncode != 0:
+            raise RuntimeError(f"the jitter probe failed (exit {self._proc.returncode}): {err.strip()[-500:]}")
+        self.samples = [tuple(s) for s in json.loads(out)["samples"]]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m freshrec.jitter", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="sample for this long (or until SIGTERM)")
     p.add_argument("--interval-ms", type=float, default=INTERVAL_MS)
-    p.add_argument("--out", type=Path, help="write the samples as JSON here instead of printing the bursts")
+    p.add_argument("--json", action="store_true", help="print 'sampling', then the samples as JSON at the end (for Probe)")
     a = p.parse_args(argv)
     stop = [False]
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
-    if a.out:
+    if a.json:
         print("sampling", flush=True)  # Probe waits for this line before the run it watches starts
     samples = sample(a.seconds, a.interval_ms, stop)
-    if a.out:
-        a.out.write_text(json.dumps({"interval_ms": a.interval_ms, "samples": samples}))
+    if a.json:
+        print(json.dumps({"interval_ms": a.interval_ms, "samples": samples}))
         return 0
     b = bursts(samples)
     span = (samples[-1][1] - samples[0][0]) / 1e9 if samples else 0.0
-    med = float(np.median([c for _, _, c in samples])) / 1e3 if samples else math.nan
+    med = median_cpu_ns(samples) / 1e3
     print(f"{len(samples)} samples over {span:.1f} s, median {med:.0f} us of CPU per sample; "
           f"{len(b)} slow bursts (> {FACTOR:g}x the median):")  # fmt: skip
     t0 = samples[0][0] if samples else 0

@@ -306,15 +306,17 @@ def test_bench_smoke_end_to_end_writes_docs(tiny_build, tmp_path: Path) -> None:
 
 
 def test_a_hung_perf_analyzer_run_is_logged_retried_once_then_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run that never finishes (a lost response) does not stall the benchmark for ever: it is
-    cut off, its output and the server's log are kept, it runs once more, then the bench fails."""
+    """A run that never finishes (perf_analyzer stalls now and then) does not stall the benchmark for
+    ever: it is cut off, its output and the server's log are kept, it runs once more, then the bench
+    fails. Each attempt reads its own statistics baseline."""
     import sys
     from types import SimpleNamespace
 
     from freshrec import bench
 
     monkeypatch.setattr(bench, "RUN_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(bench, "triton_stats", lambda url: {})
+    stats_reads: list[str] = []
+    monkeypatch.setattr(bench, "triton_stats", lambda url: stats_reads.append(url) or {})
     monkeypatch.setattr(bench, "stage_stats", lambda url: {})
     handle = SimpleNamespace(grpc_url="127.0.0.1:1", metrics_url="http://127.0.0.1:1/metrics", log_tail=lambda n: "server log line")
     server = SimpleNamespace(engine="inprocess", handle=handle)
@@ -327,3 +329,4 @@ def test_a_hung_perf_analyzer_run_is_logged_retried_once_then_fails(tmp_path: Pa
     for attempt in (1, 2):
         kept = (tmp_path / "raw" / f"recommend.c1.timeout{attempt}.log").read_text()
         assert "started" in kept and "server log line" in kept
+    assert len(stats_reads) == 4  # per attempt: the baseline before it, and the diagnostic after it
