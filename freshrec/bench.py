@@ -651,6 +651,51 @@ class Server:
 
 
 RUN_TIMEOUT_S = 60.0  # + 0.25 s per request: far beyond any run's length, short of hiding a hang
+# perf_analyzer 2.60 now and then stalls after the server has answered every request it was to send
+# (warm-up included): its worker threads have exited and it polls for records it never gets. A run
+# still going this long after the server's statistics show all its requests answered has stalled.
+STALL_GRACE_S = 15.0
+POLL_S = 2.0  # how often a running run checks the server's statistics
+
+
+def _answered(before: dict[str, dict[str, int]], server: Server, model: str) -> tuple[int, int]:
+    """Requests of `model` the server completed and failed since `before`."""
+    done = stats_delta(before, triton_stats(server.handle.grpc_url)).get(model, {})
+    return int(done.get("requests", 0)), int(done.get("failures", 0))
+
+
+def _watch(cmd: list[str], before: dict[str, dict[str, int]], server: Server, spec: Spec, timeout_s: float) -> tuple[str, str, int, str | None]:
+    """Runs one perf_analyzer command to its end -> (stdout, stderr, exit code, None), or kills it
+    when it has stalled or run past `timeout_s` -> (..., why)."""
+    t0 = time.time()
+    deadline, answered_at, why = t0 + timeout_s, None, None
+    expected = spec.requests + spec.warmup
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            while True:
+                try:
+                    out, err = proc.communicate(timeout=max(0.05, min(POLL_S, deadline - time.time())))
+                    return out, err, proc.returncode, None
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.time()
+                if answered_at is None:
+                    try:
+                        if sum(_answered(before, server, spec.model)) >= expected:
+                            answered_at = now
+                    except Exception:  # noqa: BLE001 - the statistics are a stall check only; the deadline still holds
+                        pass
+                if now >= deadline:
+                    why = f"did not finish in {timeout_s:.0f} s"
+                elif answered_at is not None and now - answered_at >= STALL_GRACE_S:
+                    why = f"still running {now - answered_at:.0f} s after the server had answered all {expected} requests ({now - t0:.0f} s in all)"
+                if why:
+                    proc.kill()
+                    out, err = proc.communicate()
+                    return out, err, proc.returncode, why
+        except BaseException:  # interrupted: leave no perf_analyzer behind
+            proc.kill()
+            raise
 
 
 def _text(out: str | bytes | None) -> str:
@@ -665,44 +710,42 @@ def run_one(pa: list[str], spec: Spec, concurrency: int, input_data: Path, serve
     csv_path = raw / f"{stem}.csv"
     engine = server.engine
     args = pa_args(spec, concurrency, input_data, server.handle.grpc_url, csv_path, spec.composing if engine == "bls" else ())
-    # A run takes seconds; one that has not finished in this long has stalled (perf_analyzer 2.60 now
-    # and then stalls after the server has answered every request). It is logged with what the server
-    # answered meanwhile and its log, and run once more.
+    # A run takes seconds. One that stalls (see STALL_GRACE_S) or outlasts this is cut off, logged
+    # with what the server answered meanwhile and its log, and run once more.
     timeout_s = RUN_TIMEOUT_S + 0.25 * (spec.requests + spec.warmup)
     for attempt in (1, 2):
-        # Read per attempt: a second attempt's statistics must not include the hung first one.
+        # Read per attempt: a second attempt's statistics must not include the stalled first one.
         before, stages_before = triton_stats(server.handle.grpc_url), stage_stats(server.handle.metrics_url)
         t0 = time.time()
-        try:
-            with Probe() as probe:  # the machine's own slow bursts over the run (freshrec/jitter.py)
-                proc = subprocess.run([*pa, *args], capture_output=True, text=True, timeout=timeout_s)
+        with Probe() as probe:  # the machine's own slow bursts over the run (freshrec/jitter.py)
+            out, err, returncode, stalled = _watch([*pa, *args], before, server, spec, timeout_s)
+        if stalled is None:
             break
-        except subprocess.TimeoutExpired as exc:
-            hung = raw / f"{stem}.timeout{attempt}.log"
-            try:  # did the server answer what it was sent? (perf_analyzer's count includes the warm-up)
-                done = stats_delta(before, triton_stats(server.handle.grpc_url)).get(spec.model, {})
-                answered = f"the server completed {done.get('requests', 0)} and failed {done.get('failures', 0)} {spec.model} requests meanwhile"
-            except Exception as e:  # noqa: BLE001 - a diagnostic only
-                answered = f"the server's statistics could not be read: {e}"
-            hung.write_text(_text(exc.stdout) + _text(exc.stderr) + f"\n--- {answered} ---\n--- tritonserver log ---\n" + server.handle.log_tail(60))
-            for leftover in (csv_path, csv_path.with_suffix(".profile.json")):
-                leftover.unlink(missing_ok=True)
-            if attempt == 2:
-                raise RuntimeError(f"perf_analyzer did not finish {spec.label} at concurrency {concurrency} in {timeout_s:.0f} s, twice; see {hung}") from None
-            log(f"  {spec.label} c={concurrency}: perf_analyzer did not finish in {timeout_s:.0f} s ({answered}); its output and the server log "
-                f"are in {hung}; running it again")  # fmt: skip
+        kept = raw / f"{stem}.stalled{attempt}.log"
+        try:  # did the server answer what it was sent? (perf_analyzer's count includes the warm-up)
+            done, failed = _answered(before, server, spec.model)
+            answered = f"the server completed {done} and failed {failed} {spec.model} requests meanwhile"
+        except Exception as e:  # noqa: BLE001 - a diagnostic only
+            answered = f"the server's statistics could not be read: {e}"
+        kept.write_text(out + err + f"\n--- perf_analyzer {stalled}; {answered} ---\n--- tritonserver log ---\n" + server.handle.log_tail(60))
+        for leftover in (csv_path, csv_path.with_suffix(".profile.json")):
+            leftover.unlink(missing_ok=True)
+        if attempt == 2:
+            raise RuntimeError(f"perf_analyzer stalled on {spec.label} at concurrency {concurrency} twice ({stalled}); see {kept}")
+        log(f"  {spec.label} c={concurrency}: perf_analyzer {stalled} ({answered}); its output and the server log "
+            f"are in {kept}; running it again")  # fmt: skip
     seconds = time.time() - t0
     after, stages_after = triton_stats(server.handle.grpc_url), stage_stats(server.handle.metrics_url)
-    (raw / f"{stem}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not csv_path.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise RuntimeError(f"perf_analyzer failed on {spec.label} at concurrency {concurrency} (exit {proc.returncode}):\n{tail}\n"
+    (raw / f"{stem}.log").write_text(out + err)
+    if returncode != 0 or not csv_path.exists():
+        tail = "\n".join((out + err).strip().splitlines()[-25:])
+        raise RuntimeError(f"perf_analyzer failed on {spec.label} at concurrency {concurrency} (exit {returncode}):\n{tail}\n"
                            f"--- tritonserver log ---\n{server.handle.log_tail(30)}")  # fmt: skip
     row = next(r for r in parse_csv(csv_path.read_text()) if r["concurrency"] == concurrency)
     profile_path = csv_path.with_suffix(".profile.json")
     profile = parse_profile_export(profile_path.read_text())
     profile_path.unlink()  # per-request timestamps and outputs: large, and summarised here
-    console = parse_stdout(proc.stdout).get(concurrency, {})
+    console = parse_stdout(out).get(concurrency, {})
     server_stats = stats_delta(before, after)
     failures = sum(v["failures"] for v in server_stats.values())
     if failures:
@@ -1231,7 +1274,7 @@ def write_docs(summary: dict[str, Any], out: Path, log: Callable[[str], None] = 
     summary["targets"] = targets(summary)
     summary["plots"] = plot(summary, out)
     # Runs that hung once and ran again (run_one) left their evidence in raw/ (cleared per run).
-    summary["timeouts"] = sorted(str(p.relative_to(out)) for p in (out / "raw").glob("**/*.timeout*.log"))
+    summary["stalled"] = sorted(str(p.relative_to(out)) for p in (out / "raw").glob("**/*.stalled*.log"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     (out / "serving.md").write_text(render_md(summary))
     log(f"== wrote {out / 'serving.md'}, {out / 'summary.json'}" + "".join(f", {out / p}" for p in summary["plots"]))
@@ -1437,13 +1480,13 @@ def render_md(s: dict[str, Any]) -> str:
 
 
 def _retried_note(s: dict[str, Any]) -> list[str]:
-    """A limits bullet naming the runs that hung once and were run again (run_one)."""
-    hung = s.get("timeouts") or []
+    """A limits bullet naming the runs that stalled once and were run again (run_one)."""
+    hung = s.get("stalled") or []
     if not hung:
         return []
-    return [f"- {len(hung)} perf_analyzer run(s) did not finish within their time limit and were run again: "
-            f"{', '.join(f'`{h}`' for h in hung)} hold what perf_analyzer printed and the server's log; the figures above "
-            "are from the second attempt."]  # fmt: skip
+    return [f"- {len(hung)} perf_analyzer run(s) stalled (perf_analyzer kept running after the server had answered every request "
+            f"it was to send, or past its time limit) and were run again: {', '.join(f'`{h}`' for h in hung)} hold what perf_analyzer "
+            "printed, what the server had answered and its log; the figures above are from the second attempt."]  # fmt: skip
 
 
 def _bursts_section(s: dict[str, Any], cats: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -323,10 +324,45 @@ def test_a_hung_perf_analyzer_run_is_logged_retried_once_then_fails(tmp_path: Pa
     hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
     spec = bench.Spec("recommend", "recommend", (1,), 1, 0)
     lines: list[str] = []
-    with pytest.raises(RuntimeError, match="did not finish recommend at concurrency 1 .* twice"):
+    with pytest.raises(RuntimeError, match="stalled on recommend at concurrency 1 twice \\(did not finish in 1 s\\)"):
         bench.run_one(hang, spec, 1, tmp_path / "in.json", server, tmp_path / "raw", log=lines.append)
     assert len(lines) == 1 and "running it again" in lines[0]
     for attempt in (1, 2):
-        kept = (tmp_path / "raw" / f"recommend.c1.timeout{attempt}.log").read_text()
+        kept = (tmp_path / "raw" / f"recommend.c1.stalled{attempt}.log").read_text()
         assert "started" in kept and "server log line" in kept
-    assert len(stats_reads) == 4  # per attempt: the baseline before it, and the diagnostic after it
+    # per attempt: the baseline before it, the stall checks while it ran, and the diagnostic after it
+    assert len(stats_reads) >= 6 and len(set(stats_reads)) == 1
+
+
+def _stats(requests: int) -> dict[str, dict[str, dict[str, int]]]:
+    keys = ("executions", "request_ns", "queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns", "failures")
+    return {"recommend": {"requests": requests, **{k: requests if k == "executions" else 0 for k in keys}}}
+
+
+def test_a_run_still_going_after_the_server_answered_everything_is_cut_off_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf_analyzer's stall: the server has answered every request the run was to send (warm-up
+    included), yet perf_analyzer never exits. The run is cut off STALL_GRACE_S after that, long
+    before its time limit, logged with the server's count, and run again; a run whose requests
+    are not all answered yet is left alone."""
+    import sys
+    from types import SimpleNamespace
+
+    from freshrec import bench
+
+    monkeypatch.setattr(bench, "STALL_GRACE_S", 0.5)
+    monkeypatch.setattr(bench, "POLL_S", 0.1)
+    answered = iter([0, 9, 20, 26, 26] * 2)  # per attempt: the baseline, the count growing to 10 + 16 (warm-up), the diagnostic
+    monkeypatch.setattr(bench, "triton_stats", lambda url: _stats(next(answered)))
+    monkeypatch.setattr(bench, "stage_stats", lambda url: {})
+    handle = SimpleNamespace(grpc_url="127.0.0.1:1", metrics_url="http://127.0.0.1:1/metrics", log_tail=lambda n: "server log line")
+    server = SimpleNamespace(engine="inprocess", handle=handle)
+    hang = [sys.executable, "-c", "import time; print('settings printed', flush=True); time.sleep(60)"]
+    spec = bench.Spec("recommend", "recommend", (1,), 10, 16)
+    lines: list[str] = []
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="stalled on recommend at concurrency 1 twice \\(still running"):
+        bench.run_one(hang, spec, 1, tmp_path / "in.json", server, tmp_path / "raw", log=lines.append)
+    assert time.monotonic() - t0 < 20  # the time limit would have been 60 + 0.25 * 26 s per attempt
+    assert len(lines) == 1 and "after the server had answered all 26 requests" in lines[0]
+    kept = (tmp_path / "raw" / "recommend.c1.stalled1.log").read_text()
+    assert "settings printed" in kept and "server log line" in kept and "completed 26 and failed 0 recommend" in kept
