@@ -273,29 +273,34 @@ class ItemIndex:
 
     def refresh(self, store: StateStore) -> int:
         """Applies items written since the last refresh; returns how many changed."""
-        items, version = store.items_since(self.version)
-        if items:
-            self.apply(items)
+        ids, vectors, version = store.item_vectors_since(self.version)
+        if ids:
+            self.apply_vectors(ids, vectors)
         self.version = version
-        return len(items)
+        return len(ids)
 
     def apply(self, items: list[Item]) -> None:
-        if len({it.item_id for it in items}) != len(items):  # the last write of an id wins
-            items = list({it.item_id: it for it in items}.values())
-        existing = np.fromiter((it.item_id in self.rows for it in items), dtype=bool, count=len(items))
+        self.apply_vectors([it.item_id for it in items], np.stack([np.asarray(it.vector, dtype=np.float32) for it in items]))
+
+    def apply_vectors(self, ids: list[str], vecs: np.ndarray) -> None:
+        """Adds or replaces items: `ids` and their (N, D) vectors; the last write of an id wins."""
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        last = {item_id: j for j, item_id in enumerate(ids)}
+        if len(last) != len(ids):
+            ids, vecs = list(last), vecs[list(last.values())]
+        existing = np.fromiter((item_id in self.rows for item_id in ids), dtype=bool, count=len(ids))
         need = len(self.item_ids) + int((~existing).sum())
         if need > self._matrix.shape[0]:
             grown = torch.zeros(max(need, 2 * self._matrix.shape[0], 1024), self.dim, device=self.device)
             grown[: len(self.item_ids)] = self.matrix
             self._matrix = grown
-        rows = np.empty(len(items), np.int64)
-        for j, it in enumerate(items):
-            row = self.rows.get(it.item_id)
+        rows = np.empty(len(ids), np.int64)
+        for j, item_id in enumerate(ids):
+            row = self.rows.get(item_id)
             if row is None:
-                row = self.rows[it.item_id] = len(self.item_ids)
-                self.item_ids.append(it.item_id)
+                row = self.rows[item_id] = len(self.item_ids)
+                self.item_ids.append(item_id)
             rows[j] = row
-        vecs = np.stack([np.asarray(it.vector, dtype=np.float32) for it in items])
         self._matrix[torch.from_numpy(rows).to(self.device)] = torch.from_numpy(vecs).to(self.device)
         if self.graph is not None:
             self.graph.upsert(rows, vecs, existing)

@@ -71,6 +71,23 @@ def test_items_since_sees_inserts_and_updates_in_version_order(store_url):
     assert sorted(i.item_id for i in items) == ["a", "b"] and v == 2
 
 
+def test_item_vectors_since_is_items_since_without_texts(store_url):
+    """The index's refresh read: the same ids, order, vectors and version as items_since, as one
+    writable (N, D) float32 block."""
+    store = open_store(store_url)
+    ids, vectors, v0 = store.item_vectors_since(0)
+    assert ids == [] and len(vectors) == 0 and v0 == 0
+    store.upsert_items([Item(x, f"text {x}", _vec(i)) for i, x in enumerate("abc")])
+    store.upsert_items([Item("b", "text b2", _vec(9))])
+    for since in (0, 1):
+        items, v = store.items_since(since)
+        ids, vectors, v2 = store.item_vectors_since(since)
+        assert ids == [i.item_id for i in items] and v2 == v == 2
+        assert vectors.dtype == np.float32 and vectors.shape == (len(items), len(_vec(0))) and vectors.flags.writeable
+        np.testing.assert_array_equal(vectors, np.stack([i.vector for i in items]))
+    assert store.item_vectors_since(2)[0] == [] and store.item_vectors_since(2)[2] == 2
+
+
 def test_popular_items_over_the_latest_window_of_known_items(store_url):
     store = open_store(store_url)
     store.upsert_items([Item(x, x, _vec(i)) for i, x in enumerate("abc")])

@@ -65,6 +65,12 @@ class StateStore(Protocol):
         """Items written after catalog `version`, and the current version. Lets every model
         instance refresh its retrieval index incrementally before serving."""
 
+    def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
+        """What the retrieval index needs of `items_since`, and only that: the ids and their
+        vectors ((N, D) float32, one block, in the same order) and the current version. Every model
+        instance refreshes its index with it before serving; at 1M items the texts and metadata
+        it leaves out are most of what `items_since` reads."""
+
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Learned id rows of known items (unknown items are absent)."""
 

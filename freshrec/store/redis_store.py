@@ -231,18 +231,20 @@ class RedisStore:
             seen={s.decode() for s in seen},
         )
 
-    def items_since(self, version: int) -> tuple[list[Item], int]:
+    def _catalog_since(self, version: int, fields: tuple[str, ...]) -> tuple[list[str], list[list[bytes]], int]:
+        """Ids written after `version` (version order), the given hash fields of each, and the version."""
         # The version is INCRemented in the script that writes the items, so this snapshot of
         # cat:items holds every item written up to the highest version it shows; the result's
         # version is that highest version, never the counter (which may already be further).
+        # An item rewritten since the snapshot carries its newer content (and comes again at the
+        # next refresh): never older than its version here.
         rows = self._call(
             lambda: self.db.zrangebyscore(self.k_cat, f"({int(version)}", "+inf", withscores=True), retry=True
         )
         if not rows:
-            return [], int(version)
+            return [], [], int(version)
         ids = [r[0].decode() for r in rows]
-        fields = ("text", "metadata", "id_index", "vector")
-        items: list[Item] = []
+        values: list[list[bytes]] = []
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
 
@@ -252,12 +254,21 @@ class RedisStore:
                         pipe.hmget(self.prefix + "item:" + item_id, fields)
                     return pipe.execute()
 
-            for item_id, (text, metadata, id_index, vector) in zip(chunk, self._call(read, retry=True)):
-                # An item rewritten since the snapshot carries its newer content (and comes
-                # again at the next refresh): never older than its version here.
-                items.append(Item(item_id, text.decode(), np.frombuffer(vector, dtype=np.float32).copy(),
-                                  metadata.decode(), int(id_index)))  # fmt: skip
-        return items, max(int(version), int(max(score for _, score in rows)))
+            values += self._call(read, retry=True)
+        return ids, values, max(int(version), int(max(score for _, score in rows)))
+
+    def items_since(self, version: int) -> tuple[list[Item], int]:
+        ids, values, version = self._catalog_since(version, ("text", "metadata", "id_index", "vector"))
+        items = [Item(item_id, text.decode(), np.frombuffer(vector, dtype=np.float32).copy(), metadata.decode(), int(id_index))
+                 for item_id, (text, metadata, id_index, vector) in zip(ids, values)]  # fmt: skip
+        return items, version
+
+    def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
+        ids, values, version = self._catalog_since(version, ("vector",))
+        if not ids:
+            return [], np.zeros((0, 0), np.float32), version
+        vectors = np.frombuffer(bytearray().join(v[0] for v in values), dtype=np.float32).reshape(len(ids), -1)  # writable, one copy
+        return ids, vectors, version
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids = list(item_ids)

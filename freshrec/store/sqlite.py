@@ -141,6 +141,13 @@ class SQLiteStore:
         items = [Item(r[0], r[1], np.frombuffer(r[4], dtype=np.float32), r[2], r[3]) for r in rows]
         return items, max([version] + [r[5] for r in rows])
 
+    def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
+        rows = self._read("SELECT item_id, vector, version FROM items WHERE version > ? ORDER BY version, rowid", (int(version),))
+        if not rows:
+            return [], np.zeros((0, 0), np.float32), int(version)
+        vectors = np.frombuffer(bytearray().join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)  # writable, one copy
+        return [r[0] for r in rows], vectors, max(int(version), max(r[2] for r in rows))
+
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
         ids = list(item_ids)
