@@ -698,10 +698,6 @@ def _watch(cmd: list[str], before: dict[str, dict[str, int]], server: Server, sp
             raise
 
 
-def _text(out: str | bytes | None) -> str:
-    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
-
-
 def run_one(pa: list[str], spec: Spec, concurrency: int, input_data: Path, server: Server, raw: Path, tag: str = "",
             log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """One perf_analyzer run; returns the parsed CSV row, console report and Triton statistics."""

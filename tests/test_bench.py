@@ -306,22 +306,28 @@ def test_bench_smoke_end_to_end_writes_docs(tiny_build, tmp_path: Path) -> None:
     assert "## The machine's slow bursts" in md
 
 
+def _hanging_run(monkeypatch: pytest.MonkeyPatch, triton_stats, first_line: str) -> tuple[Any, list[str]]:
+    """A stand-in server (statistics from `triton_stats`, a log tail) and a "perf_analyzer" that
+    prints `first_line` and never exits."""
+    import sys
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(bench, "triton_stats", triton_stats)
+    monkeypatch.setattr(bench, "stage_stats", lambda url: {})
+    handle = SimpleNamespace(grpc_url="127.0.0.1:1", metrics_url="http://127.0.0.1:1/metrics", log_tail=lambda n: "server log line")
+    hang = [sys.executable, "-c", f"import time; print({first_line!r}, flush=True); time.sleep(60)"]
+    return SimpleNamespace(engine="inprocess", handle=handle), hang
+
+
 def test_a_hung_perf_analyzer_run_is_logged_retried_once_then_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that never finishes (perf_analyzer stalls now and then) does not stall the benchmark for
     ever: it is cut off, its output and the server's log are kept, it runs once more, then the bench
     fails. Each attempt reads its own statistics baseline."""
-    import sys
-    from types import SimpleNamespace
-
     from freshrec import bench
 
     monkeypatch.setattr(bench, "RUN_TIMEOUT_S", 0.5)
     stats_reads: list[str] = []
-    monkeypatch.setattr(bench, "triton_stats", lambda url: stats_reads.append(url) or {})
-    monkeypatch.setattr(bench, "stage_stats", lambda url: {})
-    handle = SimpleNamespace(grpc_url="127.0.0.1:1", metrics_url="http://127.0.0.1:1/metrics", log_tail=lambda n: "server log line")
-    server = SimpleNamespace(engine="inprocess", handle=handle)
-    hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    server, hang = _hanging_run(monkeypatch, lambda url: stats_reads.append(url) or {}, "started")
     spec = bench.Spec("recommend", "recommend", (1,), 1, 0)
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="stalled on recommend at concurrency 1 twice \\(did not finish in 1 s\\)"):
@@ -344,19 +350,12 @@ def test_a_run_still_going_after_the_server_answered_everything_is_cut_off_early
     included), yet perf_analyzer never exits. The run is cut off STALL_GRACE_S after that, long
     before its time limit, logged with the server's count, and run again; a run whose requests
     are not all answered yet is left alone."""
-    import sys
-    from types import SimpleNamespace
-
     from freshrec import bench
 
     monkeypatch.setattr(bench, "STALL_GRACE_S", 0.5)
     monkeypatch.setattr(bench, "POLL_S", 0.1)
     answered = iter([0, 9, 20, 26, 26] * 2)  # per attempt: the baseline, the count growing to 10 + 16 (warm-up), the diagnostic
-    monkeypatch.setattr(bench, "triton_stats", lambda url: _stats(next(answered)))
-    monkeypatch.setattr(bench, "stage_stats", lambda url: {})
-    handle = SimpleNamespace(grpc_url="127.0.0.1:1", metrics_url="http://127.0.0.1:1/metrics", log_tail=lambda n: "server log line")
-    server = SimpleNamespace(engine="inprocess", handle=handle)
-    hang = [sys.executable, "-c", "import time; print('settings printed', flush=True); time.sleep(60)"]
+    server, hang = _hanging_run(monkeypatch, lambda url: _stats(next(answered)), "settings printed")
     spec = bench.Spec("recommend", "recommend", (1,), 10, 16)
     lines: list[str] = []
     t0 = time.monotonic()
