@@ -1005,6 +1005,7 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
             "smoke": opts.smoke,
             "build": str(opts.build),
             "repository": str(repo),
+            "instance_kind": _instance_kind(repo),
             "state": source_state if not catalog else state_url,
             "catalog": catalog,
             "catalog_items_served": n_items,
@@ -1276,6 +1277,12 @@ def write_docs(summary: dict[str, Any], out: Path, log: Callable[[str], None] = 
     log(f"== wrote {out / 'serving.md'}, {out / 'summary.json'}" + "".join(f", {out / p}" for p in summary["plots"]))
 
 
+def _instance_kind(repo: Path) -> str:
+    """KIND_GPU or KIND_CPU: where the repository's `recommend` instances run."""
+    cfg = (repo / "recommend" / "config.pbtxt").read_text()
+    return "KIND_GPU" if "KIND_GPU" in cfg else "KIND_CPU"
+
+
 def render_md(s: dict[str, Any]) -> str:
     m = s["machine"]
 
@@ -1301,7 +1308,11 @@ def render_md(s: dict[str, Any]) -> str:
         f"{load}"
         "perf_analyzer runs on the same machine as the server and takes CPU from it.",
         "",
-        "**GPU**: unmeasured. No GPU was available; `python -m freshrec.bench_gpu` is the prepared check for an H100/H200 host.",
+        f"**GPU**: served on {m['gpu']} (instance groups KIND_GPU; `gpu_check.json` beside this file says where Triton placed them)."
+        if s.get("instance_kind") == "KIND_GPU" and m.get("gpu")
+        else "**GPU**: unmeasured. No GPU was available; `python -m freshrec.bench_gpu` is the prepared check for an H100/H200 host."
+        if not m.get("gpu")
+        else f"**GPU**: {m['gpu']} is on this machine, but the served repository's instance groups are {s.get('instance_kind', 'KIND_CPU')}: CPU figures.",
         "",
         "How to read: one perf_analyzer run per model and concurrency level, a fixed number of measured requests "
         "(`--request-count`) after a short warm-up, synchronous gRPC clients; latencies are client-side (perf_analyzer) "

@@ -145,6 +145,11 @@ def test_targets_and_report_render(tmp_path: Path) -> None:
     assert "perf_analyzer -m recommend" in md and "| recommend | 4 |" in md
     assert (tmp_path / "serving_latency_throughput.png").stat().st_size > 1000
     assert json.loads((tmp_path / "summary.json").read_text())["results"]["recommend"]["1"]["p99_ms"] == 15.0
+    assert "**GPU**: unmeasured. No GPU was available" in md
+    # The GPU line says what was served: a GPU repository on a GPU, or CPU figures beside an idle GPU.
+    gpu = {**summary, "machine": {**summary["machine"], "gpu": "NVIDIA H200"}}
+    assert "**GPU**: served on NVIDIA H200 (instance groups KIND_GPU" in bench.render_md({**gpu, "instance_kind": "KIND_GPU"})
+    assert "instance groups are KIND_CPU: CPU figures" in bench.render_md({**gpu, "instance_kind": "KIND_CPU"})
 
 
 def test_variant_repository_changes_only_the_towers(tmp_path: Path) -> None:
@@ -365,3 +370,34 @@ def test_a_run_still_going_after_the_server_answered_everything_is_cut_off_early
     assert len(lines) == 1 and "after the server had answered all 26 requests" in lines[0]
     kept = (tmp_path / "raw" / "recommend.c1.stalled1.log").read_text()
     assert "settings printed" in kept and "server log line" in kept and "completed 26 and failed 0 recommend" in kept
+
+
+def test_the_gpu_check_stops_on_a_host_without_a_gpu(tmp_path: Path) -> None:
+    """On this CPU machine the prepared GPU script stops at its first step and says why."""
+    from freshrec import bench_gpu
+
+    assert bench_gpu.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out")]) == 1
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["host"]["gpu_visible"] is False and "unmeasured" in report["verdict"]
+    assert list(report["steps"]) == ["host checked", "stopped"]
+
+
+@pytest.mark.integration
+def test_the_gpu_check_rehearsed_on_the_cpu_runs_every_step(tiny_build, tmp_path: Path) -> None:
+    """`python -m freshrec.bench_gpu --device cpu`: export, catalog, path check and sweep all run
+    (so a GPU host's scarce minutes are not lost to a broken step), and nothing claims GPU figures."""
+    from freshrec import bench_gpu
+
+    work = tmp_path / "w"
+    argv = ["--build", str(tiny_build["build_dir"]), "--work", str(work), "--device", "cpu", "--catalog-items", "3000",
+            "--minilm-limit", "100", "--concurrency", "1", "--requests", "40"]  # fmt: skip
+    assert bench_gpu.main(argv) == 0
+    report = json.loads((work / "rehearsal" / "gpu_check.json").read_text())
+    assert list(report["steps"]) == ["host checked", "CPU repository", "catalog", "path checked", "sweep done"]
+    assert "recommend_0_0 (CPU device 0)" in report["gpu_path"]["instances"] and report["gpu_path"]["instances_on_gpu"] == []
+    assert len(report["first_recommend_items"]) == 10
+    assert 0 < report["targets"]["c1_p99_ms"] < 1000 and report["targets"]["best_throughput_p99_le_60ms"] > 0
+    assert report["verdict"].startswith("rehearsed on the CPU")
+    summary = json.loads((work / "rehearsal" / "summary.json").read_text())
+    assert summary["results"]["recommend"]["1"]["requests"] == 40
+    assert summary["instance_kind"] == "KIND_CPU" and "**GPU**: unmeasured" in (work / "rehearsal" / "serving.md").read_text()
