@@ -2,7 +2,8 @@
 
     python -m freshrec.bench_gpu [--build build] [--out docs/benchmarks/gpu] [--catalog-items 1000000] [--device gpu|cpu]
 
-1. checks the host: nvidia-smi, torch with CUDA in this environment, onnxruntime's providers;
+1. checks the host: nvidia-smi, torch with CUDA in this environment, onnxruntime's CUDA provider
+   (a GPU instance refuses to load without the last two);
 2. makes a GPU repository (instance groups KIND_GPU): `freshrec export --device gpu` of an existing
    build (seconds), else `freshrec build --device gpu` (minutes);
 3. makes a synthetic catalog of `--catalog-items` items (`freshrec.catalog_scale.scaled_state`,
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     step("host checked", json.dumps(report["host"]))
     if not rehearsal and not (report["host"]["gpu_visible"] and report["host"]["torch_cuda"]):
         report["verdict"] = "no usable GPU here (nvidia-smi or CUDA torch missing): GPU figures stay unmeasured"
+        step("stopped", report["verdict"])
+        return 1
+    if not rehearsal and "CUDAExecutionProvider" not in report["host"]["onnxruntime_providers"]:
+        # The GPU instances would refuse to load (freshrec.server_ext.onnx_model): stop before the minutes of set-up.
+        report["verdict"] = "onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu): GPU figures stay unmeasured"
         step("stopped", report["verdict"])
         return 1
 

@@ -28,9 +28,17 @@ ENGINE_MODELS = {"recommend": ("user_tower", "reranker", "text_encoder", "item_t
 
 
 def device_of(args: dict) -> torch.device:
-    if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
-        return torch.device("cuda", int(args.get("model_instance_device_id", 0)))
-    return torch.device("cpu")
+    """The instance's device: the GPU Triton placed it on (KIND_GPU), else the CPU. A GPU
+    instance whose torch sees no CUDA device fails to load rather than serve from the CPU."""
+    if args.get("model_instance_kind") != "GPU":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{args.get('model_name', 'model')}: Triton placed this instance on GPU "
+            f"{args.get('model_instance_device_id', 0)} (KIND_GPU), but torch {torch.__version__} in this Python "
+            "sees no CUDA device: install a CUDA build of torch, or serve a CPU repository (`freshrec export --device cpu`)"
+        )
+    return torch.device("cuda", int(args.get("model_instance_device_id", 0)))
 
 
 class Service:

@@ -98,3 +98,23 @@ def test_deployment_environment_overrides_the_repository_settings():
     served = DeployConfig.served(written, {"FRESHREC_INDEX": "sq8", "FRESHREC_ENGINE": "bls", "FRESHREC_STATE": "x"})
     assert (served.index, served.engine, served.max_k) == ("sq8", "bls", 50)
     assert DeployConfig.served(written, {"FRESHREC_INDEX": ""}).index == "exact"  # empty = not set
+
+
+def test_a_gpu_instance_without_cuda_fails_to_load_saying_why(tiny_build):
+    """KIND_GPU never quietly serves from the CPU: torch without CUDA, or onnxruntime without its
+    CUDA provider, stops the instance's load with what to install (this machine has neither)."""
+    import onnxruntime as ort
+    import torch
+
+    from freshrec.server_ext.onnx_model import onnx_session
+    from freshrec.server_ext.service import device_of
+
+    if torch.cuda.is_available() or "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this host has CUDA")
+    assert device_of({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"recommend: Triton placed this instance on GPU 1 \(KIND_GPU\), but torch .* sees no CUDA device"):
+        device_of({"model_name": "recommend", "model_instance_kind": "GPU", "model_instance_device_id": "1"})
+    path = Path(tiny_build["build_dir"]) / "onnx" / "user_tower.onnx"
+    assert onnx_session(path).get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="needs onnxruntime's CUDAExecutionProvider.*install onnxruntime-gpu"):
+        onnx_session(path, cuda_device=0)
