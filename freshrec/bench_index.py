@@ -551,12 +551,16 @@ def decision(r: dict) -> list[str]:
                 f"served exact scan on one thread ({e['p50_ms']:.2f} ms), measured in the same run, for "
                 f"{_mib(q['memory_bytes'])} MiB of codes and {q['build_s']:.1f} s of encoding.",
             ]
+    hnsw_recall = f"recall@200 {served[0]['recall_at_200']:.4f} at {n:,} items in this run" if served else "recall below 1"
     lines += [
         "",
         f"`DeployConfig.index` / `FRESHREC_INDEX`: `auto` is the default: `exact` below {SQ8_THRESHOLD:,} items (the scan "
         f"costs well under a millisecond there), `sq8` below {ANN_THRESHOLD:,} (a quarter of the bytes to scan, no build, "
         "and the exact rescoring keeps recall at or near 1), `hnsw` from there on (faster than any full scan, at the "
-        "cost of a graph build, shared through the graph cache, and recall about 0.96). Each can be chosen outright.",
+        f"cost of a graph build, shared through the graph cache, and {hnsw_recall}). Each can be chosen outright. "
+        "Approximate recall at fixed settings depends on the catalog's vectors, not only on its size: the served "
+        "graph's search width was set where an earlier build's harder catalog still reached 0.96 at 1,000,000 items "
+        "(why IVF lists were not adopted: `tuning.md`).",
     ]
     return lines
 
