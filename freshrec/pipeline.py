@@ -45,6 +45,9 @@ class Stats:
 
     def index_size(self, n: int) -> None: ...
 
+    def index_recall(self, recall: float) -> None:
+        """The retrieval index's self-checked recall@200 (ItemIndex.self_check), after each build."""
+
     def fallback(self, kind: str) -> None:
         """A recommendation not from the personal path: "popular" (cold start) or "query"."""
 
@@ -150,14 +153,21 @@ class Recommender:
         self.deploy = deploy
         self.device = torch.device(device)
         self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index, graph_cache=graph_cache)
+        self.index_checked = -1  # the index build the recall below was measured on
+        self.index_recall: float | None = None
         self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
 
     def refresh_index(self) -> None:
-        """Applies catalog writes since the last refresh to the index and reports its size."""
+        """Applies catalog writes since the last refresh to the index and reports its size, and
+        its recall whenever its approximate structure was (re)built (ItemIndex.self_check)."""
         if self.index.refresh(self.store):
             self.stats.index_size(len(self.index))
+            if self.index.builds != self.index_checked:
+                self.index_checked = self.index.builds
+                self.index_recall = self.index.self_check()
+                self.stats.index_recall(self.index_recall)
 
     # -- recommend --------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:

@@ -4,6 +4,7 @@ metrics endpoint next to its nv_inference_* series.
     freshrec_stage_latency_seconds{model,stage}   histogram: store, user_tower, retrieval, rerank, embed
     freshrec_freshness_lag_seconds{model}         histogram: event timestamp -> acknowledged ingest
     freshrec_index_items{model}                   gauge: items in this instance's retrieval index
+    freshrec_index_recall{model}                  gauge: the index's self-checked recall@200 (1 when exact)
     freshrec_items_added_total{model}             counter: items written by upsert_items
     freshrec_store_errors_total{model}            counter: state store unavailable or failing
     freshrec_fallbacks_total{model,kind}          counter: non-personal answers (popular, query)
@@ -33,6 +34,8 @@ class TritonStats(Stats):
             "stage": F("freshrec_stage_latency_seconds", "Time spent per pipeline stage", F.HISTOGRAM),
             "lag": F("freshrec_freshness_lag_seconds", "Event timestamp to acknowledged ingest", F.HISTOGRAM),
             "index": F("freshrec_index_items", "Items in the instance's retrieval index", F.GAUGE),
+            "recall": F("freshrec_index_recall", "recall@200 of the retrieval index against the exact scan, "
+                        "self-checked on sampled queries at each build (1 when exact)", F.GAUGE),
             "added": F("freshrec_items_added_total", "Items written by upsert_items", F.COUNTER),
             "errors": F("freshrec_store_errors_total", "State store unavailable or failing", F.COUNTER),
             "fallbacks": F("freshrec_fallbacks_total", "Recommendations not from the personal path", F.COUNTER),
@@ -41,6 +44,8 @@ class TritonStats(Stats):
         self._stages = {s: f["stage"].Metric(labels={**labels, "stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
         self._lag = f["lag"].Metric(labels=labels, buckets=LAG_BUCKETS)
         self._index = f["index"].Metric(labels=labels)
+        self._labels = labels
+        self._recall = None  # created by the first check: no series (rather than a 0) before it
         self._added = f["added"].Metric(labels=labels)
         self._errors = f["errors"].Metric(labels=labels)
         self._fallbacks = {k: f["fallbacks"].Metric(labels={**labels, "kind": k}) for k in ("popular", "query")}
@@ -55,6 +60,11 @@ class TritonStats(Stats):
 
     def index_size(self, n: int) -> None:
         self._index.set(n)
+
+    def index_recall(self, recall: float) -> None:
+        if self._recall is None:
+            self._recall = self._families["recall"].Metric(labels=self._labels)
+        self._recall.set(recall)
 
     def fallback(self, kind: str) -> None:
         self._fallbacks[kind].increment(1)

@@ -23,6 +23,7 @@ from freshrec.server_ext.metrics import TritonStats
 from freshrec.store import Event, StoreUnavailable, open_store
 
 
+RECALL_WARN = 0.95  # a self-checked index recall below this is logged as a warning at load
 # The towers each pipeline model runs (recommend embeds free-text queries, upsert_items item texts).
 ENGINE_MODELS = {"recommend": ("user_tower", "reranker", "text_encoder", "item_tower"), "upsert_items": ("text_encoder", "item_tower")}
 
@@ -88,8 +89,13 @@ class Service:
                 pb.Logger.log_warn(f"{self.name}: state store unavailable at start, index loads on first request: {exc}")
             else:
                 index = self.recommender.index
+                recall = self.recommender.index_recall
                 pb.Logger.log_info(f"{self.name}: retrieval index {index.serving_kind} ({deploy.index!r}) over {len(index):,} items, "
-                                   f"loaded in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+                                   f"loaded in {time.perf_counter() - t0:.1f} s"
+                                   + (f", self-checked recall@200 {recall:.4f}" if recall is not None else ""))  # fmt: skip
+                if recall is not None and recall < RECALL_WARN:
+                    pb.Logger.log_warn(f"{self.name}: retrieval index recall@200 {recall:.4f} is below {RECALL_WARN} on sampled "
+                                       "queries; FRESHREC_INDEX=sq8 or exact searches this catalog exhaustively")  # fmt: skip
 
     def close(self) -> None:
         self.recommender.store.close()

@@ -300,6 +300,7 @@ def test_bench_smoke_end_to_end_writes_docs(tiny_build, tmp_path: Path) -> None:
         r = summary["results"][label]["1"]
         assert r["throughput"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
     assert run["writes"]["events_stored"] == 40  # every ingest request stored a new event
+    assert summary["index_recall"] == 1.0  # read from the server's freshrec_index_recall: the exact scan here
     assert summary["machine"]["cores"] and summary["perf_analyzer"]["version"].startswith("perf-analyzer==2.60.0")
     md = (out / "serving.md").read_text()
     assert "perf_analyzer -m recommend -i grpc" in md and "--bls-composing-models" not in md  # embedded: in-process towers

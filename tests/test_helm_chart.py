@@ -502,6 +502,7 @@ def test_service_monitor_and_dashboard(helm: Helm) -> None:
         "freshrec_stage_latency_seconds_bucket",
         "freshrec_freshness_lag_seconds_bucket",
         "freshrec_index_items",
+        "freshrec_index_recall",
         "freshrec_items_added_total",
         "freshrec_store_errors_total",
         "freshrec_fallbacks_total",

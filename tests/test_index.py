@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,38 @@ def test_sq8_scan_matches_exact(data) -> None:
     # Quantisation alone is coarse: its own ranking differs from the exact one somewhere.
     raw = [idx.scan.search(q, 100).tolist() for q in queries]
     assert any(r != exact_top(x, q, 100) for r, q in zip(raw, queries))
+
+
+def test_self_check_measures_recall_and_catches_a_broken_index(data) -> None:
+    """recall@k against the exact scan on probe queries: 1 for exact, high for the served
+    approximate kinds, and low when the approximate structure proposes the wrong rows."""
+    x, _ = data
+    for kind, floor in (("exact", 1.0), ("sq8", 0.99), ("hnsw", 0.95)):
+        idx = ItemIndex(DIM, kind=kind)
+        idx.apply(items(x))
+        assert floor <= idx.self_check(k=100) <= 1.0, kind
+    assert idx.builds == 1
+    rng = np.random.default_rng(1)
+    idx.graph.search = lambda q, count: rng.permutation(len(x))[:count]  # a graph gone wrong
+    assert idx.self_check(k=100) < 0.2
+    assert ItemIndex(DIM, kind="hnsw").self_check() == 1.0  # empty: nothing to miss
+
+
+def test_builds_count_each_structure_built_not_each_add(data) -> None:
+    x, _ = data
+    idx = ItemIndex(DIM, kind="auto", sq8_threshold=1000, ann_threshold=3000)
+    idx.apply(items(x[:500]))
+    assert idx.builds == 0  # exact: nothing built
+    idx.apply(items(x[500:1000], start=500))
+    assert idx.builds == 1 and idx.serving_kind == "sq8"
+    idx.apply(items(x[1000:1500], start=1000))  # appended under the fitted ranges
+    assert idx.builds == 1
+    idx.apply(items(x[1500:2000], start=1500))  # doubled: re-fitted
+    assert idx.builds == 2
+    idx.apply(items(x[2000:], start=2000))  # the graph
+    assert idx.builds == 3 and idx.serving_kind == "hnsw"
+    idx.apply([Item("i0", "moved", x[1].copy())])  # an update goes into the graph
+    assert idx.builds == 3
 
 
 def test_sq8_refits_its_ranges_when_the_catalog_doubles(data) -> None:
@@ -266,7 +299,11 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
     server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env=env)
     # Both recommend instances loaded the catalog at start: one built the graph, the other loaded its file.
     assert len(list(graphs.glob("hnsw-*.usearch"))) == (1 if kind == "hnsw" else 0)
-    assert f"recommend: retrieval index {kind} ('{kind}') over {n:,} items" in server.log_path.read_text()
+    log = server.log_path.read_text()
+    assert f"recommend: retrieval index {kind} ('{kind}') over {n:,} items" in log and ", self-checked recall@200 " in log
+    recall = [float(line.split()[-1]) for line in urllib.request.urlopen(server.metrics_url, timeout=10).read().decode().splitlines()
+              if line.startswith('freshrec_index_recall{model="recommend"}')]  # fmt: skip
+    assert len(recall) == 1 and 0.95 <= recall[0] <= 1.0
     # The served approximate path returns what the exact reference returns on this small catalog.
     engine, tokenizer, cfg = load_reference(tiny_build["build_dir"])
     ref = Recommender(open_store(url), engine, tokenizer, cfg, DeployConfig())

@@ -47,6 +47,7 @@ def test_pipeline_metrics_are_exported(served):
     assert value(m, "freshrec_fallbacks_total", model="recommend", kind="query") >= 1
     assert value(m, "freshrec_items_added_total", model="upsert_items") == 1
     assert value(m, "freshrec_index_items", model="recommend") > 0
+    assert value(m, "freshrec_index_recall", model="recommend") == 1.0  # 1,682 items: the exact scan
     assert value(m, "freshrec_freshness_lag_seconds_count", model="ingest_events") == 3
     lag_sum = value(m, "freshrec_freshness_lag_seconds_sum", model="ingest_events")
     assert 55 <= lag_sum <= 120  # 30 + 20 + 10 s plus the time the calls took
