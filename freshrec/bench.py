@@ -978,7 +978,8 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         from freshrec.index import resolve_kind
 
         env = {"FRESHREC_INDEX": opts.index} if opts.index else {}
-        index_setting = _served_deploy(repo, env).index
+        served = _served_deploy(repo, env)
+        index_setting = served.index
         index = resolve_kind(index_setting, n_items)  # what the (CPU) server searches with at this size
         # The servers' graph cache lives in the work folder: a first start builds the graph once
         # (the other instance loads it); a reused --work folder starts from the saved graph.
@@ -1016,7 +1017,7 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
             "smoke": opts.smoke,
             "build": str(opts.build),
             "repository": str(repo),
-            "instance_kind": _instance_kind(repo),
+            "device": served.device,  # the repository's instance groups: "gpu" is KIND_GPU
             "state": source_state if not catalog else state_url,
             "catalog": catalog,
             "catalog_items_served": n_items,
@@ -1292,10 +1293,14 @@ def write_docs(summary: dict[str, Any], out: Path, log: Callable[[str], None] = 
     log(f"== wrote {out / 'serving.md'}, {out / 'summary.json'}" + "".join(f", {out / p}" for p in summary["plots"]))
 
 
-def _instance_kind(repo: Path) -> str:
-    """KIND_GPU or KIND_CPU: where the repository's `recommend` instances run."""
-    cfg = (repo / "recommend" / "config.pbtxt").read_text()
-    return "KIND_GPU" if "KIND_GPU" in cfg else "KIND_CPU"
+def _gpu_line(s: dict[str, Any]) -> str:
+    """What the report says of the GPU: served on one, none here, or one here left idle."""
+    gpu = s["machine"].get("gpu")
+    if not gpu:
+        return "**GPU**: unmeasured. No GPU was available; `python -m freshrec.bench_gpu` is the prepared check for an H100/H200 host."
+    if s.get("device") == "gpu":
+        return f"**GPU**: served on {gpu} (instance groups KIND_GPU; `gpu_check.json` beside this file says where Triton placed them)."
+    return f"**GPU**: {gpu} is on this machine, but the served repository's instance groups are KIND_CPU: CPU figures."
 
 
 def render_md(s: dict[str, Any]) -> str:
@@ -1323,11 +1328,7 @@ def render_md(s: dict[str, Any]) -> str:
         f"{load}"
         "perf_analyzer runs on the same machine as the server and takes CPU from it.",
         "",
-        f"**GPU**: served on {m['gpu']} (instance groups KIND_GPU; `gpu_check.json` beside this file says where Triton placed them)."
-        if s.get("instance_kind") == "KIND_GPU" and m.get("gpu")
-        else "**GPU**: unmeasured. No GPU was available; `python -m freshrec.bench_gpu` is the prepared check for an H100/H200 host."
-        if not m.get("gpu")
-        else f"**GPU**: {m['gpu']} is on this machine, but the served repository's instance groups are {s.get('instance_kind', 'KIND_CPU')}: CPU figures.",
+        _gpu_line(s),
         "",
         "How to read: one perf_analyzer run per model and concurrency level, a fixed number of measured requests "
         "(`--request-count`) after a short warm-up, synchronous gRPC clients; latencies are client-side (perf_analyzer) "

@@ -153,8 +153,6 @@ class Recommender:
         self.deploy = deploy
         self.device = torch.device(device)
         self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index, graph_cache=graph_cache)
-        self.index_checked = -1  # the index build the recall below was measured on
-        self.index_recall: float | None = None
         self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
@@ -164,10 +162,8 @@ class Recommender:
         its recall whenever its approximate structure was (re)built (ItemIndex.self_check)."""
         if self.index.refresh(self.store):
             self.stats.index_size(len(self.index))
-            if self.index.builds != self.index_checked:
-                self.index_checked = self.index.builds
-                self.index_recall = self.index.self_check()
-                self.stats.index_recall(self.index_recall)
+            if self.index.recall is None:  # first load, or the graph / int8 scan was rebuilt
+                self.stats.index_recall(self.index.self_check())
 
     # -- recommend --------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:

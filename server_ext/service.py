@@ -89,7 +89,7 @@ class Service:
                 pb.Logger.log_warn(f"{self.name}: state store unavailable at start, index loads on first request: {exc}")
             else:
                 index = self.recommender.index
-                recall = self.recommender.index_recall
+                recall = index.recall
                 pb.Logger.log_info(f"{self.name}: retrieval index {index.serving_kind} ({deploy.index!r}) over {len(index):,} items, "
                                    f"loaded in {time.perf_counter() - t0:.1f} s"
                                    + (f", self-checked recall@200 {recall:.4f}" if recall is not None else ""))  # fmt: skip

@@ -148,8 +148,8 @@ def test_targets_and_report_render(tmp_path: Path) -> None:
     assert "**GPU**: unmeasured. No GPU was available" in md
     # The GPU line says what was served: a GPU repository on a GPU, or CPU figures beside an idle GPU.
     gpu = {**summary, "machine": {**summary["machine"], "gpu": "NVIDIA H200"}}
-    assert "**GPU**: served on NVIDIA H200 (instance groups KIND_GPU" in bench.render_md({**gpu, "instance_kind": "KIND_GPU"})
-    assert "instance groups are KIND_CPU: CPU figures" in bench.render_md({**gpu, "instance_kind": "KIND_CPU"})
+    assert "**GPU**: served on NVIDIA H200 (instance groups KIND_GPU" in bench.render_md({**gpu, "device": "gpu"})
+    assert "instance groups are KIND_CPU: CPU figures" in bench.render_md({**gpu, "device": "cpu"})
 
 
 def test_variant_repository_changes_only_the_towers(tmp_path: Path) -> None:
@@ -401,4 +401,4 @@ def test_the_gpu_check_rehearsed_on_the_cpu_runs_every_step(tiny_build, tmp_path
     assert report["verdict"].startswith("rehearsed on the CPU")
     summary = json.loads((work / "rehearsal" / "summary.json").read_text())
     assert summary["results"]["recommend"]["1"]["requests"] == 40
-    assert summary["instance_kind"] == "KIND_CPU" and "**GPU**: unmeasured" in (work / "rehearsal" / "serving.md").read_text()
+    assert summary["device"] == "cpu" and "**GPU**: unmeasured" in (work / "rehearsal" / "serving.md").read_text()

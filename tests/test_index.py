@@ -144,28 +144,33 @@ def test_self_check_measures_recall_and_catches_a_broken_index(data) -> None:
         idx = ItemIndex(DIM, kind=kind)
         idx.apply(items(x))
         assert floor <= idx.self_check(k=100) <= 1.0, kind
-    assert idx.builds == 1
+        assert idx.recall == idx.self_check(k=100)  # kept until the next build
     rng = np.random.default_rng(1)
     idx.graph.search = lambda q, count: rng.permutation(len(x))[:count]  # a graph gone wrong
     assert idx.self_check(k=100) < 0.2
     assert ItemIndex(DIM, kind="hnsw").self_check() == 1.0  # empty: nothing to miss
 
 
-def test_builds_count_each_structure_built_not_each_add(data) -> None:
+def test_a_build_clears_the_checked_recall_an_add_keeps_it(data) -> None:
+    """`recall` (the last self_check) is cleared by each build or re-fit of the graph or int8
+    scan, so the server checks again; adds into a built structure keep it."""
     x, _ = data
     idx = ItemIndex(DIM, kind="auto", sq8_threshold=1000, ann_threshold=3000)
     idx.apply(items(x[:500]))
-    assert idx.builds == 0  # exact: nothing built
+    assert idx.recall is None and idx.self_check() == 1.0  # exact: nothing built, nothing to miss
     idx.apply(items(x[500:1000], start=500))
-    assert idx.builds == 1 and idx.serving_kind == "sq8"
+    assert idx.recall is None and idx.serving_kind == "sq8"
+    idx.self_check()
     idx.apply(items(x[1000:1500], start=1000))  # appended under the fitted ranges
-    assert idx.builds == 1
+    assert idx.recall is not None
     idx.apply(items(x[1500:2000], start=1500))  # doubled: re-fitted
-    assert idx.builds == 2
+    assert idx.recall is None
+    idx.self_check()
     idx.apply(items(x[2000:], start=2000))  # the graph
-    assert idx.builds == 3 and idx.serving_kind == "hnsw"
+    assert idx.recall is None and idx.serving_kind == "hnsw"
+    checked = idx.self_check()
     idx.apply([Item("i0", "moved", x[1].copy())])  # an update goes into the graph
-    assert idx.builds == 3
+    assert idx.recall == checked
 
 
 def test_sq8_refits_its_ranges_when_the_catalog_doubles(data) -> None:
