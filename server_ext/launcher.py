@@ -420,7 +420,10 @@ class TritonServer:
         return False
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Poll ``/v2/health/ready`` until it answers 200 from *this* server.
+        """Poll ``/v2/health/ready`` until it answers 200 from *this* server, then the metrics port.
+
+        Triton starts its metrics service after HTTP reports ready, so a scrape right after
+        readiness could be refused; ``wait_ready`` returns once ``/metrics`` answers too.
 
         Raises ServerStartError with the log tail as soon as the process exits (a broken model
         repository makes Triton exit, ``--exit-on-error``), or after ``timeout`` seconds. The
@@ -437,7 +440,7 @@ class TritonServer:
                     log_tail=self.log_tail(),
                     returncode=self.returncode,
                 )
-            if self._http_ok(f"{base}/v2/health/ready") and self._is_ours(f"{base}/v2"):
+            if self._http_ok(f"{base}/v2/health/ready") and self._is_ours(f"{base}/v2") and self._http_ok(self.metrics_url):
                 return
             if time.monotonic() >= deadline:
                 raise ServerStartError(f"tritonserver not ready after {timeout:.0f}s", log_tail=self.log_tail())
