@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from freshrec.config import DeployConfig
 from freshrec.export.onnx_export import export_all
 from freshrec.export.repository import write_repository
+
+from freshrec.config import DeployConfig
 
 FLAVOURS = ("embedded", "ngc")
 
@@ -18,7 +19,7 @@ def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_u
     The state URL defaults to the build's SQLite file; `freshrec serve --state` or the
     FRESHREC_STATE variable override it per deployment.
     """
-    from freshrec.train import load_models
+    from freshrec.models.checkpoints import load_models
 
     build_dir = Path(build_dir).resolve()
     cfg, modules, minilm = load_models(build_dir)

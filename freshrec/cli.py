@@ -26,7 +26,7 @@ def _model_config(args):
 
 
 def _cmd_build(args) -> int:
-    from freshrec.build import BuildOptions, build
+    from freshrec.training.build import BuildOptions, build
 
     opts = BuildOptions(
         out=Path(args.out), repository=Path(args.repository), events=args.events and Path(args.events),
@@ -79,7 +79,7 @@ def _cmd_copy_state(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from freshrec.evaluation import ALL_BASELINES, EvalOptions, run_eval
+    from freshrec.offline.evaluation.eval import ALL_BASELINES, EvalOptions, run_eval
 
     seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else ((0,) if args.tiny else (0, 1, 2))
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines is not None else ALL_BASELINES
@@ -97,7 +97,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    from freshrec.tune import TuneOptions, tune
+    from freshrec.offline.evaluation.tune import TuneOptions, tune
 
     result = tune(TuneOptions(out=Path(args.out), trials=args.trials, timeout_s=args.timeout, seed=args.seed, tiny=args.tiny, max_users=args.max_users))
     print(json.dumps({k: result[k] for k in ("best_valid_ndcg10", "best_params", "config", "seconds")}, indent=2))
@@ -105,7 +105,7 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from freshrec.bench import run_cli
+    from freshrec.offline.benchmarks.serving import run_cli
 
     return run_cli(args)
 
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("bench", help="perf_analyzer over gRPC against the served build -> docs/benchmarks (serving.md, summary.json, plots)")
-    from freshrec.bench import add_arguments
+    from freshrec.offline.benchmarks.serving import add_arguments
 
     add_arguments(s)
     s.set_defaults(func=_cmd_bench)

@@ -59,9 +59,9 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
-    from freshrec.build import BuildOptions, build
     from freshrec.client import EventIn, FreshrecClient, ItemIn
     from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+    from freshrec.training.build import BuildOptions, build
 
     repo = repo_root / "embedded"
     if not (build_dir / "build.json").exists() or not (repo / "recommend" / "config.pbtxt").exists():

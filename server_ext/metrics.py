@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from freshrec.pipeline import Stats
+from freshrec.serving.pipeline import Stats
 
 # Seconds: sub-millisecond store reads up to multi-second stalls.
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]

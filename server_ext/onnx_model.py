@@ -10,32 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from freshrec.contract import BY_NAME
-
-
-def onnx_session(path: Path, threads: int = 1, cuda_device: int | None = None):
-    """The onnxruntime session every served ONNX model runs in: `threads` intra-op threads, one
-    inter-op thread, every graph optimisation; on CUDA device `cuda_device` when one is given.
-
-    A GPU instance never falls back to the CPU quietly: without onnxruntime's CUDA provider it
-    fails to load, saying so (a GPU deployment running its towers on the CPU would only show as
-    latency)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers: list = ["CPUExecutionProvider"]
-    if cuda_device is not None:
-        available = ort.get_available_providers()
-        if "CUDAExecutionProvider" not in available:
-            raise RuntimeError(
-                f"{path}: a GPU instance (KIND_GPU) needs onnxruntime's CUDAExecutionProvider, and onnxruntime "
-                f"{ort.__version__} here has only {', '.join(available)}: install onnxruntime-gpu, or serve a CPU "
-                "repository (`freshrec export --device cpu`)"
-            )
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": cuda_device}))
-    return ort.InferenceSession(str(path), opts, providers=providers)
+from freshrec.serving.engines import onnx_session
 
 
 class OnnxModel:

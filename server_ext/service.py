@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from freshrec.config import DeployConfig, ModelConfig
 from freshrec.export.repository import SETTINGS_FILE, TOKENIZER_FILE
-from freshrec.index import graph_cache_dir
-from freshrec.pipeline import InvalidInput, OnnxEngine, Recommender
 from freshrec.server_ext import tensors as T
 from freshrec.server_ext.bls import BlsEngine, ModelCallError
 from freshrec.server_ext.metrics import TritonStats
-from freshrec.store import Event, StoreUnavailable, open_store
 
+from freshrec.config import DeployConfig, ModelConfig
+from freshrec.index import graph_cache_dir
+from freshrec.serving.engines import OnnxEngine
+from freshrec.serving.pipeline import InvalidInput, Recommender
+from freshrec.store import Event, StoreUnavailable, open_store
 
 RECALL_WARN = 0.95  # a self-checked index recall below this is logged as a warning at load
 # The towers each pipeline model runs (recommend embeds free-text queries, upsert_items item texts).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from freshrec.pipeline import InvalidInput
+from freshrec.serving.pipeline import InvalidInput
 
 MAX_BATCH_ITEMS = 10_000  # events or items in one ingest/upsert request
 

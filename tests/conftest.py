@@ -94,8 +94,8 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     Returns the build report plus `build_dir`; the repositories live beside it.
     """
-    from freshrec.build import BuildOptions, build
     from freshrec.config import ModelConfig
+    from freshrec.training.build import BuildOptions, build
 
     root = tmp_path_factory.mktemp("tiny_build")
     report = build(BuildOptions(out=root / "build", repository=root / "repo", max_users=TINY_USERS), ModelConfig.tiny())

@@ -1,5 +1,29 @@
-"""State behind one interface: events, user histories, the item table and item vectors."""
+"""State behind one interface: events, user histories, the item table and item vectors.
+Backends: SQLite (`sqlite`, the embedded default) and Redis (`redis_store`, shared by replicas)."""
 
-from freshrec.store.base import Event, Item, StateStore, StoreUnavailable, UserHistory, open_store
+from __future__ import annotations
+
+from pathlib import Path
+
+from freshrec.store.base import Event, Item, StateStore, StoreUnavailable, UserHistory
 
 __all__ = ["Event", "Item", "StateStore", "StoreUnavailable", "UserHistory", "open_store"]
+
+
+def open_store(url: str, base_dir: Path | None = None) -> StateStore:
+    """Opens a store from a URL: `sqlite:///relative/or/absolute.db` (relative to base_dir), or
+    `redis://[:password@]host:port/db` / `rediss://...` (Redis shared by every server; query options
+    `prefix` (key prefix, default `freshrec:`), `timeout` (socket connect/read seconds, default 1),
+    `window` (events kept for popularity, default 10000))."""
+    if url.startswith(("redis://", "rediss://")):
+        from freshrec.store.redis_store import RedisStore
+
+        return RedisStore(url)
+    if url.startswith("sqlite:///"):
+        from freshrec.store.sqlite import SQLiteStore
+
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return SQLiteStore(path)
+    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path or redis://host:port/db")

@@ -11,7 +11,6 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -80,22 +79,3 @@ class StateStore(Protocol):
     def count_events(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-def open_store(url: str, base_dir: Path | None = None) -> StateStore:
-    """Opens a store from a URL: `sqlite:///relative/or/absolute.db` (relative to base_dir), or
-    `redis://[:password@]host:port/db` / `rediss://...` (Redis shared by every server; query options
-    `prefix` (key prefix, default `freshrec:`), `timeout` (socket connect/read seconds, default 1),
-    `window` (events kept for popularity, default 10000))."""
-    if url.startswith(("redis://", "rediss://")):
-        from freshrec.store.redis_store import RedisStore
-
-        return RedisStore(url)
-    if url.startswith("sqlite:///"):
-        from freshrec.store.sqlite import SQLiteStore
-
-        path = Path(url[len("sqlite:///") :])
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return SQLiteStore(path)
-    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path or redis://host:port/db")

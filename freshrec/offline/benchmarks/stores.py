@@ -1,0 +1,128 @@
+"""Side-by-side latency of the state stores through the served gRPC API.
+
+    python -m freshrec.offline.benchmarks.stores [--build build] [--repository model_repository/embedded] [--calls 200]
+
+Starts a private redis-server (AOF, appendfsync always) and two tritonservers on the same model
+repository, one over a copy of the build's SQLite state and one over the same state copied into
+Redis, then sends sequential `ingest_events` (one event) and `recommend` calls, alternating which
+server goes first so both see the same machine load. Writes docs/benchmarks/state_stores.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
+    from freshrec.client import EventIn, FreshrecClient
+    from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+    from freshrec.store.redis_store import RedisStore
+    from freshrec.store.sqlite import SQLiteStore
+
+    shown = build
+    build, repository = build.resolve(), repository.resolve()
+    work = Path(tempfile.mkdtemp(prefix="freshrec-bench-stores-"))
+    state = work / "state.db"
+    src, dst = sqlite3.connect(str(build / "state.db")), sqlite3.connect(str(state))
+    src.backup(dst)
+    src.close()
+    dst.close()
+    (port,) = find_free_ports(1)
+    (work / "redis").mkdir()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work / "redis"),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    servers = []
+    try:
+        time.sleep(0.5)
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        sqlite_store = SQLiteStore(state)
+        users = sorted({e.user_id for e in sqlite_store.events()[:5000]})[:50]
+        items, _ = sqlite_store.items_since(0)
+        target = RedisStore(redis_url)
+        target.copy_from(sqlite_store, sqlite_store.events())
+        target.close()
+        sqlite_store.close()
+        clients = {}
+        for name, url in (("sqlite", f"sqlite:///{state}"), ("redis", redis_url)):
+            g, h, m = find_free_ports(3)
+            server = TritonServer(ServerOptions(model_repository=repository, grpc_port=g, http_port=h, metrics_port=m, env={"FRESHREC_STATE": url}))
+            server.start()
+            servers.append(server)
+            server.wait_ready(180)
+            clients[name] = FreshrecClient(server.grpc_url, timeout_s=10.0)
+        lat = {f"{name}/{op}": [] for name in clients for op in ("ingest_events", "recommend")}
+        warmup = 20
+        for i in range(warmup + calls):
+            for name in list(clients) if i % 2 == 0 else list(clients)[::-1]:
+                c, user = clients[name], users[i % len(users)]
+                t0 = time.perf_counter()
+                c.ingest([EventIn(user, items[i % len(items)].item_id, "click", None, None, f"bench-{name}-{i}")])
+                t1 = time.perf_counter()
+                c.recommend(user, k=10)
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    lat[f"{name}/ingest_events"].append((t1 - t0) * 1e3)
+                    lat[f"{name}/recommend"].append((t2 - t1) * 1e3)
+    finally:
+        for s in servers:
+            s.stop()
+        redis.kill()
+        redis.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    table = {k: {"p50_ms": round(float(np.percentile(v, 50)), 2), "p99_ms": round(float(np.percentile(v, 99)), 2),
+                 "mean_ms": round(float(np.mean(v)), 2), "calls": len(v)} for k, v in lat.items()}  # fmt: skip
+    machine = {"cpus": os.cpu_count(), "cpu": _cpu(), "platform": platform.platform(), "python": platform.python_version()}
+    report = {"latency": table, "machine": machine, "build": str(shown), "date": time.strftime("%Y-%m-%d")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "state_stores.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "# State stores side by side: SQLite vs Redis",
+        "",
+        f"`python -m freshrec.offline.benchmarks.stores` on {report['date']}: {machine['cpus']} cores ({machine['cpu']}), "
+        f"{machine['platform']}, Python {machine['python']}; build `{shown}`. One tritonserver per store, both running; "
+        f"{calls} sequential gRPC calls each after {warmup} warm-up calls, alternating which server goes first. "
+        "Redis: local redis-server, `appendonly yes`, `appendfsync always`. SQLite: WAL, synchronous=FULL.",
+        "",
+        "| store / call | p50 ms | p99 ms | mean ms |",
+        "|---|---|---|---|",
+        *[f"| {k} | {v['p50_ms']} | {v['p99_ms']} | {v['mean_ms']} |" for k, v in table.items()],
+        "",
+    ]
+    (out / "state_stores.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return report
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--build", type=Path, default=Path("build"))
+    p.add_argument("--repository", type=Path, default=Path("model_repository/embedded"))
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    a = p.parse_args()
+    run(a.build, a.repository, a.calls, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The recommendation pipeline, independent of Triton.
+
+    state store -> history tensors -> user tower -> retrieval over the item index
+                -> reranker -> filter -> top-k
+
+Model calls go through an `Engine`: in the server it issues BLS requests to the exported models
+(`server_ext/bls.py`) or runs their ONNX files in its own process (`OnnxEngine`); in the
+reference (`TorchEngine`) it runs the PyTorch modules. Everything else is shared, so the
+served result can be checked against the reference for the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from freshrec.config import DeployConfig, ModelConfig
+from freshrec.index import ItemIndex
+from freshrec.models.features import event_type_index, history_arrays
+from freshrec.models.text_encoder import Tokenizer
+from freshrec.store.base import Event, Item, StateStore, UserHistory
+
+
+class InvalidInput(ValueError):
+    """A request the service refuses (maps to INVALID_ARGUMENT / HTTP 400)."""
+
+
+class Stats:
+    """Where the pipeline reports what it does; the server plugs in Prometheus metrics
+    (`server_ext/metrics.py`), everything else keeps this silent default."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times one pipeline stage (store, user_tower, retrieval, rerank, embed)."""
+        yield
+
+    def index_size(self, n: int) -> None: ...
+
+    def index_recall(self, recall: float) -> None:
+        """The retrieval index's self-checked recall@200 (ItemIndex.self_check), after each build."""
+
+    def fallback(self, kind: str) -> None:
+        """A recommendation not from the personal path: "popular" (cold start) or "query"."""
+
+
+class Engine(Protocol):
+    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs one exported model on batched inputs named as in the contract."""
+
+
+@dataclass
+class Recommendation:
+    item_ids: list[str]
+    scores: np.ndarray  # (k,) float32, best first
+    source: str  # "personal", "query" or "popular" (cold start)
+
+
+MAX_ID_BYTES = 512  # ids are keys, not documents
+MAX_TEXT_BYTES = 16384
+MAX_FUTURE_S = 86400.0  # clock skew tolerated on event timestamps
+
+
+def check_id(kind: str, value: str) -> str:
+    if not value:
+        raise InvalidInput(f"{kind} must not be empty")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise InvalidInput(f"{kind} is longer than {MAX_ID_BYTES} bytes")
+    if "\x00" in value:
+        raise InvalidInput(f"{kind} must not contain NUL bytes")
+    return value
+
+
+class Recommender:
+    """Serves recommend / ingest / upsert over one store, one item index and one engine."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        engine: Engine,
+        tokenizer: Tokenizer,
+        cfg: ModelConfig,
+        deploy: DeployConfig,
+        device: torch.device | str = "cpu",
+        popular_ttl_s: float = 10.0,
+        stats: Stats | None = None,
+        graph_cache: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.deploy = deploy
+        self.device = torch.device(device)
+        self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index, graph_cache=graph_cache)
+        self.stats = stats or Stats()
+        self.popular_ttl_s = popular_ttl_s
+        self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
+
+    def refresh_index(self) -> None:
+        """Applies catalog writes since the last refresh to the index and reports its size, and
+        its recall whenever its approximate structure was (re)built (ItemIndex.self_check)."""
+        if self.index.refresh(self.store):
+            self.stats.index_size(len(self.index))
+            if self.index.recall is None:  # first load, or the graph / int8 scan was rebuilt
+                self.stats.index_recall(self.index.self_check())
+
+    # -- recommend --------------------------------------------------------------------------
+    def recommend(self, user_id: str, k: int = 10, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
+        check_id("user_id", user_id)
+        if not 1 <= k <= self.deploy.max_k:
+            raise InvalidInput(f"k must be in [1, {self.deploy.max_k}], got {k}")
+        if query is not None and len(query.encode()) > MAX_TEXT_BYTES:
+            raise InvalidInput(f"query is longer than {MAX_TEXT_BYTES} bytes")
+        stats = self.stats
+        with stats.stage("store"):
+            self.refresh_index()
+            history = self.store.user_history(user_id, self.cfg.user.max_history)
+        banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
+
+        known = [j for j, item in enumerate(history.item_ids) if item in self.index.rows]
+        hist = self._history_tensors(history, known) if known else None
+        user_vec = None
+        if hist is not None:
+            with stats.stage("user_tower"):
+                user_vec = self.engine.run("user_tower", hist)["user_vector"][0].to(self.device)
+        query_vec = self._query_vector(query) if query else None
+        if user_vec is None and query_vec is None:
+            stats.fallback("popular")
+            return self._popular_for(k, set(history.seen) | set(exclude))
+        if user_vec is None:
+            stats.fallback("query")
+            u, source = query_vec, "query"
+        elif query_vec is None:
+            u, source = user_vec, "personal"
+        else:
+            u, source = F.normalize(user_vec + self.deploy.query_weight * query_vec, dim=-1), "personal"
+
+        n_candidates = max(k, self.cfg.reranker.num_candidates)
+        with stats.stage("retrieval"):
+            rows, retrieval_scores = self.index.search(u, n_candidates, banned)
+        if len(rows) == 0:
+            return Recommendation([], np.zeros(0, np.float32), source)
+        if hist is None:  # no events to rerank against: retrieval order is the answer
+            scores = retrieval_scores
+        else:
+            with stats.stage("rerank"):
+                scores = self._rerank(hist, rows, retrieval_scores)
+        top = torch.topk(scores, min(k, len(rows)))
+        chosen = rows[top.indices].tolist()
+        return Recommendation(
+            [self.index.item_ids[r] for r in chosen], top.values.float().cpu().numpy().astype(np.float32), source
+        )
+
+    def _history_tensors(self, history: UserHistory, known: list[int]) -> dict[str, torch.Tensor]:
+        """The user's events whose items are in the index -> batched history tensors (1, L, ...)."""
+        rows = torch.tensor([self.index.rows[history.item_ids[j]] for j in known], dtype=torch.long, device=self.device)
+        arrays = history_arrays(
+            timestamps=np.array([history.timestamps[j] for j in known]),
+            values=np.array([history.values[j] for j in known], np.float32),
+            types=np.array([event_type_index(history.event_types[j]) for j in known], np.int64),
+            max_history=self.cfg.user.max_history,
+        )
+        L = self.cfg.user.max_history
+        vectors = torch.zeros(L, self.cfg.item.dim, device=self.device)
+        n = min(len(known), L)
+        vectors[L - n :] = self.index.matrix[rows[-n:]]
+        out = {name: torch.from_numpy(a).to(self.device)[None] for name, a in arrays.items()}
+        out["history_vectors"] = vectors[None]  # (1, L, D)
+        return out
+
+    def _query_vector(self, query: str) -> torch.Tensor:
+        with self.stats.stage("embed"):
+            return self.embed_items([query], [0])[0]
+
+    def _rerank(self, hist: dict[str, torch.Tensor], rows: torch.Tensor, retrieval_scores: torch.Tensor) -> torch.Tensor:
+        # Padded to a fixed C so concurrent requests batch together in the reranker.
+        C = max(self.cfg.reranker.num_candidates, len(rows))
+        cand = torch.zeros(1, C, self.cfg.item.dim, device=self.device)
+        cand[0, : len(rows)] = self.index.matrix[rows]
+        mask = torch.zeros(1, C, dtype=torch.bool, device=self.device)
+        mask[0, : len(rows)] = True
+        cand_scores = torch.zeros(1, C, device=self.device)
+        cand_scores[0, : len(rows)] = retrieval_scores
+        inputs = dict(hist, candidate_vectors=cand, candidate_mask=mask, candidate_scores=cand_scores)
+        return self.engine.run("reranker", inputs)["scores"][0, : len(rows)].to(self.device)
+
+    def _popular_for(self, k: int, banned: set[str]) -> Recommendation:
+        now = time.monotonic()
+        if now - self._popular[0] > self.popular_ttl_s or len(self._popular[1]) < k + len(banned):
+            self._popular = (now, self.store.popular_items(k + len(banned) + 100, window=10000))
+        chosen = [(i, s) for i, s in self._popular[1] if i not in banned][:k]
+        if len(chosen) < k:  # too few recent events: fill from the catalog in index order
+            have = {i for i, _ in chosen} | banned  # the index was refreshed by this request
+            chosen += [(i, 0.0) for i in self.index.item_ids if i not in have][: k - len(chosen)]
+        return Recommendation([i for i, _ in chosen], np.array([s for _, s in chosen], np.float32), "popular")
+
+    # -- ingest -----------------------------------------------------------------------------
+    def ingest(self, events: Sequence[Event]) -> int:
+        now = time.time()
+        for e in events:
+            check_id("user_id", e.user_id)
+            check_id("item_id", e.item_id)
+            try:
+                event_type_index(e.event_type)
+            except ValueError as err:
+                raise InvalidInput(str(err)) from None
+            if not (math.isfinite(e.timestamp) and 0 <= e.timestamp <= now + MAX_FUTURE_S):
+                raise InvalidInput(f"timestamp must be unix seconds between 1970 and now + 1 day, got {e.timestamp!r}")
+            if math.isinf(e.value):
+                raise InvalidInput("value must be finite (or NaN for none)")
+            if e.event_id is not None:
+                check_id("event_id", e.event_id)
+        with self.stats.stage("store"):
+            return self.store.add_events(events)
+
+    # -- items ------------------------------------------------------------------------------
+    def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]) -> torch.Tensor:
+        """Texts -> (N, D) item vectors through the text encoder and the item tower."""
+        ids, mask = self.tokenizer(list(texts))
+        emb = self.engine.run(
+            "text_encoder",
+            {"input_ids": torch.from_numpy(ids).to(self.device), "attention_mask": torch.from_numpy(mask).to(self.device)},
+        )["text_embedding"]
+        id_index = torch.tensor(list(id_indices), dtype=torch.long, device=self.device)[:, None]
+        return self.engine.run("item_tower", {"text_embedding": emb.to(self.device), "id_index": id_index})["item_vector"].to(self.device)
+
+    def upsert(self, item_ids: Sequence[str], texts: Sequence[str], metadata: Sequence[str] | None = None) -> int:
+        if len(set(item_ids)) != len(item_ids):
+            raise InvalidInput("item_id values must be unique within one request")
+        metas = list(metadata) if metadata is not None else ["{}"] * len(item_ids)
+        for item_id, text, meta in zip(item_ids, texts, metas):
+            check_id("item_id", item_id)
+            if not text.strip():
+                raise InvalidInput(f"text of item {item_id[:64]!r} is empty")
+            if len(text.encode()) > MAX_TEXT_BYTES or "\x00" in text:
+                raise InvalidInput(f"text of item {item_id[:64]!r} is longer than {MAX_TEXT_BYTES} bytes or has NUL bytes")
+            try:
+                if not isinstance(json.loads(meta), dict):
+                    raise ValueError
+            except ValueError:
+                raise InvalidInput(f"metadata of item {item_id[:64]!r} is not a JSON object") from None
+        # An item known to the trained model keeps its learned id row; new items are text-only.
+        known = self.store.item_id_indices(item_ids)
+        id_indices = [known.get(i, 0) for i in item_ids]
+        with self.stats.stage("embed"):
+            vectors = self.embed_items(texts, id_indices).cpu().numpy()
+        items = [Item(i, t, v, m, x) for i, t, v, m, x in zip(item_ids, texts, vectors, metas, id_indices)]
+        with self.stats.stage("store"):
+            return self.store.upsert_items(items)

@@ -1,0 +1,121 @@
+"""Export parity for every model of the contract, and the generated repository."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from freshrec.export.onnx_export import ParityError, check_parity
+from freshrec.export.repository import read_config
+
+from freshrec.contract import ALL_MODELS, ONNX_MODELS, Sizes
+
+
+@pytest.mark.parametrize("contract", ONNX_MODELS, ids=lambda c: c.name)
+def test_every_exported_model_matches_pytorch(tiny_build, contract):
+    """Every ONNX model of the contract was exported, and agrees with PyTorch on inputs it has
+    never seen (new seed, other batch sizes and other L/C/T than the export example)."""
+    from freshrec.models.checkpoints import load_models
+
+    report = tiny_build["export"][contract.name]
+    assert report["max_abs_diff"] <= contract.tolerance
+    cfg, modules, _ = load_models(tiny_build["build_dir"])
+    diff = check_parity(contract, modules[contract.name], Path(report["path"]), Sizes.of(cfg), cfg, seed=1234)
+    assert diff <= contract.tolerance
+
+
+def test_parity_check_fails_on_a_wrong_graph(tiny_build):
+    """The parity check can fail: the exported user tower against perturbed PyTorch weights."""
+    import torch
+
+    from freshrec.contract import USER_TOWER
+    from freshrec.models.checkpoints import load_models
+
+    cfg, modules, _ = load_models(tiny_build["build_dir"])
+    tower = modules["user_tower"]
+    with torch.no_grad():
+        tower.head.bias.add_(0.5)
+    with pytest.raises(ParityError):
+        check_parity(USER_TOWER, tower, Path(tiny_build["export"]["user_tower"]["path"]), Sizes.of(cfg), cfg)
+
+
+@pytest.mark.parametrize("flavour", ["embedded", "ngc"])
+def test_generated_configs_parse_back_and_follow_the_contract(tiny_build, flavour):
+    repo = Path(tiny_build["repositories"][flavour])
+    names = sorted(p.name for p in repo.iterdir())
+    assert names == sorted(m.name for m in ALL_MODELS)
+    for contract in ALL_MODELS:
+        cfg = read_config(repo / contract.name / "config.pbtxt")
+        assert cfg.name == contract.name
+        assert [i.name for i in cfg.input] == contract.input_names
+        assert [o.name for o in cfg.output] == contract.output_names
+        assert [i.optional for i in cfg.input] == [s.optional for s in contract.inputs]
+        assert (cfg.max_batch_size > 0) == contract.batched
+        if contract.batched:
+            assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 0  # no wait for a lone request
+        expected_backend = "onnxruntime" if (flavour == "ngc" and contract in ONNX_MODELS) else "python"
+        assert cfg.backend == expected_backend
+        version = repo / contract.name / "1"
+        assert (version / ("model.onnx" if contract in ONNX_MODELS else "model.py")).exists()
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_regenerating_the_repository_gives_the_same_tree(tiny_build, tmp_path):
+    from freshrec.export.repository import write_repository
+
+    from freshrec.assets import minilm_dir
+    from freshrec.config import DeployConfig, ModelConfig
+
+    build = tiny_build["build_dir"]
+    cfg = ModelConfig.load(build / "checkpoints" / "model_config.json")
+    deploy = DeployConfig(state=tiny_build["state"])
+    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir(), tiny_build["state"])
+    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir(), tiny_build["state"])
+    assert _tree_digest(a) == _tree_digest(b)
+    assert _tree_digest(a) == _tree_digest(Path(tiny_build["repositories"]["embedded"]))
+
+
+
+def test_engine_setting_resolves_per_flavour():
+    from freshrec.config import DeployConfig
+
+    assert DeployConfig(flavour="embedded").resolved_engine() == "inprocess"  # towers are Python stubs there
+    assert DeployConfig(flavour="ngc").resolved_engine() == "bls"  # native backends batch across requests
+    assert DeployConfig(flavour="embedded", device="gpu").resolved_engine() == "bls"  # tensors stay on the GPU
+    assert DeployConfig(flavour="ngc", engine="inprocess").resolved_engine() == "inprocess"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        DeployConfig(engine="grpc").resolved_engine()
+
+
+def test_deployment_environment_overrides_the_repository_settings():
+    from freshrec.config import DeployConfig
+
+    written = DeployConfig(index="exact", engine="auto", max_k=50).to_dict()
+    assert DeployConfig.served(written, {}) == DeployConfig.from_dict(written)
+    served = DeployConfig.served(written, {"FRESHREC_INDEX": "sq8", "FRESHREC_ENGINE": "bls", "FRESHREC_STATE": "x"})
+    assert (served.index, served.engine, served.max_k) == ("sq8", "bls", 50)
+    assert DeployConfig.served(written, {"FRESHREC_INDEX": ""}).index == "exact"  # empty = not set
+
+
+def test_a_gpu_instance_without_cuda_fails_to_load_saying_why(tiny_build):
+    """KIND_GPU never quietly serves from the CPU: torch without CUDA, or onnxruntime without its
+    CUDA provider, stops the instance's load with what to install (this machine has neither)."""
+    import onnxruntime as ort
+    import torch
+    from freshrec.server_ext.service import device_of
+
+    from freshrec.serving.engines import onnx_session
+
+    if torch.cuda.is_available() or "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this host has CUDA")
+    assert device_of({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"recommend: Triton placed this instance on GPU 1 \(KIND_GPU\), but torch .* sees no CUDA device"):
+        device_of({"model_name": "recommend", "model_instance_kind": "GPU", "model_instance_device_id": "1"})
+    path = Path(tiny_build["build_dir"]) / "onnx" / "user_tower.onnx"
+    assert onnx_session(path).get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="needs onnxruntime's CUDAExecutionProvider.*install onnxruntime-gpu"):
+        onnx_session(path, cuda_device=0)

@@ -1,0 +1,149 @@
+"""The recommendation pipeline on tiny PyTorch models (no server): filtering, cold start,
+validation, upserts, and the reranker's residual start."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from freshrec.config import DeployConfig, ModelConfig
+from freshrec.models.features import event_features, history_arrays
+from freshrec.models.reranker import Reranker
+from freshrec.models.text_encoder import TextEncoder, Tokenizer
+from freshrec.models.towers import ItemTower, UserTower
+from freshrec.serving.engines import TorchEngine
+from freshrec.serving.pipeline import InvalidInput, Recommender
+from freshrec.store import Event, open_store
+
+_TINY = ModelConfig.tiny()
+CFG = dataclasses.replace(_TINY, item=dataclasses.replace(_TINY.item, id_vocab=5))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from freshrec.assets import minilm_dir
+
+    d = minilm_dir()
+    return d, TextEncoder(d)
+
+
+@pytest.fixture
+def rec(tmp_path, minilm):
+    torch.manual_seed(0)
+    d, text = minilm
+    engine = TorchEngine({"text_encoder": text, "item_tower": ItemTower(CFG.item), "user_tower": UserTower(CFG.user), "reranker": Reranker(CFG.reranker)})
+    r = Recommender(open_store(f"sqlite:///{tmp_path / 's.db'}"), engine, Tokenizer(d, CFG.text.max_tokens), CFG, DeployConfig(max_k=50))
+    genres = ["Comedy", "Horror", "Drama", "Sci-Fi", "Western"]
+    r.upsert([f"i{j}" for j in range(30)], [f"Film {j} ({1990 + j}). Genres: {genres[j % 5]}" for j in range(30)])
+    return r
+
+
+def test_tokenizer_pads_to_the_longest_text_and_padding_never_changes_an_embedding(minilm):
+    d, text = minilm
+    tok = Tokenizer(d, 32)
+    short, long_ = "Toy Story (1995)", "A very long title " * 20
+    ids, mask = tok([short])
+    assert ids.shape == mask.shape and ids.shape[1] % 8 == 0 and ids.shape[1] < 32 and mask[0, -1] == 0
+    ids2, mask2 = tok([short, long_])
+    assert ids2.shape == (2, 32) and mask2[1].all()  # truncated at max_tokens, the batch padded to it
+    assert tok([])[0].shape[0] == 0
+    # The same text padded to 8-multiple or to max_tokens: the same embedding.
+    n = int(mask.sum())
+    full = np.zeros((1, 32), np.int64)
+    full_mask = np.zeros((1, 32), np.int64)
+    full[0, :n], full_mask[0, :n] = ids[0, :n], 1
+    with torch.no_grad():
+        a = text(torch.from_numpy(ids), torch.from_numpy(mask))
+        b = text(torch.from_numpy(full), torch.from_numpy(full_mask))
+        c = text(torch.from_numpy(ids2[:1]), torch.from_numpy(mask2[:1]))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+
+
+def test_history_arrays_left_pad_and_keep_the_newest():
+    types = np.array([1, 2, 3, 4, 5, 6])
+    out = history_arrays(np.arange(6.0), np.full(6, np.nan, np.float32), types, max_history=4)
+    assert out["history_mask"].tolist() == [True] * 4
+    assert out["history_types"].tolist() == [3, 4, 5, 6]
+    short = history_arrays(np.arange(2.0), np.full(2, np.nan, np.float32), np.full(2, 2), max_history=4)
+    assert short["history_mask"].tolist() == [False, False, True, True]
+    assert short["history_types"].tolist() == [0, 0, 2, 2]
+
+
+def test_event_features_gap_and_value():
+    f = event_features(np.array([0.0, 0.0, 3600.0]), np.array([np.nan, 5.0, 1.0], np.float32))
+    assert f[0, 0] == 0 and f[1, 0] == 0 and math.isclose(f[2, 0], math.log1p(3600) / 10, rel_tol=1e-6)
+    assert f[:, 1].tolist() == [0.0, 1.0, -1.0]
+
+
+def test_seen_and_excluded_items_never_come_back(rec):
+    now = time.time()
+    rec.ingest([Event("u", f"i{j}", "click", now + j) for j in range(5)])
+    out = rec.recommend("u", k=10, exclude=["i7", "i8"])
+    assert len(out.item_ids) == 10 and out.source == "personal"
+    assert not {"i0", "i1", "i2", "i3", "i4", "i7", "i8"} & set(out.item_ids)
+    assert list(out.scores) == sorted(out.scores, reverse=True)
+    everything = rec.recommend("u", k=50)  # k above what is eligible: all 25 unseen items
+    assert sorted(everything.item_ids) == sorted(f"i{j}" for j in range(5, 30))
+
+
+def test_untrained_reranker_keeps_the_retrieval_order(rec):
+    """The reranker is residual over retrieval with a zero-initialised head."""
+    now = time.time()
+    rec.ingest([Event("v", f"i{j}", "click", now + j) for j in (3, 9, 14)])
+    out = rec.recommend("v", k=8)
+    history = rec.store.user_history("v", CFG.user.max_history)
+    hist = rec._history_tensors(history, list(range(len(history.item_ids))))
+    u = rec.engine.run("user_tower", hist)["user_vector"][0]
+    rows, _ = rec.index.search(u, 8, [rec.index.rows[f"i{j}"] for j in (3, 9, 14)])
+    assert out.item_ids == [rec.index.item_ids[r] for r in rows.tolist()]
+
+
+def test_cold_start_is_popular_then_query(rec):
+    now = time.time()
+    rec.ingest([Event(f"p{n}", "i11", "click", now) for n in range(3)] + [Event("p9", "i12", "click", now)])
+    cold = rec.recommend("new-user", k=3)
+    assert cold.source == "popular" and cold.item_ids[:2] == ["i11", "i12"] and len(cold.item_ids) == 3
+    assert rec.recommend("new-user", k=3, query="a western").source == "query"
+
+
+def test_events_for_unknown_items_are_kept_and_used_once_the_item_exists(rec):
+    now = time.time()
+    rec.ingest([Event("w", "later", "click", now)])
+    assert rec.recommend("w", k=5).source == "popular"  # nothing usable yet
+    rec.upsert(["later"], ["Arrives Later (2027). Genres: Drama"])
+    out = rec.recommend("w", k=5)
+    assert out.source == "personal" and "later" not in out.item_ids
+
+
+def test_upsert_keeps_the_learned_id_row_of_known_items(rec):
+    rec.store.upsert_items([type(rec.store.items_since(0)[0][0])("known", "x", np.ones(CFG.item.dim, np.float32) / 4, "{}", 3)])
+    rec.upsert(["known"], ["Known Film (1999). Genres: Comedy"])
+    assert rec.store.item_id_indices(["known"]) == {"known": 3}
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda r: r.recommend("", k=5), "empty"),
+        (lambda r: r.recommend("u", k=0), "k must be"),
+        (lambda r: r.recommend("u", k=51), "k must be"),
+        (lambda r: r.ingest([Event("u", "i1", "click", float("nan"))]), "timestamp"),
+        (lambda r: r.ingest([Event("u", "i1", "click", -1.0)]), "timestamp"),
+        (lambda r: r.ingest([Event("u", "i1", "click", time.time() + 7 * 86400)]), "timestamp"),
+        (lambda r: r.ingest([Event("u", "i1", "warp", 1.0)]), "event_type"),
+        (lambda r: r.ingest([Event("u", "i1", "click", 1.0, value=float("inf"))]), "value"),
+        (lambda r: r.ingest([Event("u", "x" * 600, "click", 1.0)]), "longer"),
+        (lambda r: r.upsert(["a", "a"], ["t", "t"]), "unique"),
+        (lambda r: r.upsert(["a"], [""]), "empty"),
+        (lambda r: r.upsert(["a"], ["t"], ["not json"]), "JSON"),
+    ],
+)
+def test_invalid_requests_are_refused(rec, call, match):
+    with pytest.raises(InvalidInput, match=match):
+        call(rec)
