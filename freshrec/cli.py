@@ -61,19 +61,16 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_copy_state(args) -> int:
-    """A build's SQLite state into a shared store (Redis), so replicas start with histories."""
-    from freshrec.store import open_store
-    from freshrec.store.sqlite import SQLiteStore
+    """One store's state into another (a build's SQLite into Redis, so replicas start with
+    histories; or back). Idempotent: events keep their ids."""
+    from freshrec.store import copy_state, open_store
 
-    source = open_store(args.source)
-    if not isinstance(source, SQLiteStore):
-        print("error: the source must be a sqlite:/// URL", file=sys.stderr)
-        return 2
-    target = open_store(args.target)
-    if not hasattr(target, "copy_from"):
-        print("error: the target store cannot be filled from another store", file=sys.stderr)
-        return 2
-    n_items, n_events = target.copy_from(source, source.events())
+    source, target = open_store(args.source), open_store(args.target)
+    try:
+        n_items, n_events = copy_state(source, target)
+    finally:
+        source.close()
+        target.close()
     print(f"copied {n_items} items and {n_events} new events into {args.target.split('@')[-1]}")
     return 0
 
@@ -152,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=os.environ.get("FRESHREC_STATE"), help="state store URL (overrides the build's): sqlite:///path.db, or redis://host:6379/0[?prefix=freshrec:] to share state across servers")
     s.set_defaults(func=_cmd_serve)
 
-    s = sub.add_parser("copy-state", help="copy a build's SQLite state (items, vectors, events) into Redis")
+    s = sub.add_parser("copy-state", help="copy one state store into another (a build's SQLite into Redis, or back)")
     s.add_argument("--from", dest="source", default="sqlite:///build/state.db")
     s.add_argument("--to", dest="target", required=True, help="e.g. redis://127.0.0.1:6379/0")
     s.set_defaults(func=_cmd_copy_state)

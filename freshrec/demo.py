@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -22,11 +21,11 @@ NEW_MOVIE = ("starfall-protocol-1997", "Starfall Protocol (1997). Genres: Action
 NEW_GENRES = ["Action", "Adventure", "Sci-Fi", "Thriller"]
 
 
-def _catalog(db: sqlite3.Connection) -> dict[str, dict]:
+def _catalog(store) -> dict[str, dict]:
     out = {}
-    for item_id, text, meta in db.execute("SELECT item_id, text, metadata FROM items"):
-        m = json.loads(meta or "{}")
-        out[item_id] = {"title": m.get("title") or text.split(". Genres")[0], "genres": m.get("genres") or []}
+    for item in store.items_since(0)[0]:
+        m = json.loads(item.metadata or "{}")
+        out[item.item_id] = {"title": m.get("title") or item.text.split(". Genres")[0], "genres": m.get("genres") or []}
     return out
 
 
@@ -38,13 +37,11 @@ def _show(title: str, rec, catalog: dict[str, dict], mark: str | None = None) ->
         print(f"  {rank:2d}. {info['title'][:44]:44s} {', '.join(info['genres'])[:34]:34s} {score:7.3f}{star}")
 
 
-def _nearest(db: sqlite3.Connection, item_id: str, n: int) -> list[str]:
+def _nearest(store, item_id: str, n: int) -> list[str]:
     """Catalog items nearest to `item_id` by item-tower vector (read back from the store)."""
     import numpy as np
 
-    rows = db.execute("SELECT item_id, vector FROM items").fetchall()
-    ids = [r[0] for r in rows]
-    matrix = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+    ids, matrix, _ = store.item_vectors_since(0)
     sims = matrix @ matrix[ids.index(item_id)]
     return [ids[j] for j in np.argsort(-sims) if ids[j] != item_id][:n]
 
@@ -60,7 +57,8 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
     from freshrec.client import EventIn, FreshrecClient, ItemIn
-    from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+    from freshrec.server_ext.launcher import start_on_free_ports
+    from freshrec.store.sqlite import SQLiteStore, copy_sqlite
     from freshrec.training.build import BuildOptions, build
 
     repo = repo_root / "embedded"
@@ -76,23 +74,15 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
     # The session writes events and items: it works on a copy so the build's state stays as built.
     work = Path(tempfile.mkdtemp(prefix="freshrec-demo-"))
     state = work / "state.db"
-    src = sqlite3.connect(str(build_dir / "state.db"))
-    dst = sqlite3.connect(str(state))
-    src.backup(dst)
-    src.close()
-    catalog = _catalog(dst)
+    copy_sqlite(build_dir / "state.db", state)
+    store = SQLiteStore(state)  # the demo's own view of the served state (another process's writes included)
+    catalog = _catalog(store)
 
-    grpc, http, metrics = find_free_ports(3)
-    server = TritonServer(
-        ServerOptions(model_repository=repo, grpc_port=grpc, http_port=http, metrics_port=metrics, env={"FRESHREC_STATE": f"sqlite:///{state}"}),
-        work_dir=work,
-    )
-    print(f"\n== starting tritonserver on {repo} (gRPC {server.grpc_url})")
-    server.start()
+    print(f"\n== starting tritonserver on {repo}")
+    t0 = time.time()
+    server = start_on_free_ports(repo, env={"FRESHREC_STATE": f"sqlite:///{state}"}, work_dir=work, ready_timeout=180)
     try:
-        t0 = time.time()
-        server.wait_ready(180)
-        print(f"   ready in {time.time() - t0:.1f}s")
+        print(f"   ready in {time.time() - t0:.1f}s (gRPC {server.grpc_url})")
         client = FreshrecClient(server.grpc_url, timeout_s=10.0)
         user = "1"
         before = client.recommend(user, k=10)
@@ -100,16 +90,16 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         _show(f"== top-10 for user {user}", before, catalog)
 
         # A new interest: the genre least present in the user's history.
-        hist = [r[0] for r in dst.execute("SELECT item_id FROM events WHERE user_id = ?", (user,))]
+        hist = sorted(store.user_history(user, 0).seen)
         counts = Counter(g for i in hist for g in catalog.get(i, {}).get("genres", []))
         all_genres = Counter(g for info in catalog.values() for g in info["genres"])
         genre = min((g for g, n in all_genres.items() if n >= 100), key=lambda g: counts.get(g, 0) / max(1, len(hist)))
-        popular = [r[0] for r in dst.execute("SELECT item_id, COUNT(*) n FROM events GROUP BY item_id ORDER BY n DESC")]
+        popular = [i for i, _ in store.popular_items(len(catalog), window=store.count_events())]
         seen = set(hist)
         # Films of that genre not already among the user's top-50, so the shift is the model's doing
         # and not the seen-item filter removing what was there.
         clicks = [i for i in popular if genre in catalog.get(i, {}).get("genres", []) and i not in seen and i not in before_50][:8]
-        (clock,) = dst.execute("SELECT MAX(ts) FROM events").fetchone()  # the session goes on where the data ends
+        clock = max(e.timestamp for e in store.events())  # the session goes on where the data ends
         n = client.ingest([EventIn(user, item, "rate", clock + 3600 + 60 * j, 5.0) for j, item in enumerate(clicks)])
         print(f"\n== user {user} rates {n} {genre} films 5 stars: " + "; ".join(catalog[i]["title"] for i in clicks))
         after = client.recommend(user, k=10)
@@ -126,13 +116,9 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         client.upsert_items([ItemIn(item_id, text, {"title": text.split(" (")[0], "genres": NEW_GENRES})])
         print(f"\n== added a new movie by its text in {(time.perf_counter() - t) * 1000:.1f} ms: {text!r}")
         catalog[item_id] = {"title": text.split(". Genres")[0], "genres": NEW_GENRES}
-        neighbours = _nearest(dst, item_id, 20)
+        neighbours = _nearest(store, item_id, 20)
         print("   its nearest catalog items (item tower, text only): " + "; ".join(catalog[i]["title"] for i in neighbours[:5]))
-        scifi_user = max(
-            (u for (u,) in dst.execute("SELECT DISTINCT user_id FROM events")),
-            key=lambda u: sum(r[0] in neighbours for r in dst.execute(
-                "SELECT item_id FROM events WHERE user_id = ? ORDER BY ts DESC LIMIT 20", (u,))),
-        )  # fmt: skip
+        scifi_user = max(store.user_ids(), key=lambda u: sum(i in neighbours for i in store.user_history(u, 20).item_ids))
         rec = client.recommend(scifi_user, k=10)
         deep = client.recommend(scifi_user, k=200)
         rank = deep.item_ids.index(item_id) + 1 if item_id in deep.item_ids else None
@@ -145,7 +131,7 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         # Latencies through the served gRPC API, one call at a time.
         print(f"\n== latency over {calls} sequential calls each (client-side, gRPC round trip)")
         rng = random.Random(0)
-        users = [u for (u,) in dst.execute("SELECT DISTINCT user_id FROM events")]
+        users = store.user_ids()
         items = list(catalog)
         lat = {"recommend": [], "ingest_events": [], "upsert_items": []}
         for _ in range(calls):
@@ -165,7 +151,7 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         client.close()
     finally:
         server.stop()
-        dst.close()
+        store.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n== server stopped. The build stays in place: `freshrec serve` serves {repo}")
     return 0

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 __all__ = [
     "ADMIN_GRPC_HEADER",
@@ -55,6 +55,7 @@ __all__ = [
     "prepare_server",
     "server_env",
     "serve_forever",
+    "start_on_free_ports",
 ]
 
 #: HTTP header that unlocks the restricted APIs. Over gRPC Triton 2.51 expects the metadata key
@@ -110,10 +111,9 @@ def _libs_dir() -> Path:
 
 
 def _cache_root(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("FRESHREC_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "freshrec"
+    from freshrec.assets import cache_root
+
+    return Path(cache_dir) if cache_dir is not None else cache_root()
 
 
 def prepare_server(cache_dir: Path | None = None) -> Path:
@@ -552,6 +552,38 @@ class TritonServer:
                 return json.load(resp).get("name") == self.server_id
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
+
+def start_on_free_ports(
+    model_repository: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    work_dir: Path | None = None,
+    ready_timeout: float = 300.0,
+    wait: bool = True,
+    attempts: int = 3,
+    **options: Any,
+) -> TritonServer:
+    """A server on free loopback ports, started and (with ``wait``) ready: what the demo, the
+    evaluation, the benchmarks and the tests run. ``options`` are other ``ServerOptions`` fields.
+    A port taken by another process between ``find_free_ports`` and bind costs a new try with
+    other ports; any other start failure raises ServerStartError with the log tail."""
+    for attempt in range(attempts):
+        g, h, m = find_free_ports(3)
+        opts = ServerOptions(model_repository=Path(model_repository), grpc_port=g, http_port=h, metrics_port=m,
+                             env=dict(env or {}), **options)  # fmt: skip
+        server = TritonServer(opts, work_dir=Path(work_dir) / f"try{attempt}" if work_dir and attempt else work_dir)
+        server.start()
+        if not wait:
+            return server
+        try:
+            server.wait_ready(ready_timeout)
+            return server
+        except ServerStartError as exc:
+            server.stop()
+            if "already in use" not in exc.log_tail or attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from freshrec.server_ext.launcher import TritonServer
 
 _SERVERS = pytest.StashKey[list["TritonServer"]]()
-_PORT_RETRIES = 3
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,7 +45,7 @@ def triton_server_factory(
     """
     if not sys.platform.startswith("linux"):
         pytest.skip("the tritonserver binary from nvidia-pytriton runs on Linux only")
-    from freshrec.server_ext.launcher import ServerOptions, ServerStartError, TritonServer, find_free_ports
+    from freshrec.server_ext.launcher import ServerOptions, ServerStartError, TritonServer, start_on_free_ports
 
     started: list[TritonServer] = []
     request.node.stash[_SERVERS] = started
@@ -59,25 +58,23 @@ def triton_server_factory(
         ready_timeout: float = 120.0,
         **options: Any,
     ) -> TritonServer:
-        names = ("grpc_port", "http_port", "metrics_port")
-        fixed = {name: options.pop(name) for name in names if name in options}
-        attempts = 1 if fixed else _PORT_RETRIES
-        for attempt in range(attempts):
-            ports = {**dict(zip(names, find_free_ports(3))), **fixed}
-            opts = ServerOptions(model_repository=Path(model_repository), env=dict(env or {}), **ports, **options)
-            server = TritonServer(opts, work_dir=tmp_path_factory.mktemp("tritonserver"))
+        work = tmp_path_factory.mktemp("tritonserver")
+        if any(name in options for name in ("grpc_port", "http_port", "metrics_port")):
+            server = TritonServer(ServerOptions(model_repository=Path(model_repository), env=dict(env or {}), **options), work_dir=work)
             started.append(server)
             server.start()
-            if not wait:
-                return server
-            try:
-                server.wait_ready(ready_timeout)
-            except ServerStartError as exc:
-                if "already in use" in exc.log_tail and attempt + 1 < attempts:
-                    continue  # another process took a port between find_free_ports and bind
-                pytest.fail(str(exc), pytrace=False)
+            if wait:
+                try:
+                    server.wait_ready(ready_timeout)
+                except ServerStartError as exc:
+                    pytest.fail(str(exc), pytrace=False)
             return server
-        raise AssertionError("unreachable")
+        try:
+            server = start_on_free_ports(model_repository, env=env, work_dir=work, ready_timeout=ready_timeout, wait=wait, **options)
+        except ServerStartError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        started.append(server)
+        return server
 
     yield factory
     for server in started:
@@ -106,15 +103,10 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture
 def fresh_state(tiny_build: dict[str, Any], tmp_path: Path) -> Path:
     """A private copy of the tiny build's state store, so a test's writes stay its own."""
-    import sqlite3
+    from freshrec.store.sqlite import copy_sqlite
 
-    src = sqlite3.connect(str(tiny_build["build_dir"] / "state.db"))
-    dst_path = tmp_path / "state.db"
-    dst = sqlite3.connect(str(dst_path))
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return dst_path
+    copy_sqlite(tiny_build["build_dir"] / "state.db", tmp_path / "state.db")
+    return tmp_path / "state.db"
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ the integration tests."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +62,11 @@ def reference(tiny_build, state_path: Path) -> Recommender:
 
 
 def users_of(state_path: Path, n: int) -> list[str]:
-    db = sqlite3.connect(str(state_path))
-    users = [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id LIMIT ?", (n,))]
-    db.close()
-    return users
+    store = open_store(f"sqlite:///{state_path}")
+    try:
+        return sorted(store.user_ids())[:n]
+    finally:
+        store.close()
 
 
 def assert_same(served, expected):

@@ -4,10 +4,11 @@ Backends: SQLite (`sqlite`, the embedded default) and Redis (`redis_store`, shar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from freshrec.store.base import Event, Item, StateStore, StoreUnavailable, UserHistory
 
-__all__ = ["Event", "Item", "StateStore", "StoreUnavailable", "UserHistory", "open_store"]
+__all__ = ["Event", "Item", "StateStore", "StoreUnavailable", "UserHistory", "copy_state", "open_store"]
 
 
 def open_store(url: str, base_dir: Path | None = None) -> StateStore:
@@ -27,3 +28,24 @@ def open_store(url: str, base_dir: Path | None = None) -> StateStore:
             path = base_dir / path
         return SQLiteStore(path)
     raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path or redis://host:port/db")
+
+
+def _chunks(xs: Iterable, size: int) -> Iterable[list]:
+    chunk: list = []
+    for x in xs:
+        chunk.append(x)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def copy_state(source: StateStore, target: StateStore, batch: int = 500) -> tuple[int, int]:
+    """Copies every item (text, metadata, vector, id row) and every event of `source` into
+    `target` (any two backends): items in catalog order, events in arrival order with their ids,
+    so a second copy adds nothing. Returns (items written, events newly stored)."""
+    items, _ = source.items_since(0)
+    n_items = target.load_items(_chunks(items, batch))
+    n_events = sum(target.add_events(chunk) for chunk in _chunks(source.events(), batch))
+    return n_items, n_events

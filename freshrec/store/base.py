@@ -11,7 +11,7 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -77,5 +77,19 @@ class StateStore(Protocol):
         """Most frequent items over the latest `window` events: the cold-start fallback."""
 
     def count_events(self) -> int: ...
+
+    def count_items(self) -> int: ...
+
+    # -- for tools (copies, benchmarks, the demo); never on a request path ----------------------
+    def events(self) -> Iterator[Event]:
+        """Every stored event in arrival order, with its event id when it was given one."""
+
+    def user_ids(self) -> list[str]:
+        """Every user with an event, in the order of their first event's arrival."""
+
+    def load_items(self, batches: Iterable[Sequence[Item]]) -> int:
+        """Bulk load: writes every batch (as `upsert_items` would) and returns the number written
+        once all of it is durable. Faster than `upsert_items` per batch; for tools that fill a
+        store (scaled catalogs, copies), not for serving."""
 
     def close(self) -> None: ...

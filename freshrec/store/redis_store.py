@@ -21,9 +21,11 @@ Keys (P = prefix):
   P ev:seq        counter: arrival sequence of stored events (also `count_events`)
   P ev:ids        set of stored event ids (idempotency)
   P u:<user>:ev   sorted set of a user's events: score = timestamp, member = "<seq 16 digits>|json"
+                  (json: [item_id, event_type, timestamp, value or null, event_id or null])
                   (equal timestamps order by arrival seq, as SQLite's ORDER BY ts, seq)
   P u:<user>:seen set of every item the user interacted with
   P ev:recent     list of the latest `window` events' item ids, newest first
+  P users         sorted set user_id -> arrival seq of the user's first event (tools' user list)
   P cat:version   counter: catalog version
   P cat:items     sorted set item_id -> version of its last write
   P cat:idx       hash item_id -> id_index (known items)
@@ -36,7 +38,7 @@ import json
 import logging
 import math
 from collections import Counter
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -50,21 +52,22 @@ DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_WINDOW = 10000
 _UNAVAILABLE_REPLIES = ("LOADING", "MISCONF", "READONLY", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
-# KEYS: ev:ids, ev:seq, ev:recent, then (u:<user>:ev, u:<user>:seen) per event.
-# ARGV: window, then (event_id or "", item_id, payload json, timestamp) per event.
+# KEYS: ev:ids, ev:seq, ev:recent, users, then (u:<user>:ev, u:<user>:seen) per event.
+# ARGV: window, then (event_id or "", item_id, payload json, timestamp, user_id) per event.
 _ADD_EVENTS = """
 local n = 0
-local count = (#KEYS - 3) / 2
+local count = (#KEYS - 4) / 2
 for i = 1, count do
-  local a = 1 + (i - 1) * 4
+  local a = 1 + (i - 1) * 5
   local eid = ARGV[a + 1]
   local new = true
   if eid ~= '' then new = redis.call('SADD', KEYS[1], eid) == 1 end
   if new then
     local seq = redis.call('INCR', KEYS[2])
-    redis.call('ZADD', KEYS[2 + 2 * i], ARGV[a + 4], string.format('%016d', seq) .. '|' .. ARGV[a + 3])
-    redis.call('SADD', KEYS[3 + 2 * i], ARGV[a + 2])
+    redis.call('ZADD', KEYS[3 + 2 * i], ARGV[a + 4], string.format('%016d', seq) .. '|' .. ARGV[a + 3])
+    redis.call('SADD', KEYS[4 + 2 * i], ARGV[a + 2])
     redis.call('LPUSH', KEYS[3], ARGV[a + 2])
+    redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[a + 5])
     n = n + 1
   end
 end
@@ -129,7 +132,7 @@ class RedisStore:
         self._add_events = self.db.register_script(_ADD_EVENTS)
         self._upsert_items = self.db.register_script(_UPSERT_ITEMS)
         p = self.prefix
-        self.k_ev_ids, self.k_ev_seq, self.k_recent = p + "ev:ids", p + "ev:seq", p + "ev:recent"
+        self.k_ev_ids, self.k_ev_seq, self.k_recent, self.k_users = p + "ev:ids", p + "ev:seq", p + "ev:recent", p + "users"
         self.k_version, self.k_cat, self.k_idx = p + "cat:version", p + "cat:items", p + "cat:idx"
         try:  # reach the server now so a wrong URL fails at load, not at the first request
             self._call(self.db.ping, retry=True)
@@ -182,14 +185,14 @@ class RedisStore:
         events = list(events)
         if not events:
             return 0
-        keys = [self.k_ev_ids, self.k_ev_seq, self.k_recent]
+        keys = [self.k_ev_ids, self.k_ev_seq, self.k_recent, self.k_users]
         args: list[Any] = [self.window]
         for e in events:
             ts = float(e.timestamp)
             value = None if math.isnan(e.value) else float(e.value)
             keys.extend(self._user_keys(e.user_id))
-            payload = json.dumps([e.item_id, e.event_type, ts, value], separators=(",", ":"))
-            args.extend([e.event_id or "", e.item_id, payload, _fmt_float(ts)])
+            payload = json.dumps([e.item_id, e.event_type, ts, value, e.event_id], separators=(",", ":"))
+            args.extend([e.event_id or "", e.item_id, payload, _fmt_float(ts), e.user_id])
         # Retrying is safe only when every event carries an id (the retry is then recognised).
         idempotent = all(e.event_id for e in events)
         return int(self._call(lambda: self._add_events(keys=keys, args=args), retry=idempotent))
@@ -291,24 +294,37 @@ class RedisStore:
     def count_events(self) -> int:
         return int(self._call(lambda: self.db.get(self.k_ev_seq), retry=True) or 0)
 
+    def count_items(self) -> int:
+        return int(self._call(lambda: self.db.zcard(self.k_cat), retry=True))
+
+    # -- for tools --------------------------------------------------------------------------
+    def user_ids(self) -> list[str]:
+        return [u.decode() for u in self._call(lambda: self.db.zrange(self.k_users, 0, -1), retry=True)]
+
+    def events(self) -> Iterator[Event]:
+        """Reads every user's events (1,000 users per round trip) and yields them in arrival order."""
+        rows: list[tuple[bytes, str, list]] = []
+        users = self.user_ids()
+        for start in range(0, len(users), 1000):
+            chunk = users[start : start + 1000]
+
+            def read(chunk=chunk):
+                with self.db.pipeline(transaction=False) as pipe:
+                    for user in chunk:
+                        pipe.zrange(self._user_keys(user)[0], 0, -1)
+                    return pipe.execute()
+
+            for user, members in zip(chunk, self._call(read, retry=True)):
+                for m in members:
+                    seq, payload = m.split(b"|", 1)
+                    rows.append((seq, user, json.loads(payload)))
+        rows.sort(key=lambda r: r[0])
+        for _, user, r in rows:
+            yield Event(user, r[0], r[1], float(r[2]), math.nan if r[3] is None else float(r[3]), r[4] if len(r) > 4 else None)
+
+    def load_items(self, batches: Iterable[Sequence[Item]]) -> int:
+        """One upsert script per batch: every write is already durable when it returns (AOF)."""
+        return sum(self.upsert_items(batch) for batch in batches)
+
     def close(self) -> None:
         self.db.close()
-
-    # -- bulk load --------------------------------------------------------------------------
-    def copy_from(self, store: Any, events: Iterable[Event] = (), batch: int = 500) -> tuple[int, int]:
-        """Copies another store's catalog (`items_since(0)`, in version order) and the given
-        events (oldest arrival first, so the popularity window matches) into this one.
-        Returns (items, events) written. The StateStore protocol has no event scan: read the
-        events from the source yourself (for SQLite: its `events` table in `seq` order)."""
-        items, _ = store.items_since(0)
-        for start in range(0, len(items), batch):
-            self.upsert_items(items[start : start + batch])
-        n_events, chunk = 0, []
-        for e in events:
-            chunk.append(e)
-            if len(chunk) >= batch:
-                n_events += self.add_events(chunk)
-                chunk = []
-        if chunk:
-            n_events += self.add_events(chunk)
-        return len(items), n_events

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -167,14 +167,52 @@ class SQLiteStore:
             )
         ]
 
-    def events(self) -> list[Event]:
-        """Every stored event in arrival order: the source for copying a build's state elsewhere."""
-        rows = self._read("SELECT user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq")
-        return [Event(u, i, t, ts, math.nan if v is None else v, eid) for u, i, t, ts, v, eid in rows]
-
     def count_events(self) -> int:
         return self._read("SELECT COUNT(*) FROM events")[0][0]
+
+    def count_items(self) -> int:
+        return self._read("SELECT COUNT(*) FROM items")[0][0]
+
+    # -- for tools --------------------------------------------------------------------------
+    def events(self) -> Iterator[Event]:
+        rows = self._read("SELECT user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq")
+        return (Event(u, i, t, ts, math.nan if v is None else v, eid) for u, i, t, ts, v, eid in rows)
+
+    def user_ids(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT user_id FROM events GROUP BY user_id ORDER BY MIN(seq)")]
+
+    def load_items(self, batches: Iterable[Sequence[Item]]) -> int:
+        """Every batch in its own transaction with fsync off, then one checkpoint that makes the
+        whole load durable (a crash mid-load may leave part of it, never a damaged file)."""
+        with self.lock:
+            self.db.execute("PRAGMA synchronous=OFF")
+        written = 0
+        try:
+            for batch in batches:
+                written += self.upsert_items(batch)
+        finally:
+            with self.lock:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.db.execute("PRAGMA synchronous=FULL")
+        return written
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of the SQLite state at `src` into `dst` (SQLite's online backup: safe
+    while a server writes to `src`); an existing `dst` and its -wal/-shm files are replaced."""
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no state store there (run `freshrec build` first)")
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(dst) + suffix).unlink(missing_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    a, b = sqlite3.connect(str(src)), sqlite3.connect(str(dst))
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()

@@ -4,7 +4,6 @@ the index benchmark's tiny run; a scaled catalog served with the HNSW index and 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -290,16 +289,17 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
     from freshrec.serving.pipeline import Recommender
     from freshrec.store import open_store
 
-    src = sqlite3.connect(str(tiny_build["build_dir"] / "state.db"))
-    n = src.execute("SELECT COUNT(*) FROM items").fetchone()[0] + 300
+    src = open_store(f"sqlite:///{tiny_build['build_dir'] / 'state.db'}")
+    n = src.count_items() + 300
     src.close()
     url = scaled_state(tiny_build["build_dir"], n, tmp_path / "scaled.db", log=lambda m: None)
-    db = sqlite3.connect(url[len("sqlite:///") :])
-    assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == n
-    assert db.execute("SELECT COUNT(*) FROM items WHERE item_id LIKE 'syn-%' AND id_index = 0").fetchone()[0] > 0
-    text, meta = db.execute("SELECT text, metadata FROM items WHERE item_id = 'syn-0000000'").fetchone()
-    assert "(" in text and "Genres:" in text and json.loads(meta)["text_embedding"] == "minilm"
-    user = db.execute("SELECT user_id FROM events ORDER BY seq LIMIT 1").fetchone()[0]
+    db = open_store(url)
+    items = {it.item_id: it for it in db.items_since(0)[0]}
+    assert db.count_items() == len(items) == n
+    assert any(i.startswith("syn-") and it.id_index == 0 for i, it in items.items())
+    syn = items["syn-0000000"]
+    assert "(" in syn.text and "Genres:" in syn.text and json.loads(syn.metadata)["text_embedding"] == "minilm"
+    user = db.user_ids()[0]
     db.close()
     graphs = tmp_path / "graphs"
     env = {"FRESHREC_STATE": url, "FRESHREC_INDEX": kind, "FRESHREC_INDEX_CACHE": str(graphs)}

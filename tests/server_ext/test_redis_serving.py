@@ -14,18 +14,8 @@ from tritonclient.utils import InferenceServerException
 from freshrec.config import DeployConfig
 from freshrec.serving.engines import load_reference
 from freshrec.serving.pipeline import Recommender
-from freshrec.store import Event, open_store
-from freshrec.store.sqlite import SQLiteStore
+from freshrec.store import copy_state, open_store
 from tests.triton_calls import assert_same, ingest, recommend, upsert, users_of
-
-
-def sqlite_events(path: Path) -> list[Event]:
-    """Every event of a SQLite state file in arrival order."""
-    store = SQLiteStore(path)
-    try:
-        return store.events()
-    finally:
-        store.close()
 
 
 def _unavailable(fn) -> str:
@@ -39,7 +29,7 @@ def test_two_servers_share_one_redis_store(tiny_build, redis_server, triton_serv
     state = Path(tiny_build["build_dir"]) / "state.db"
     src = open_store(f"sqlite:///{state}")
     dst = open_store(redis_server.url)
-    n_items, n_events = dst.copy_from(src, sqlite_events(state))
+    n_items, n_events = copy_state(src, dst)
     assert n_items == len(src.items_since(0)[0]) and n_events == src.count_events() == dst.count_events()
     assert dst.popular_items(20, 10000) == src.popular_items(20, 10000)
     src.close()

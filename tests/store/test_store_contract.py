@@ -9,7 +9,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from freshrec.store import Event, Item, open_store
+from freshrec.store import Event, Item, copy_state, open_store
 
 
 def _vec(seed: int, dim: int = 4) -> np.ndarray:
@@ -118,3 +118,50 @@ def test_concurrent_writers_in_processes_lose_nothing(store_url):
     assert reader.count_events() == 300 + 5  # every write of another process is visible at once
     assert sum(len(reader.user_history(f"u{j}", 1000).item_ids) for j in range(3)) == 300
     assert len(reader.user_history("race", 100).item_ids) == 5
+
+
+def test_tool_reads_events_users_and_counts(store_url):
+    """What tools read instead of going around the store: every event in arrival order with its
+    id, users in order of first arrival, the item count."""
+    store = open_store(store_url)
+    assert list(store.events()) == [] and store.user_ids() == [] and store.count_items() == 0
+    written = [Event("b", "i1", "rate", 5.0, value=4.0, event_id="e1"), Event("a", "i2", "click", 1.0),
+               Event("b", "i3", "like", 2.0, event_id="e3"), Event("c:{x}", "é", "click", 9.0, event_id="e4")]  # fmt: skip
+    for e in written:
+        store.add_events([e])
+    got = list(store.events())
+    assert [(e.user_id, e.item_id, e.event_type, e.timestamp, e.event_id) for e in got] == [
+        (e.user_id, e.item_id, e.event_type, e.timestamp, e.event_id) for e in written
+    ]
+    assert got[0].value == 4.0 and np.isnan(got[1].value)
+    assert store.user_ids() == ["b", "a", "c:{x}"]  # first arrival, not time or name
+    store.upsert_items([Item("x", "x", _vec(1)), Item("y", "y", _vec(2))])
+    assert store.count_items() == 2
+
+
+def test_load_items_writes_every_batch(store_url):
+    store = open_store(store_url)
+    batches = ([Item(f"i{b}-{j}", f"text {b} {j}", _vec(10 * b + j)) for j in range(3)] for b in range(4))
+    assert store.load_items(batches) == 12
+    items, _ = open_store(store_url).items_since(0)  # another connection sees the whole load
+    assert len(items) == store.count_items() == 12
+    np.testing.assert_array_equal(next(i for i in items if i.item_id == "i2-1").vector, _vec(21))
+
+
+def test_copy_state_copies_items_and_events_once(store_url, tmp_path):
+    """copy_state between any two backends (here: a SQLite file into this store): items with
+    their vectors and id rows, events in arrival order with their ids, so a second copy adds
+    nothing."""
+    src = open_store(f"sqlite:///{tmp_path / 'source.db'}")
+    src.upsert_items([Item("a", "text a", _vec(1), metadata='{"g": 1}', id_index=3), Item("b", "text b", _vec(2))])
+    src.add_events([Event("u", "a", "rate", 1.0, value=5.0, event_id="x1"), Event("v", "b", "click", 2.0, event_id="x2")])
+    dst = open_store(store_url)
+    assert copy_state(src, dst) == (2, 2)
+    assert copy_state(src, dst) == (2, 0)  # items rewritten as they are, events recognised
+    items = {i.item_id: i for i in dst.items_since(0)[0]}
+    assert items["a"].metadata == '{"g": 1}' and items["a"].id_index == 3
+    np.testing.assert_array_equal(items["b"].vector, _vec(2))
+    copied = list(dst.events())
+    assert [(e.user_id, e.item_id, e.event_type, e.event_id) for e in copied] == [("u", "a", "rate", "x1"), ("v", "b", "click", "x2")]
+    assert copied[0].value == 5.0 and np.isnan(copied[1].value)
+    assert dst.user_history("u", 10).item_ids == ["a"] and dst.popular_items(5, 10) == src.popular_items(5, 10)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Callable
@@ -205,19 +204,6 @@ class BagOfPiecesSurrogate:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
-def _copy_build_state(build_dir: Path, dest: Path) -> None:
-    src_path = Path(build_dir) / "state.db"
-    if not src_path.exists():
-        raise FileNotFoundError(f"{src_path}: no state in this build (run `freshrec build` first)")
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(dest) + suffix).unlink(missing_ok=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    src, dst = sqlite3.connect(str(src_path)), sqlite3.connect(str(dest))
-    src.backup(dst)
-    src.close()
-    dst.close()
-
-
 def scaled_state(
     build_dir: Path,
     n_items: int,
@@ -240,18 +226,19 @@ def scaled_state(
     from freshrec.assets import cache_root
     from freshrec.models.checkpoints import load_models
     from freshrec.models.text_encoder import Tokenizer
+    from freshrec.store import Item
+    from freshrec.store.sqlite import SQLiteStore, copy_sqlite
 
     build_dir, dest = Path(build_dir).resolve(), Path(dest).resolve()
     cache = cache if cache is not None else cache_root() / "embeddings"
     t_start = time.time()
-    _copy_build_state(build_dir, dest)
-    db = sqlite3.connect(str(dest), isolation_level=None)
-    (n_build,) = db.execute("SELECT COUNT(*) FROM items").fetchone()
-    (version,) = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM items").fetchone()
+    copy_sqlite(build_dir / "state.db", dest)
+    store = SQLiteStore(dest)
+    n_build = store.count_items()
     n_syn = max(0, int(n_items) - n_build)
     log(f"scaled state: {n_build:,} build items + {n_syn:,} synthetic -> {n_build + n_syn:,} items in {dest}")
     if n_syn == 0:
-        db.close()
+        store.close()
         return f"sqlite:///{dest}"
 
     cfg, modules, minilm = load_models(build_dir)
@@ -288,34 +275,29 @@ def scaled_state(
             f"MiniLM embeddings; held out: {surrogate_check} ({time.time() - t0:.0f}s)")  # fmt: skip
 
     # Synthetic items carry no learned id row (0 = text only), like any item added after training.
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=OFF")  # a bulk load: durability comes from the final checkpoint
-    now, t0, written = time.time(), time.time(), 0
-    for start in range(0, n_syn, CHUNK):
-        stop = min(n_syn, start + CHUNK)
-        ids, texts, metas = synthetic_items(start, stop, seed)
-        if stop <= n_real:
-            emb = real[start:stop]
-            emb_kind = ["minilm"] * (stop - start)
-        else:
-            k = max(0, n_real - start)
-            emb = np.concatenate([real[start : start + k], surrogate.predict(texts[k:])])
-            emb_kind = ["minilm"] * k + ["surrogate"] * (stop - start - k)
-        with torch.no_grad():
-            vecs = tower(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)), torch.zeros(len(ids), 1, dtype=torch.long)).numpy()
-        rows = [
-            (i, t, m[:-1] + f', "text_embedding": "{kind}"}}', 0, v.astype(np.float32).tobytes(), version, now)
-            for i, t, m, kind, v in zip(ids, texts, metas, emb_kind, vecs)
-        ]
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO items(item_id, text, metadata, id_index, vector, version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        db.execute("COMMIT")
-        written += len(rows)
-        if written % (10 * CHUNK) == 0 or written == n_syn:
-            log(f"inserted {written:,}/{n_syn:,} synthetic items ({_rate(written, time.time() - t0)})")
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.execute("PRAGMA synchronous=FULL")
-    db.close()
+    t0 = time.time()
+
+    def batches():
+        written = 0
+        for start in range(0, n_syn, CHUNK):
+            stop = min(n_syn, start + CHUNK)
+            ids, texts, metas = synthetic_items(start, stop, seed)
+            if stop <= n_real:
+                emb = real[start:stop]
+                emb_kind = ["minilm"] * (stop - start)
+            else:
+                k = max(0, n_real - start)
+                emb = np.concatenate([real[start : start + k], surrogate.predict(texts[k:])])
+                emb_kind = ["minilm"] * k + ["surrogate"] * (stop - start - k)
+            with torch.no_grad():
+                vecs = tower(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)), torch.zeros(len(ids), 1, dtype=torch.long)).numpy()
+            yield [Item(i, t, v, m[:-1] + f', "text_embedding": "{kind}"}}') for i, t, m, kind, v in zip(ids, texts, metas, emb_kind, vecs)]
+            written += len(ids)
+            if written % (10 * CHUNK) == 0 or written == n_syn:
+                log(f"inserted {written:,}/{n_syn:,} synthetic items ({_rate(written, time.time() - t0)})")
+
+    store.load_items(batches())
+    store.close()
     info = {"build": str(build_dir), "n_items": n_build + n_syn, "build_items": n_build, "synthetic": n_syn,
             "minilm_embedded": n_real, "surrogate_embedded": n_syn - n_real, "surrogate_held_out_cosine": held_out_cos,
             "surrogate_check": surrogate_check, "seed": seed, "seconds": round(time.time() - t_start, 1)}  # fmt: skip

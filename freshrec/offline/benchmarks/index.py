@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +92,7 @@ def user_queries(build: Path, n_queries: int) -> tuple[np.ndarray, list[list[str
     store = SQLiteStore(build / "state.db")
     rec = Recommender(store, engine, tokenizer, cfg, DeployConfig())
     rec.index.refresh(store)
-    users = [r[0] for r in store._read("SELECT user_id FROM events GROUP BY user_id ORDER BY MIN(seq)")]
+    users = store.user_ids()
     out, seen = [], []
     with torch.no_grad():
         for u in users:
@@ -112,11 +111,14 @@ def user_queries(build: Path, n_queries: int) -> tuple[np.ndarray, list[list[str
 
 
 def load_vectors(url: str) -> tuple[np.ndarray, dict[str, int]]:
-    db = sqlite3.connect(url[len("sqlite:///") :])
-    rows = db.execute("SELECT item_id, vector FROM items ORDER BY rowid").fetchall()
-    db.close()
-    ids = {r[0]: j for j, r in enumerate(rows)}
-    return np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy(), ids
+    from freshrec.store import open_store
+
+    store = open_store(url)
+    try:
+        ids, vectors, _ = store.item_vectors_since(0)
+    finally:
+        store.close()
+    return vectors, {item_id: j for j, item_id in enumerate(ids)}
 
 
 def scaled_url(build: Path, n: int, states: Path) -> str:

@@ -45,7 +45,6 @@ import platform
 import re
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -210,10 +209,8 @@ class Dataset:
         from freshrec.store import open_store
 
         store = open_store(state_url)
-        if not hasattr(store, "events"):
-            raise ValueError("input data is generated from a SQLite state (sqlite:///...); copy Redis state with `freshrec copy-state` the other way")
         try:
-            events = store.events()
+            events = list(store.events())
             items, _ = store.items_since(0)
         finally:
             store.close()
@@ -645,16 +642,13 @@ class Server:
         return _served_deploy(self.repository, self.env).resolved_engine()
 
     def start(self, work: Path, ready_timeout: float = 300.0) -> None:
-        from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+        from freshrec.server_ext.launcher import start_on_free_ports
 
-        g, h, m = find_free_ports(3)
         env = {"FRESHREC_STATE": self.state_url, **self.env}
         # perf_analyzer reads model config, metadata and statistics over gRPC without the admin
         # header (its -H is HTTP-only), so this loopback-only benchmark server leaves them open.
-        opts = ServerOptions(model_repository=self.repository, grpc_port=g, http_port=h, metrics_port=m, env=env, restricted_apis=())
-        self.handle = TritonServer(opts, work_dir=work / f"server-{self.name}")
-        self.handle.start()
-        self.handle.wait_ready(ready_timeout)
+        self.handle = start_on_free_ports(self.repository, env=env, work_dir=work / f"server-{self.name}",
+                                          ready_timeout=ready_timeout, restricted_apis=())  # fmt: skip
 
     def stop(self) -> None:
         if self.handle is not None:
@@ -792,14 +786,9 @@ def run_one(pa: list[str], spec: Spec, concurrency: int, input_data: Path, serve
 def _copy_sqlite(url: str, dest: Path) -> str:
     if not url.startswith("sqlite:///"):
         return url  # Redis etc.: served as is (the writes of the bench land there)
-    src_path = Path(url[len("sqlite:///") :])
-    if not src_path.exists():
-        raise FileNotFoundError(f"state {src_path} does not exist")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    src, dst = sqlite3.connect(str(src_path)), sqlite3.connect(str(dest))
-    src.backup(dst)
-    src.close()
-    dst.close()
+    from freshrec.store.sqlite import copy_sqlite
+
+    copy_sqlite(Path(url[len("sqlite:///") :]), dest)
     return f"sqlite:///{dest}"
 
 
@@ -1049,16 +1038,17 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _count_writes(state_url: str, token: str) -> dict[str, int] | None:
+def _count_writes(state_url: str, token: str) -> dict[str, int]:
     """How many of the bench's events and items the state holds: proof that each request wrote."""
-    if not state_url.startswith("sqlite:///"):
-        return None
-    db = sqlite3.connect(state_url[len("sqlite:///") :])
+    from freshrec.store import open_store
+
+    prefix = f"bench-{token}-"
+    store = open_store(state_url)
     try:
-        ev = db.execute("SELECT COUNT(*) FROM events WHERE event_id LIKE ?", (f"bench-{token}-%",)).fetchone()[0]
-        it = db.execute("SELECT COUNT(*) FROM items WHERE item_id LIKE ?", (f"bench-{token}-%",)).fetchone()[0]
+        ev = sum(1 for e in store.events() if (e.event_id or "").startswith(prefix))
+        it = sum(1 for item_id in store.item_vectors_since(0)[0] if item_id.startswith(prefix))
     finally:
-        db.close()
+        store.close()
     return {"events_stored": ev, "items_stored": it}
 
 

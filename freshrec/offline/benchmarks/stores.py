@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -33,18 +32,16 @@ def _cpu() -> str:
 
 def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
     from freshrec.client import EventIn, FreshrecClient
-    from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+    from freshrec.server_ext.launcher import find_free_ports, start_on_free_ports
     from freshrec.store.redis_store import RedisStore
-    from freshrec.store.sqlite import SQLiteStore
+    from freshrec.store import copy_state
+    from freshrec.store.sqlite import SQLiteStore, copy_sqlite
 
     shown = build
     build, repository = build.resolve(), repository.resolve()
     work = Path(tempfile.mkdtemp(prefix="freshrec-bench-stores-"))
     state = work / "state.db"
-    src, dst = sqlite3.connect(str(build / "state.db")), sqlite3.connect(str(state))
-    src.backup(dst)
-    src.close()
-    dst.close()
+    copy_sqlite(build / "state.db", state)
     (port,) = find_free_ports(1)
     (work / "redis").mkdir()
     redis = subprocess.Popen(
@@ -57,19 +54,16 @@ def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
         time.sleep(0.5)
         redis_url = f"redis://127.0.0.1:{port}/0"
         sqlite_store = SQLiteStore(state)
-        users = sorted({e.user_id for e in sqlite_store.events()[:5000]})[:50]
+        users = sorted(sqlite_store.user_ids()[:50])
         items, _ = sqlite_store.items_since(0)
         target = RedisStore(redis_url)
-        target.copy_from(sqlite_store, sqlite_store.events())
+        copy_state(sqlite_store, target)
         target.close()
         sqlite_store.close()
         clients = {}
         for name, url in (("sqlite", f"sqlite:///{state}"), ("redis", redis_url)):
-            g, h, m = find_free_ports(3)
-            server = TritonServer(ServerOptions(model_repository=repository, grpc_port=g, http_port=h, metrics_port=m, env={"FRESHREC_STATE": url}))
-            server.start()
+            server = start_on_free_ports(repository, env={"FRESHREC_STATE": url}, ready_timeout=180)
             servers.append(server)
-            server.wait_ready(180)
             clients[name] = FreshrecClient(server.grpc_url, timeout_s=10.0)
         lat = {f"{name}/{op}": [] for name in clients for op in ("ingest_events", "recommend")}
         warmup = 20

@@ -219,24 +219,16 @@ def build_once(opts, cfg: ModelConfig) -> dict:
 
 # -- served checks ---------------------------------------------------------------------------
 def _serve(repository: Path, state: Path, work: Path):
-    from freshrec.server_ext.launcher import ServerOptions, TritonServer, find_free_ports
+    from freshrec.server_ext.launcher import start_on_free_ports
 
-    grpc, http, metrics = find_free_ports(3)
-    server = TritonServer(
-        ServerOptions(model_repository=Path(repository), grpc_port=grpc, http_port=http, metrics_port=metrics,
-                      env={"FRESHREC_STATE": f"sqlite:///{state}"}),
-        work_dir=work,
-    )  # fmt: skip
-    server.start()
-    server.wait_ready(300)
-    return server
+    return start_on_free_ports(repository, env={"FRESHREC_STATE": f"sqlite:///{state}"}, work_dir=work)
 
 
 def served_loo(ds: Dataset, build_dir: Path, repository: Path, work: Path) -> dict:
     """`recommend` over gRPC for every test user against the evaluation state, compared with the
     offline two-stage figures of the same checkpoints (`build.json`)."""
     from freshrec.client.grpc_client import FreshrecClient
-    from freshrec.offline.evaluation.replay import copy_sqlite
+    from freshrec.store.sqlite import copy_sqlite
     from freshrec.training.build import prepare
 
     cfg = ModelConfig.load(build_dir / "checkpoints" / "model_config.json")
@@ -267,12 +259,12 @@ def replay_section(ds: Dataset, cfg: ModelConfig, opts: EvalOptions, work: Path)
         PipelineTarget,
         PopularityTarget,
         ServedTarget,
-        copy_sqlite,
         freshness_latency,
         replay_stream,
         run_replay,
         windowed,
     )  # fmt: skip
+    from freshrec.store.sqlite import copy_sqlite
     from freshrec.training.build import BuildOptions, before
     from freshrec.training.data import global_time_split
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -136,6 +135,7 @@ class PipelineTarget:
         from freshrec.serving.engines import load_reference
         from freshrec.serving.pipeline import Recommender
         from freshrec.store import open_store
+        from freshrec.store.sqlite import copy_sqlite
 
         copy_sqlite(Path(build_dir) / "state.db", state_copy)
         engine, tokenizer, cfg = load_reference(Path(build_dir))
@@ -227,16 +227,6 @@ class PopularityTarget:
 
     def close(self) -> None:
         pass
-
-
-def copy_sqlite(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite state file (the online backup API, not a file copy)."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(dst) + suffix).unlink(missing_ok=True)
-    a, b = sqlite3.connect(str(src)), sqlite3.connect(str(dst))
-    a.backup(b)
-    a.close()
-    b.close()
 
 
 # -- freshness latency through the served API ------------------------------------------------

@@ -8,7 +8,6 @@ perf_analyzer is fetched by freshrec.offline.benchmarks.perf_analyzer (pip downl
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -187,9 +186,10 @@ def test_input_data_uses_real_users_and_contract_shapes(tiny_inputs, tiny_build)
 
     ds, paths, specs, _repo = tiny_inputs
     assert set(paths) == {s.label for s in specs}
-    db = sqlite3.connect(str(tiny_build["build_dir"] / "state.db"))
-    users = {u for (u,) in db.execute("SELECT DISTINCT user_id FROM events")}
-    items = {i for (i,) in db.execute("SELECT item_id FROM items")}
+    from freshrec.store import open_store
+
+    db = open_store(f"sqlite:///{tiny_build['build_dir'] / 'state.db'}")
+    users, items = set(db.user_ids()), set(db.item_vectors_since(0)[0])
     db.close()
     rec = json.loads(paths["recommend"][1].read_text())["data"]
     assert rec and all(step["user_id"][0] in users and step["k"] == [10] for step in rec)
@@ -252,10 +252,10 @@ def test_perf_analyzer_smoke_over_grpc(tiny_inputs, tiny_build, fresh_state: Pat
     assert ing["stages"] == {"ingest_events": {"store": ing["stages"]["ingest_events"]["store"]}}
     assert ing["stages"]["ingest_events"]["store"]["calls"] == 30
     # Every ingest request stored a new event (no idempotent replays).
-    db = sqlite3.connect(str(fresh_state))
-    (stored,) = db.execute("SELECT COUNT(*) FROM events WHERE event_id LIKE 'bench-t0-%'").fetchone()
-    db.close()
-    assert stored == 30
+    from freshrec.store import open_store
+
+    stored = open_store(f"sqlite:///{fresh_state}").events()
+    assert sum((e.event_id or "").startswith("bench-t0-") for e in stored) == 30
 
 
 # -- fetching perf_analyzer ------------------------------------------------------------------------
