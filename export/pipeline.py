@@ -28,7 +28,7 @@ def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_u
     repos = {}
     for flavour in FLAVOURS:
         deploy = DeployConfig(flavour=flavour, device=device, state=state_url)
-        repos[flavour] = str(write_repository(Path(repository).resolve() / flavour, build_dir / "onnx", cfg, deploy, minilm, state_url))
+        repos[flavour] = str(write_repository(Path(repository).resolve() / flavour, build_dir / "onnx", cfg, deploy, minilm))
         log(f"model repository ({flavour}, {device}): {repos[flavour]}")
     out = {"models": report, "repositories": repos, "state": state_url}
     (build_dir / "export.json").write_text(json.dumps(out, indent=2, sort_keys=True))

@@ -21,10 +21,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.contract import ONNX_MODELS, PIPELINE_MODELS, ModelContract, Sizes, TensorSpec
+from freshrec.contract import ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, ModelContract, Sizes, TensorSpec
 
-SETTINGS_FILE = "freshrec.json"  # model + deploy config beside each pipeline model.py
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def _tensor(cls, spec: TensorSpec, sizes: Sizes):
@@ -65,7 +63,28 @@ def write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
 
 
 def read_config(path: Path) -> mc.ModelConfig:
+    """A config.pbtxt file (or a model folder holding one) as a ModelConfig message."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.pbtxt"
     return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def version_dir(repository: Path, model: str, version: int | str | None = None) -> Path:
+    """`model`'s folder for `version` in a repository; by default its highest version there."""
+    d = Path(repository) / model
+    if version is not None:
+        return d / str(version)
+    versions = sorted((int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) if d.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"{d}: no model version folder (is {repository} a freshrec model repository?)")
+    return d / str(versions[0])
+
+
+def read_settings(repository: Path, version: int | str | None = None) -> dict:
+    """What the pipeline models were exported with: {"model": ModelConfig dict, "deploy":
+    DeployConfig dict (the state URL included)}, from recommend's version folder."""
+    return json.loads((version_dir(repository, "recommend", version) / SETTINGS_FILE).read_text())
 
 
 def _model_py(name: str) -> bytes:
@@ -78,7 +97,6 @@ def write_repository(
     cfg: ModelConfig,
     deploy: DeployConfig,
     tokenizer_dir: Path,
-    state_url: str,
 ) -> Path:
     """Writes one flavour of the repository into `out` (replacing what was there) and returns it."""
     sizes = Sizes.of(cfg)
@@ -94,14 +112,14 @@ def write_repository(
             (d / v / "model.py").write_bytes(_model_py("onnx_model"))
         elif deploy.flavour == "ngc":
             cfg_msg = model_config(contract, sizes, deploy, "onnxruntime", {})
-            cfg_msg.default_model_filename = "model.onnx"
+            cfg_msg.default_model_filename = ONNX_FILE
             write_config(d, cfg_msg)
             (d / v).mkdir(parents=True)
         else:
             raise ValueError(f"unknown flavour {deploy.flavour!r}; expected 'embedded' or 'ngc'")
-        shutil.copyfile(onnx_dir / f"{contract.name}.onnx", d / v / "model.onnx")
+        shutil.copyfile(onnx_dir / f"{contract.name}.onnx", d / v / ONNX_FILE)
 
-    settings = json.dumps({"model": cfg.to_dict(), "deploy": deploy.to_dict(), "state": state_url}, indent=2, sort_keys=True)
+    settings = json.dumps({"model": cfg.to_dict(), "deploy": deploy.to_dict()}, indent=2, sort_keys=True)
     for contract in PIPELINE_MODELS:
         d = tmp / contract.name
         write_config(d, model_config(contract, sizes, deploy, "python", {}))

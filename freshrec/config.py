@@ -142,7 +142,7 @@ class DeployConfig:
     query_weight: float = 0.5  # blend of free-text intent into the user vector
     ort_threads: int = 1  # onnxruntime intra-op threads per instance (2-core machines: 1)
     version: int = 1  # model version directory written by this export
-    state: str = "sqlite:///state.db"  # state store URL; relative paths resolve against the build dir
+    state: str = "sqlite:///state.db"  # state store URL (FRESHREC_STATE overrides): sqlite:///path or redis://host:port/db
     # Retrieval index (FRESHREC_INDEX overrides): "exact" (matrix product + top-k), "sq8" (int8 scan,
     # candidates rescored exactly), "hnsw" (usearch graph, candidates rescored exactly) or "auto"
     # (exact below 20k items, sq8 below 200k, hnsw from there; see freshrec/index.py and
@@ -155,6 +155,14 @@ class DeployConfig:
     # process and a hop costs two process crossings (docs/benchmarks/serving.md); bls on ngc
     # (native backends) and on GPU (tensors stay on the device, Triton places the instances).
     engine: str = "auto"
+    # Where an HNSW graph, once built, is kept for the other instances and restarts
+    # (FRESHREC_INDEX_CACHE overrides): "" = <freshrec cache>/index, "off" = nowhere.
+    index_cache: str = ""
+    # Intra-op threads of each pipeline instance's numpy/BLAS and torch work (FRESHREC_THREADS
+    # overrides; 0 = the libraries' default, one per core). Several instances share the cores:
+    # with one pool per core each, a loaded 2-core machine spent ~30 ms per recommend in small
+    # ops instead of ~6 (docs/benchmarks/tuning.md).
+    threads: int = 1
 
     def resolved_engine(self) -> str:
         if self.engine not in ENGINES:
@@ -173,9 +181,39 @@ class DeployConfig:
     @classmethod
     def served(cls, d: dict[str, Any], env: Mapping[str, str]) -> "DeployConfig":
         """What a server runs with: the repository's settings `d`, then the deployment's
-        environment (FRESHREC_INDEX, FRESHREC_ENGINE) over them."""
-        return dataclasses.replace(cls.from_dict(d), **{f: env[v] for f, v in DEPLOY_ENV.items() if env.get(v)})
+        environment over them (DEPLOY_ENV: every FRESHREC_* variable the server reads)."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        over: dict[str, Any] = {}
+        for name, var in DEPLOY_ENV.items():
+            value = env.get(var)
+            if not value:
+                continue
+            if types[name] in (int, "int"):
+                try:
+                    over[name] = int(value)
+                except ValueError:
+                    raise ValueError(f"{var} must be an integer, got {value!r}") from None
+            else:
+                over[name] = value
+        return dataclasses.replace(cls.from_dict(d), **over)
+
+    def graph_cache(self) -> Path | None:
+        """The folder for HNSW graphs (`index_cache`), or None when it is "off"."""
+        if self.index_cache.lower() == "off":
+            return None
+        if self.index_cache:
+            return Path(self.index_cache).expanduser()
+        from freshrec.assets import cache_root
+
+        return cache_root() / "index"
 
 
-# DeployConfig fields a deployment's environment overrides (server_ext/service.py, the bench).
-DEPLOY_ENV = {"index": "FRESHREC_INDEX", "engine": "FRESHREC_ENGINE"}
+# Every DeployConfig field a deployment's environment overrides, and its variable: the only
+# FRESHREC_* settings a server reads (FRESHREC_CACHE, the asset cache, is read by freshrec.assets).
+DEPLOY_ENV = {
+    "state": "FRESHREC_STATE",
+    "index": "FRESHREC_INDEX",
+    "engine": "FRESHREC_ENGINE",
+    "index_cache": "FRESHREC_INDEX_CACHE",
+    "threads": "FRESHREC_THREADS",
+}

@@ -35,6 +35,18 @@ WIRE_DTYPES: dict[str, str] = {
 
 Dim = int | str  # an int, or a symbolic size resolved from the model config ("L", "C", "D", "T")
 
+# -- the request contract of the public models (recommend, ingest_events, upsert_items) ---------
+DEFAULT_K = 10  # results when a recommend request names no k (the largest is DeployConfig.max_k)
+MAX_ID_BYTES = 512  # user, item and event ids are keys, not documents
+MAX_TEXT_BYTES = 16384  # an item text or a query
+MAX_FUTURE_S = 86400.0  # clock skew tolerated on event timestamps
+MAX_BATCH_ITEMS = 10_000  # events or items in one ingest/upsert request, ids in one exclude list
+
+# -- the model repository's file names (the exporter writes them, the server reads them) --------
+ONNX_FILE = "model.onnx"  # an exported graph, in each ONNX model's version folder
+SETTINGS_FILE = "freshrec.json"  # model + deploy config beside each pipeline model's model.py
+TOKENIZER_FILE = "tokenizer.json"  # MiniLM's word pieces, beside the pipeline models that embed text
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -139,7 +151,7 @@ RECOMMEND = ModelContract(
     name="recommend",
     inputs=(
         _t("user_id", "TYPE_STRING", 1),
-        _t("k", "TYPE_INT32", 1, optional=True, doc="results wanted; default 10, at most max_k"),
+        _t("k", "TYPE_INT32", 1, optional=True, doc=f"results wanted; default {DEFAULT_K}, at most max_k"),
         _t("query", "TYPE_STRING", 1, optional=True, doc="free-text intent blended into the user vector"),
         _t("exclude_item_ids", "TYPE_STRING", -1, optional=True, doc="items never to return"),
     ),
@@ -179,6 +191,13 @@ UPSERT_ITEMS = ModelContract(
 )
 
 ONNX_MODELS: tuple[ModelContract, ...] = (TEXT_ENCODER, ITEM_TOWER, USER_TOWER, RERANKER)
+# The exported models each pipeline model runs: recommend embeds free-text queries, upsert_items
+# embeds item texts, ingest_events only writes.
+PIPELINE_RUNS: dict[str, tuple[str, ...]] = {
+    "recommend": ("user_tower", "reranker", "text_encoder", "item_tower"),
+    "ingest_events": (),
+    "upsert_items": ("text_encoder", "item_tower"),
+}
 PIPELINE_MODELS: tuple[ModelContract, ...] = (RECOMMEND, INGEST_EVENTS, UPSERT_ITEMS)
 ALL_MODELS: tuple[ModelContract, ...] = ONNX_MODELS + PIPELINE_MODELS
 BY_NAME: dict[str, ModelContract] = {m.name: m for m in ALL_MODELS}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
+from freshrec.server_ext.tensors import from_pb, to_pb
 
 from freshrec.contract import BY_NAME
-from freshrec.server_ext.tensors import from_pb, to_pb
 
 
 class ModelCallError(RuntimeError):
@@ -16,7 +17,9 @@ class BlsEngine:
     def __init__(self, pb) -> None:
         self.pb = pb
 
-    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, model: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """numpy or torch in (torch on a GPU travels by DLPack); numpy out, or torch where the
+        output lies on a GPU."""
         contract = BY_NAME[model]
         request = self.pb.InferenceRequest(
             model_name=model,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freshrec.contract import BY_NAME
+from freshrec.contract import BY_NAME, ONNX_FILE
 from freshrec.serving.engines import onnx_session
 
 
@@ -20,7 +20,7 @@ class OnnxModel:
         params = json.loads(args["model_config"]).get("parameters", {})
         threads = int(params.get("ort_threads", {}).get("string_value", "1"))
         cuda = int(args.get("model_instance_device_id", 0)) if args.get("model_instance_kind") == "GPU" else None
-        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
         self.session = onnx_session(path, threads, cuda)
 
     def execute(self, requests):

@@ -12,20 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from freshrec.export.repository import SETTINGS_FILE, TOKENIZER_FILE
 from freshrec.server_ext import tensors as T
 from freshrec.server_ext.bls import BlsEngine, ModelCallError
 from freshrec.server_ext.metrics import TritonStats
+from threadpoolctl import threadpool_limits
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.index import graph_cache_dir
+from freshrec.contract import DEFAULT_K, PIPELINE_RUNS, SETTINGS_FILE, TOKENIZER_FILE
 from freshrec.serving.engines import OnnxEngine
 from freshrec.serving.pipeline import InvalidInput, Recommender
 from freshrec.store import Event, StoreUnavailable, open_store
 
 RECALL_WARN = 0.95  # a self-checked index recall below this is logged as a warning at load
-# The towers each pipeline model runs (recommend embeds free-text queries, upsert_items item texts).
-ENGINE_MODELS = {"recommend": ("user_tower", "reranker", "text_encoder", "item_tower"), "upsert_items": ("text_encoder", "item_tower")}
 
 
 def device_of(args: dict) -> torch.device:
@@ -49,21 +47,16 @@ class Service:
     def __init__(self, args: dict, pb) -> None:
         self.pb = pb
         self.name = args["model_name"]
-        # torch intra-op threads per instance (FRESHREC_TORCH_THREADS, default 1; 0 = torch's
-        # default, one per core). Several instances share the cores: with torch's default their
-        # thread pools fight, and a loaded 2-core machine spent ~30 ms per recommend in small torch
-        # ops instead of ~6 (docs/benchmarks/serving.md, tuning study).
-        threads = int(os.environ.get("FRESHREC_TORCH_THREADS", "1"))
-        if threads > 0:
-            torch.set_num_threads(threads)
         model_dir = Path(args["model_repository"]) / args["model_version"]
         settings = json.loads((model_dir / SETTINGS_FILE).read_text())
         cfg = ModelConfig.from_dict(settings["model"])
-        # The state URL, the retrieval index (freshrec.index) and how the towers run (a BLS request
-        # per stage, or onnxruntime in this process) are per deployment: the environment
-        # overrides what the build wrote.
+        # The state URL, the retrieval index (freshrec.index), how the towers run (a BLS request
+        # per stage, or onnxruntime in this process), the graph cache and the thread count are
+        # per deployment: the FRESHREC_* environment overrides what the build wrote.
         deploy = DeployConfig.served(settings["deploy"], os.environ)
-        state = os.environ.get("FRESHREC_STATE") or settings["state"]
+        if deploy.threads > 0:  # the instances share the cores: one pool each, not one per core each
+            threadpool_limits(limits=deploy.threads, user_api="blas")
+            torch.set_num_threads(deploy.threads)
         tokenizer = None
         if (model_dir / TOKENIZER_FILE).exists():
             from freshrec.models.text_encoder import Tokenizer
@@ -72,13 +65,14 @@ class Service:
         self.stats = TritonStats(pb, self.name)
         device = device_of(args)
         if deploy.resolved_engine() == "inprocess":
-            engine = OnnxEngine(Path(args["model_repository"]).parent, args["model_version"], deploy.ort_threads, device)
-            engine.load(*ENGINE_MODELS.get(self.name, ()))  # at model load, not on the first request
+            cuda = device.index if device.type == "cuda" else None
+            engine = OnnxEngine(Path(args["model_repository"]).parent, args["model_version"], deploy.ort_threads, cuda)
+            engine.load(*PIPELINE_RUNS[self.name])  # at model load, not on the first request
         else:
             engine = BlsEngine(pb)
-        # A graph index is built once per catalog and shared through FRESHREC_INDEX_CACHE (freshrec.index).
-        self.recommender = Recommender(open_store(state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
-                                       graph_cache=graph_cache_dir())  # fmt: skip
+        # A graph index is built once per catalog and shared through the graph cache (freshrec.index).
+        self.recommender = Recommender(open_store(deploy.state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
+                                       graph_cache=deploy.graph_cache())  # fmt: skip
         if self.name == "recommend":
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).
@@ -129,7 +123,7 @@ class Service:
     def recommend(self, request):
         pb = self.pb
         user_id = T.one_string(pb, request, "user_id")
-        k = T.one_int(pb, request, "k", default=10)
+        k = T.one_int(pb, request, "k", default=DEFAULT_K)
         query = T.one_string(pb, request, "query", required=False)
         exclude = T.strings(pb, request, "exclude_item_ids", required=False) or []
         rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude)

@@ -7,11 +7,9 @@ unit-tests outside the stub process.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from freshrec.contract import MAX_BATCH_ITEMS
 from freshrec.serving.pipeline import InvalidInput
-
-MAX_BATCH_ITEMS = 10_000  # events or items in one ingest/upsert request
 
 
 def _input(pb, request, name: str):
@@ -74,14 +72,21 @@ def string_tensor(pb, name: str, values: list[str]):
     return pb.Tensor(name, np.array([v.encode("utf-8") for v in values], dtype=np.object_))
 
 
-def to_pb(pb, name: str, t: torch.Tensor):
-    """torch -> pb_utils.Tensor; GPU tensors travel by DLPack without a host copy."""
+def to_pb(pb, name: str, t):
+    """numpy or torch -> pb_utils.Tensor; GPU tensors travel by DLPack without a host copy."""
+    if isinstance(t, np.ndarray):
+        return pb.Tensor(name, np.ascontiguousarray(t))
     if t.is_cuda:
+        import torch
+
         return pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(t.contiguous()))
     return pb.Tensor(name, t.contiguous().numpy())
 
 
-def from_pb(t) -> torch.Tensor:
+def from_pb(t):
+    """pb_utils.Tensor -> numpy in host memory, or a torch tensor where it lies on a GPU."""
     if t.is_cpu():
-        return torch.from_numpy(t.as_numpy())
+        return t.as_numpy()
+    import torch
+
     return torch.from_dlpack(t.to_dlpack())

@@ -17,18 +17,6 @@ GRAPH_CACHE_KEEP = 2  # graph files kept in the cache folder (a 1M-item graph is
 log = logging.getLogger(__name__)
 
 
-def graph_cache_dir() -> Path | None:
-    """The server's graph cache: FRESHREC_INDEX_CACHE, "off" for none, default <freshrec cache>/index."""
-    value = os.environ.get("FRESHREC_INDEX_CACHE", "")
-    if value.lower() == "off":
-        return None
-    if value:
-        return Path(value).expanduser()
-    from freshrec.assets import cache_root
-
-    return cache_root() / "index"
-
-
 class HnswGraph:
     """usearch HNSW over unit vectors, inner product; keys are the index's row numbers."""
 

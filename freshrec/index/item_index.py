@@ -5,8 +5,8 @@ it last saw, so an upserted item is retrievable on every instance with no rebuil
 
 Four kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment variable):
 
-- ``exact``: matrix product over every item vector + partial top-k (torch, on the pipeline's
-  device). Exact, no build step, no extra memory; memory-bound on CPU (100k items: ~3.5 ms).
+- ``exact``: matrix product over every item vector + partial top-k (numpy on the CPU, torch on
+  a GPU). Exact, no build step, no extra memory; memory-bound on CPU (100k items: ~1-2 ms).
 - ``sq8``: the same full scan over int8 codes of the vectors (faiss `IndexScalarQuantizer`, one
   range per dimension), a quarter of the bytes; the index asks the scan for `k + excluded`
   (+25%) candidates, drops excluded rows, rescores the survivors exactly against the item
@@ -27,7 +27,7 @@ Four kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment v
   there), sq8 below `ann_threshold`, hnsw from there on (graph built on crossing).
 
 A graph built from scratch can be kept in a folder (`graph_cache`; the server uses
-FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to disable), keyed by a hash of
+DeployConfig.index_cache, FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to disable), keyed by a hash of
 the exact vectors and graph settings: the instances of one server (and a restarted one) load the
 graph the first instance built instead of each building its own. Builds take a folder lock, so a
 second instance waits for the first and loads its file; the newest `GRAPH_CACHE_KEEP` files are
@@ -38,10 +38,11 @@ kept. Items added after the build go into each instance's graph as usual.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+from freshrec.arrays import arrays_for
 from freshrec.index.hnsw import HnswGraph
 from freshrec.index.sq8 import Sq8Scan
 from freshrec.store.base import Item, StateStore
@@ -62,13 +63,17 @@ def resolve_kind(kind: str, n_items: int, sq8_threshold: int = SQ8_THRESHOLD, an
 
 
 class ItemIndex:
-    def __init__(self, dim: int, device: torch.device | str = "cpu", kind: str = "auto",
+    """The item matrix (numpy on the CPU, a torch tensor on a GPU: freshrec.arrays) and,
+    by catalog size and `kind`, an int8 scan or a graph proposing candidates over it."""
+
+    def __init__(self, dim: int, device: Any = "cpu", kind: str = "auto",
                  ann_threshold: int = ANN_THRESHOLD, graph_cache: Path | None = None,
                  sq8_threshold: int = SQ8_THRESHOLD, **hnsw: int | str) -> None:  # fmt: skip
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
         self.dim = dim
-        self.device = torch.device(device)
+        self.xp = arrays_for(device)
+        self.on_cpu = self.xp.kind == "numpy"
         self.kind = kind
         self.ann_threshold = ann_threshold
         self.sq8_threshold = sq8_threshold
@@ -76,7 +81,7 @@ class ItemIndex:
         self.graph_cache = graph_cache
         self.item_ids: list[str] = []
         self.rows: dict[str, int] = {}
-        self._matrix = torch.zeros(0, dim, device=self.device)  # capacity grows by doubling
+        self._matrix = self.xp.zeros((0, dim), np.float32)  # capacity grows by doubling
         self.graph: HnswGraph | None = None
         self.scan: Sq8Scan | None = None
         self.version = 0
@@ -87,8 +92,8 @@ class ItemIndex:
         return len(self.item_ids)
 
     @property
-    def matrix(self) -> torch.Tensor:
-        """(N, D) item vectors, row i = item_ids[i]."""
+    def matrix(self):
+        """(N, D) float32 item vectors, row i = item_ids[i]."""
         return self._matrix[: len(self.item_ids)]
 
     @property
@@ -98,7 +103,7 @@ class ItemIndex:
 
     def _wanted_kind(self) -> str:
         """The structure this catalog size asks for (a GPU device always scans exactly)."""
-        if self.device.type != "cpu":
+        if not self.on_cpu:
             return "exact"
         return resolve_kind(self.kind, len(self.item_ids), self.sq8_threshold, self.ann_threshold)
 
@@ -122,7 +127,7 @@ class ItemIndex:
         existing = np.fromiter((item_id in self.rows for item_id in ids), dtype=bool, count=len(ids))
         need = len(self.item_ids) + int((~existing).sum())
         if need > self._matrix.shape[0]:
-            grown = torch.zeros(max(need, 2 * self._matrix.shape[0], 1024), self.dim, device=self.device)
+            grown = self.xp.zeros((max(need, 2 * self._matrix.shape[0], 1024), self.dim), np.float32)
             grown[: len(self.item_ids)] = self.matrix
             self._matrix = grown
         rows = np.empty(len(ids), np.int64)
@@ -132,19 +137,19 @@ class ItemIndex:
                 row = self.rows[item_id] = len(self.item_ids)
                 self.item_ids.append(item_id)
             rows[j] = row
-        self._matrix[torch.from_numpy(rows).to(self.device)] = torch.from_numpy(vecs).to(self.device)
+        self._matrix[self.xp.asarray(rows)] = self.xp.asarray(vecs)
         if self.graph is not None:
             self.graph.upsert(rows, vecs, existing)
             return
         wanted = self._wanted_kind()
         if wanted == "hnsw":
             self.scan = None
-            self.graph = HnswGraph.over(self.matrix.cpu().numpy(), self.graph_cache, **self.hnsw_params)
+            self.graph = HnswGraph.over(self.matrix, self.graph_cache, **self.hnsw_params)
             self.recall = None
         elif wanted == "sq8":
             if self.scan is None or len(self.item_ids) >= 2 * self.scan.fitted_on:
                 self.scan = self.scan or Sq8Scan(self.dim)
-                self.scan.fit(self.matrix.numpy())
+                self.scan.fit(self.matrix)
                 self.recall = None
             else:
                 self.scan.upsert(rows, vecs, existing)
@@ -165,32 +170,34 @@ class ItemIndex:
         k = min(k, n)
         if self.serving_kind == "exact" or k == 0:
             return 1.0
-        g = torch.Generator().manual_seed(seed)
-        pairs = torch.randint(0, n, (queries, 2), generator=g).to(self.device)
-        probes = torch.nn.functional.normalize(self.matrix[pairs[:, 0]] + self.matrix[pairs[:, 1]], dim=-1)
-        exact = torch.topk(probes @ self.matrix.T, k, dim=1).indices  # one pass over the matrix for all probes
+        m = self.matrix  # CPU: the approximate structures exist only there
+        pairs = np.random.default_rng(seed).integers(0, n, (queries, 2))
+        probes = self.xp.normalize(m[pairs[:, 0]] + m[pairs[:, 1]])
+        scores = probes @ m.T  # one pass over the matrix for all probes
+        exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         hits = sum(len(set(self.search(q, k, [])[0].tolist()) & set(e.tolist())) for q, e in zip(probes, exact))
         return hits / (k * queries)
 
-    def search(self, query: torch.Tensor, k: int, exclude_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inner-product top-k. query (D,) -> rows (k',), scores (k',), best first;
-        k' = min(k, items not excluded). Exact, or sq8/HNSW candidates rescored exactly."""
+    def search(self, query, k: int, exclude_rows: list[int]):
+        """Inner-product top-k. query (D,) -> rows (k',) int64, scores (k',), best first, as
+        arrays of the index's kind; k' = min(k, items not excluded). Exact, or sq8/HNSW
+        candidates rescored exactly."""
+        xp = self.xp
         banned = set(exclude_rows)
         k = min(k, len(self.item_ids) - len(banned))
         if k <= 0:
-            return torch.zeros(0, dtype=torch.long, device=self.device), torch.zeros(0, device=self.device)
+            return xp.zeros((0,), np.int64), xp.zeros((0,), np.float32)
         proposer = self.graph if self.graph is not None else self.scan
         if proposer is not None:  # CPU only; numpy keeps this path single-threaded (no OpenMP stalls)
-            q = query.detach().numpy().astype(np.float32, copy=False)
+            q = np.asarray(query, dtype=np.float32)
             cand = proposer.search(q, k + len(banned) + k // RESCORE_SLACK)
             if banned:
                 cand = cand[~np.isin(cand, np.fromiter(banned, np.int64, len(banned)))]
             if len(cand) >= k:  # else too few came back: exact below
-                scores = self.matrix.numpy()[cand] @ q  # exact inner products of the candidates
+                scores = self.matrix[cand] @ q  # exact inner products of the candidates
                 order = np.argsort(-scores, kind="stable")[:k]
-                return torch.from_numpy(cand[order]), torch.from_numpy(scores[order])
+                return cand[order], scores[order]
         scores = self.matrix @ query  # (N,)
         if banned:
-            scores[torch.tensor(sorted(banned), dtype=torch.long, device=self.device)] = float("-inf")
-        top = torch.topk(scores, k)
-        return top.indices, top.values
+            scores[xp.asarray(np.fromiter(sorted(banned), np.int64, len(banned)))] = -np.inf
+        return xp.topk(scores, k)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from freshrec.config import ModelConfig
-from freshrec.contract import BY_NAME
+from freshrec.contract import BY_NAME, ONNX_FILE
 from freshrec.models.text_encoder import Tokenizer
 
 
@@ -47,27 +48,34 @@ def onnx_session(path: Path, threads: int = 1, cuda_device: int | None = None):
 
 
 class TorchEngine:
-    """Runs the PyTorch modules directly: the reference for the served pipeline."""
+    """Runs the PyTorch modules directly: the reference for the served pipeline. Takes numpy
+    arrays or torch tensors, returns torch tensors."""
 
     def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
         self.modules = {name: m.eval() for name, m in modules.items()}
         self.contracts = BY_NAME
 
     @torch.no_grad()
-    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, model: str, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         c = self.contracts[model]
-        out = self.modules[model](*(inputs[n] for n in c.input_names))
+        out = self.modules[model](*(torch.as_tensor(inputs[n]) for n in c.input_names))
         return {c.output_names[0]: out}
+
+
+def _host(x: Any) -> np.ndarray:
+    """numpy as is; a torch tensor (a GPU pipeline's) copied to host memory."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
 
 class OnnxEngine:
     """Runs the repository's exported ONNX models in this process with onnxruntime: the
-    pipeline's stages without a Triton hop (DeployConfig.engine "inprocess"). Sessions open on
-    first use of a model, or up front with `load`."""
+    pipeline's stages without a Triton hop (DeployConfig.engine "inprocess"). Takes numpy (or
+    torch) inputs, returns numpy. Sessions open on first use of a model, or up front with `load`;
+    `cuda_device` puts them on that GPU."""
 
-    def __init__(self, repository: Path, version: int | str, threads: int = 1, device: torch.device | str = "cpu") -> None:
+    def __init__(self, repository: Path, version: int | str, threads: int = 1, cuda_device: int | None = None) -> None:
         self.repository, self.version, self.threads = Path(repository), str(version), threads
-        self.device = torch.device(device)
+        self.cuda_device = cuda_device
         self.contracts = BY_NAME
         self.sessions: dict[str, Any] = {}
 
@@ -78,21 +86,19 @@ class OnnxEngine:
     def _session(self, model: str):
         s = self.sessions.get(model)
         if s is None:
-            path = self.repository / model / self.version / "model.onnx"
+            path = self.repository / model / self.version / ONNX_FILE
             if not path.exists():
                 raise FileNotFoundError(f"{path} missing: the in-process engine runs the ONNX models of its own repository")
-            cuda = (self.device.index or 0) if self.device.type == "cuda" else None
-            s = self.sessions[model] = onnx_session(path, self.threads, cuda)
+            s = self.sessions[model] = onnx_session(path, self.threads, self.cuda_device)
         return s
 
-    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, model: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         c = self.contracts[model]
-        feeds = {n: inputs[n].detach().cpu().numpy() for n in c.input_names}
-        outs = self._session(model).run(list(c.output_names), feeds)
-        return {n: torch.from_numpy(o) for n, o in zip(c.output_names, outs)}
+        outs = self._session(model).run(list(c.output_names), {n: _host(inputs[n]) for n in c.input_names})
+        return dict(zip(c.output_names, outs))
 
 
-def load_reference(build_dir: Path, device: str = "cpu") -> tuple[TorchEngine, Tokenizer, ModelConfig]:
+def load_reference(build_dir: Path) -> tuple[TorchEngine, Tokenizer, ModelConfig]:
     """The PyTorch reference of the served models, from a build's checkpoints."""
     from freshrec.models.checkpoints import load_models
 

@@ -17,15 +17,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from freshrec.arrays import arrays_for
 from freshrec.config import DeployConfig, ModelConfig
+from freshrec.contract import DEFAULT_K, MAX_BATCH_ITEMS, MAX_FUTURE_S, MAX_ID_BYTES, MAX_TEXT_BYTES
 from freshrec.index import ItemIndex
-from freshrec.models.features import event_type_index, history_arrays
+from freshrec.models.features import HISTORY_CONTEXT, event_type_index, gather_vectors, history_arrays
 from freshrec.models.text_encoder import Tokenizer
 from freshrec.store.base import Event, Item, StateStore, UserHistory
 
@@ -53,8 +53,9 @@ class Stats:
 
 
 class Engine(Protocol):
-    def run(self, model: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Runs one exported model on batched inputs named as in the contract."""
+    def run(self, model: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Runs one exported model on batched inputs named as in the contract. Takes numpy
+        arrays or torch tensors; returns either (the pipeline converts with `xp.asarray`)."""
 
 
 @dataclass
@@ -62,11 +63,6 @@ class Recommendation:
     item_ids: list[str]
     scores: np.ndarray  # (k,) float32, best first
     source: str  # "personal", "query" or "popular" (cold start)
-
-
-MAX_ID_BYTES = 512  # ids are keys, not documents
-MAX_TEXT_BYTES = 16384
-MAX_FUTURE_S = 86400.0  # clock skew tolerated on event timestamps
 
 
 def check_id(kind: str, value: str) -> str:
@@ -79,8 +75,20 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def check_text(kind: str, value: str) -> str:
+    if len(value.encode()) > MAX_TEXT_BYTES:
+        raise InvalidInput(f"{kind} is longer than {MAX_TEXT_BYTES} bytes")
+    if "\x00" in value:
+        raise InvalidInput(f"{kind} must not contain NUL bytes")
+    return value
+
+
 class Recommender:
-    """Serves recommend / ingest / upsert over one store, one item index and one engine."""
+    """Serves recommend / ingest / upsert over one store, one item index and one engine.
+
+    Arrays live where `device` says (`freshrec.arrays`): numpy on the CPU, torch tensors
+    on a GPU; engine results are brought there with `xp.asarray` (a no-op when they already are).
+    """
 
     def __init__(
         self,
@@ -89,7 +97,7 @@ class Recommender:
         tokenizer: Tokenizer,
         cfg: ModelConfig,
         deploy: DeployConfig,
-        device: torch.device | str = "cpu",
+        device: Any = "cpu",
         popular_ttl_s: float = 10.0,
         stats: Stats | None = None,
         graph_cache: Path | None = None,
@@ -99,8 +107,8 @@ class Recommender:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.deploy = deploy
-        self.device = torch.device(device)
-        self.index = ItemIndex(cfg.item.dim, self.device, kind=deploy.index, graph_cache=graph_cache)
+        self.xp = arrays_for(device)
+        self.index = ItemIndex(cfg.item.dim, device, kind=deploy.index, graph_cache=graph_cache)
         self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
@@ -114,24 +122,27 @@ class Recommender:
                 self.stats.index_recall(self.index.self_check())
 
     # -- recommend --------------------------------------------------------------------------
-    def recommend(self, user_id: str, k: int = 10, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
+    def recommend(self, user_id: str, k: int = DEFAULT_K, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
         check_id("user_id", user_id)
         if not 1 <= k <= self.deploy.max_k:
             raise InvalidInput(f"k must be in [1, {self.deploy.max_k}], got {k}")
-        if query is not None and len(query.encode()) > MAX_TEXT_BYTES:
-            raise InvalidInput(f"query is longer than {MAX_TEXT_BYTES} bytes")
-        stats = self.stats
+        if query is not None:
+            check_text("query", query)
+        if len(exclude) > MAX_BATCH_ITEMS:
+            raise InvalidInput(f"exclude_item_ids has {len(exclude)} ids; at most {MAX_BATCH_ITEMS}")
+        for item_id in exclude:
+            check_id("exclude_item_ids entry", item_id)
+        xp, stats = self.xp, self.stats
         with stats.stage("store"):
             self.refresh_index()
-            history = self.store.user_history(user_id, self.cfg.user.max_history)
+            history = self.store.user_history(user_id, self.cfg.user.max_history + HISTORY_CONTEXT)
         banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
 
-        known = [j for j, item in enumerate(history.item_ids) if item in self.index.rows]
-        hist = self._history_tensors(history, known) if known else None
+        hist = self.history_tensors(history)
         user_vec = None
         if hist is not None:
             with stats.stage("user_tower"):
-                user_vec = self.engine.run("user_tower", hist)["user_vector"][0].to(self.device)
+                user_vec = xp.asarray(self.engine.run("user_tower", hist)["user_vector"])[0]
         query_vec = self._query_vector(query) if query else None
         if user_vec is None and query_vec is None:
             stats.fallback("popular")
@@ -142,7 +153,7 @@ class Recommender:
         elif query_vec is None:
             u, source = user_vec, "personal"
         else:
-            u, source = F.normalize(user_vec + self.deploy.query_weight * query_vec, dim=-1), "personal"
+            u, source = xp.normalize(user_vec + self.deploy.query_weight * query_vec), "personal"
 
         n_candidates = max(k, self.cfg.reranker.num_candidates)
         with stats.stage("retrieval"):
@@ -154,44 +165,45 @@ class Recommender:
         else:
             with stats.stage("rerank"):
                 scores = self._rerank(hist, rows, retrieval_scores)
-        top = torch.topk(scores, min(k, len(rows)))
-        chosen = rows[top.indices].tolist()
-        return Recommendation(
-            [self.index.item_ids[r] for r in chosen], top.values.float().cpu().numpy().astype(np.float32), source
-        )
+        top, values = xp.topk(scores, min(k, len(rows)))
+        chosen = xp.numpy(rows[top]).tolist()
+        return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), source)
 
-    def _history_tensors(self, history: UserHistory, known: list[int]) -> dict[str, torch.Tensor]:
-        """The user's events whose items are in the index -> batched history tensors (1, L, ...)."""
-        rows = torch.tensor([self.index.rows[history.item_ids[j]] for j in known], dtype=torch.long, device=self.device)
+    def history_tensors(self, history: UserHistory) -> dict[str, Any] | None:
+        """The user's events whose items are in the index -> the batched history tensors
+        (1, L, ...) by the shared recipe (freshrec.models.features); None without such events."""
+        known = [j for j, item in enumerate(history.item_ids) if item in self.index.rows]
+        if not known:
+            return None
+        xp = self.xp
         arrays = history_arrays(
             timestamps=np.array([history.timestamps[j] for j in known]),
             values=np.array([history.values[j] for j in known], np.float32),
             types=np.array([event_type_index(history.event_types[j]) for j in known], np.int64),
+            rows=np.array([self.index.rows[history.item_ids[j]] for j in known], np.int64),
             max_history=self.cfg.user.max_history,
         )
-        L = self.cfg.user.max_history
-        vectors = torch.zeros(L, self.cfg.item.dim, device=self.device)
-        n = min(len(known), L)
-        vectors[L - n :] = self.index.matrix[rows[-n:]]
-        out = {name: torch.from_numpy(a).to(self.device)[None] for name, a in arrays.items()}
-        out["history_vectors"] = vectors[None]  # (1, L, D)
+        rows = arrays.pop("rows")
+        out = {name: xp.asarray(a) for name, a in arrays.items()}
+        out["history_vectors"] = gather_vectors(self.index.matrix, xp.asarray(rows), out["history_mask"])  # (1, L, D)
         return out
 
-    def _query_vector(self, query: str) -> torch.Tensor:
+    def _query_vector(self, query: str):
         with self.stats.stage("embed"):
             return self.embed_items([query], [0])[0]
 
-    def _rerank(self, hist: dict[str, torch.Tensor], rows: torch.Tensor, retrieval_scores: torch.Tensor) -> torch.Tensor:
+    def _rerank(self, hist: dict[str, Any], rows, retrieval_scores):
         # Padded to a fixed C so concurrent requests batch together in the reranker.
-        C = max(self.cfg.reranker.num_candidates, len(rows))
-        cand = torch.zeros(1, C, self.cfg.item.dim, device=self.device)
-        cand[0, : len(rows)] = self.index.matrix[rows]
-        mask = torch.zeros(1, C, dtype=torch.bool, device=self.device)
-        mask[0, : len(rows)] = True
-        cand_scores = torch.zeros(1, C, device=self.device)
-        cand_scores[0, : len(rows)] = retrieval_scores
+        xp, n = self.xp, len(rows)
+        C = max(self.cfg.reranker.num_candidates, n)
+        cand = xp.zeros((1, C, self.cfg.item.dim), np.float32)
+        cand[0, :n] = self.index.matrix[rows]
+        mask = xp.zeros((1, C), np.bool_)
+        mask[0, :n] = True
+        cand_scores = xp.zeros((1, C), np.float32)
+        cand_scores[0, :n] = retrieval_scores
         inputs = dict(hist, candidate_vectors=cand, candidate_mask=mask, candidate_scores=cand_scores)
-        return self.engine.run("reranker", inputs)["scores"][0, : len(rows)].to(self.device)
+        return xp.asarray(self.engine.run("reranker", inputs)["scores"])[0, :n]
 
     def _popular_for(self, k: int, banned: set[str]) -> Recommendation:
         now = time.monotonic()
@@ -223,15 +235,13 @@ class Recommender:
             return self.store.add_events(events)
 
     # -- items ------------------------------------------------------------------------------
-    def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]) -> torch.Tensor:
+    def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]):
         """Texts -> (N, D) item vectors through the text encoder and the item tower."""
+        xp = self.xp
         ids, mask = self.tokenizer(list(texts))
-        emb = self.engine.run(
-            "text_encoder",
-            {"input_ids": torch.from_numpy(ids).to(self.device), "attention_mask": torch.from_numpy(mask).to(self.device)},
-        )["text_embedding"]
-        id_index = torch.tensor(list(id_indices), dtype=torch.long, device=self.device)[:, None]
-        return self.engine.run("item_tower", {"text_embedding": emb.to(self.device), "id_index": id_index})["item_vector"].to(self.device)
+        emb = self.engine.run("text_encoder", {"input_ids": xp.asarray(ids), "attention_mask": xp.asarray(mask)})["text_embedding"]
+        id_index = xp.asarray(np.asarray(id_indices, np.int64)[:, None])
+        return xp.asarray(self.engine.run("item_tower", {"text_embedding": xp.asarray(emb), "id_index": id_index})["item_vector"])
 
     def upsert(self, item_ids: Sequence[str], texts: Sequence[str], metadata: Sequence[str] | None = None) -> int:
         if len(set(item_ids)) != len(item_ids):
@@ -241,8 +251,7 @@ class Recommender:
             check_id("item_id", item_id)
             if not text.strip():
                 raise InvalidInput(f"text of item {item_id[:64]!r} is empty")
-            if len(text.encode()) > MAX_TEXT_BYTES or "\x00" in text:
-                raise InvalidInput(f"text of item {item_id[:64]!r} is longer than {MAX_TEXT_BYTES} bytes or has NUL bytes")
+            check_text(f"text of item {item_id[:64]!r}", text)
             try:
                 if not isinstance(json.loads(meta), dict):
                     raise ValueError
@@ -252,7 +261,7 @@ class Recommender:
         known = self.store.item_id_indices(item_ids)
         id_indices = [known.get(i, 0) for i in item_ids]
         with self.stats.stage("embed"):
-            vectors = self.embed_items(texts, id_indices).cpu().numpy()
+            vectors = self.xp.numpy(self.embed_items(texts, id_indices))
         items = [Item(i, t, v, m, x) for i, t, v, m, x in zip(item_ids, texts, vectors, metas, id_indices)]
         with self.stats.stage("store"):
             return self.store.upsert_items(items)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from freshrec.config import ModelConfig
-from freshrec.models.features import event_features
+from freshrec.models.features import event_features, gather_vectors, windows
 from freshrec.models.reranker import Reranker
 from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
 from freshrec.models.towers import ItemTower, UserTower
@@ -58,31 +58,18 @@ def make_sequence(user_id: str, rows, types, timestamps, values) -> Sequence:
 
 
 def pad_batch(seqs: list[Sequence], ends: list[int], length: int) -> dict[str, np.ndarray]:
-    """For each (sequence, end) the events [end-length, end) left-padded -> arrays (B, length)."""
-    B = len(seqs)
-    F_ = seqs[0].features.shape[1] if seqs else 2
-    rows = np.zeros((B, length), np.int64)
-    types = np.zeros((B, length), np.int64)
-    feats = np.zeros((B, length, F_), np.float32)
-    mask = np.zeros((B, length), np.bool_)
-    for b, (s, end) in enumerate(zip(seqs, ends)):
-        start = max(0, end - length)
-        n = end - start
-        rows[b, length - n :] = s.rows[start:end]
-        types[b, length - n :] = s.types[start:end]
-        feats[b, length - n :] = s.features[start:end]
-        mask[b, length - n :] = True
-    return {"rows": rows, "types": types, "features": feats, "mask": mask}
+    """For each (sequence, end) the events [end-length, end) left-padded (features.windows, the
+    recipe serving uses) -> rows and the contract's history arrays, (B, length, ...)."""
+    return windows([s.rows for s in seqs], [s.types for s in seqs], [s.features for s in seqs], ends, length)
 
 
 def history_inputs(batch: dict[str, np.ndarray], item_vectors: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Padded rows/types/features -> the contract's history tensors."""
-    mask = torch.from_numpy(batch["mask"])
-    vecs = item_vectors[torch.from_numpy(batch["rows"])] * mask[..., None]
+    """A padded batch -> the contract's history tensors, vectors gathered from `item_vectors`."""
+    mask = torch.from_numpy(batch["history_mask"])
     return {
-        "history_vectors": vecs,
-        "history_features": torch.from_numpy(batch["features"]),
-        "history_types": torch.from_numpy(batch["types"]),
+        "history_vectors": gather_vectors(item_vectors, torch.from_numpy(batch["rows"]), mask),
+        "history_features": torch.from_numpy(batch["history_features"]),
+        "history_types": torch.from_numpy(batch["history_types"]),
         "history_mask": mask,
     }
 
@@ -186,19 +173,19 @@ def train_towers(cfg: ModelConfig, catalog: Catalog, train: list[Sequence], vali
     N = len(catalog.item_ids)
 
     # Windows of L+1 events cover every training event once as a target (SASRec-style).
-    windows = [(s, end) for s in train if len(s.rows) >= 2 for end in range(len(s.rows), 1, -L)]
+    spans = [(s, end) for s in train if len(s.rows) >= 2 for end in range(len(s.rows), 1, -L)]
     best, best_state, history = -1.0, None, []
     for epoch in range(1, tc.retrieval_epochs + 1):
         item_tower.train(), user_tower.train()
         t0, total, count = time.time(), 0.0, 0
-        order = rng.permutation(len(windows))
+        order = rng.permutation(len(spans))
         for i in range(0, len(order), tc.batch_size):
-            chunk = [windows[j] for j in order[i : i + tc.batch_size]]
+            chunk = [spans[j] for j in order[i : i + tc.batch_size]]
             batch = pad_batch([s for s, _ in chunk], [e for _, e in chunk], L + 1)
             items = item_tower(text, ids)  # (N, D): the whole catalog, so the softmax is exact
             inputs = {k: v[:, :-1] for k, v in batch.items()}
             targets = torch.from_numpy(batch["rows"][:, 1:])
-            valid_pos = torch.from_numpy(batch["mask"][:, 1:] & batch["mask"][:, :-1])
+            valid_pos = torch.from_numpy(batch["history_mask"][:, 1:] & batch["history_mask"][:, :-1])
             u = user_tower.encode(**history_inputs(inputs, items))  # (B, L, D)
             u, targets = u[valid_pos], targets[valid_pos]  # (P, D), (P,)
             if 0 < tc.num_negatives < N:

@@ -73,8 +73,8 @@ def test_regenerating_the_repository_gives_the_same_tree(tiny_build, tmp_path):
     build = tiny_build["build_dir"]
     cfg = ModelConfig.load(build / "checkpoints" / "model_config.json")
     deploy = DeployConfig(state=tiny_build["state"])
-    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir(), tiny_build["state"])
-    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir(), tiny_build["state"])
+    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir())
+    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir())
     assert _tree_digest(a) == _tree_digest(b)
     assert _tree_digest(a) == _tree_digest(Path(tiny_build["repositories"]["embedded"]))
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.models.features import event_features, history_arrays
+from freshrec.models.features import HISTORY_CONTEXT, event_features, history_arrays
 from freshrec.models.reranker import Reranker
 from freshrec.models.text_encoder import TextEncoder, Tokenizer
 from freshrec.models.towers import ItemTower, UserTower
@@ -67,12 +67,12 @@ def test_tokenizer_pads_to_the_longest_text_and_padding_never_changes_an_embeddi
 
 def test_history_arrays_left_pad_and_keep_the_newest():
     types = np.array([1, 2, 3, 4, 5, 6])
-    out = history_arrays(np.arange(6.0), np.full(6, np.nan, np.float32), types, max_history=4)
-    assert out["history_mask"].tolist() == [True] * 4
-    assert out["history_types"].tolist() == [3, 4, 5, 6]
-    short = history_arrays(np.arange(2.0), np.full(2, np.nan, np.float32), np.full(2, 2), max_history=4)
-    assert short["history_mask"].tolist() == [False, False, True, True]
-    assert short["history_types"].tolist() == [0, 0, 2, 2]
+    out = history_arrays(np.arange(6.0), np.full(6, np.nan, np.float32), types, types + 10, max_history=4)
+    assert out["history_mask"].tolist() == [[True] * 4]
+    assert out["history_types"].tolist() == [[3, 4, 5, 6]] and out["rows"].tolist() == [[13, 14, 15, 16]]
+    short = history_arrays(np.arange(2.0), np.full(2, np.nan, np.float32), np.full(2, 2), np.array([7, 8]), max_history=4)
+    assert short["history_mask"].tolist() == [[False, False, True, True]]
+    assert short["history_types"].tolist() == [[0, 0, 2, 2]] and short["rows"].tolist() == [[0, 0, 7, 8]]
 
 
 def test_event_features_gap_and_value():
@@ -97,9 +97,8 @@ def test_untrained_reranker_keeps_the_retrieval_order(rec):
     now = time.time()
     rec.ingest([Event("v", f"i{j}", "click", now + j) for j in (3, 9, 14)])
     out = rec.recommend("v", k=8)
-    history = rec.store.user_history("v", CFG.user.max_history)
-    hist = rec._history_tensors(history, list(range(len(history.item_ids))))
-    u = rec.engine.run("user_tower", hist)["user_vector"][0]
+    hist = rec.history_tensors(rec.store.user_history("v", CFG.user.max_history + HISTORY_CONTEXT))
+    u = rec.xp.asarray(rec.engine.run("user_tower", hist)["user_vector"])[0]
     rows, _ = rec.index.search(u, 8, [rec.index.rows[f"i{j}"] for j in (3, 9, 14)])
     assert out.item_ids == [rec.index.item_ids[r] for r in rows.tolist()]
 

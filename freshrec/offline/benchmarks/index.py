@@ -22,14 +22,14 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 K = 200  # candidates retrieved per request (RerankerConfig.num_candidates)
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
-TORCH_THREADS = torch.get_num_threads()  # the pipeline's default (every core)
+DEFAULT_THREADS = os.cpu_count() or 1  # the libraries' default: one thread per core
 
 
 def log(msg: str) -> None:
@@ -84,6 +84,7 @@ def user_queries(build: Path, n_queries: int) -> tuple[np.ndarray, list[list[str
     """User vectors of the build's first users (user tower over their served histories) and the
     item ids each has seen; query i is user i's request as the pipeline makes it."""
     from freshrec.config import DeployConfig
+    from freshrec.models.features import HISTORY_CONTEXT
     from freshrec.serving.engines import load_reference
     from freshrec.serving.pipeline import Recommender
     from freshrec.store.sqlite import SQLiteStore
@@ -94,16 +95,15 @@ def user_queries(build: Path, n_queries: int) -> tuple[np.ndarray, list[list[str
     rec.index.refresh(store)
     users = store.user_ids()
     out, seen = [], []
-    with torch.no_grad():
-        for u in users:
-            h = store.user_history(u, cfg.user.max_history)
-            known = [j for j, i in enumerate(h.item_ids) if i in rec.index.rows]
-            if not known:
-                continue
-            out.append(engine.run("user_tower", rec._history_tensors(h, known))["user_vector"][0].numpy())
-            seen.append(sorted(h.seen))
-            if len(out) == n_queries:
-                break
+    for u in users:
+        h = store.user_history(u, cfg.user.max_history + HISTORY_CONTEXT)
+        hist = rec.history_tensors(h)
+        if hist is None:
+            continue
+        out.append(rec.xp.asarray(engine.run("user_tower", hist)["user_vector"])[0])
+        seen.append(sorted(h.seen))
+        if len(out) == n_queries:
+            break
     store.close()
     # Fewer users than queries (tiny builds): users repeat.
     reps = math.ceil(n_queries / len(out))
@@ -165,7 +165,7 @@ def _filtered(cand: np.ndarray, k: int, banned: np.ndarray) -> np.ndarray:
 
 class ServedIndex(Method):
     """A served retrieval path: freshrec.index.ItemIndex of one kind, searched as the pipeline
-    searches it, with torch (and faiss, which shares its OpenMP runtime) on `threads` threads."""
+    searches it, with numpy's BLAS on `threads` threads (faiss sets its own to one per search)."""
 
     kind = "exact"
     threads: int | None = None  # None: leave the process's count alone
@@ -179,13 +179,10 @@ class ServedIndex(Method):
         self.index.apply([Item(str(j), "", v) for j, v in enumerate(items)])
 
     def search(self, q, k, banned):
-        before = torch.get_num_threads()
-        if self.threads is not None:  # the count is set on every call: other methods change it
-            torch.set_num_threads(self.threads)
-        try:
-            return self.index.search(torch.from_numpy(q), k, banned.tolist())[0].numpy()
-        finally:
-            torch.set_num_threads(before)
+        if self.threads is None:
+            return self.index.search(q, k, banned.tolist())[0]
+        with threadpool_limits(limits=self.threads, user_api="blas"):  # as DeployConfig.threads does
+            return self.index.search(q, k, banned.tolist())[0]
 
     def add_one(self, row, vec):
         from freshrec.store.base import Item
@@ -193,16 +190,17 @@ class ServedIndex(Method):
         self.index.apply([Item(str(row), "", vec)])
 
 
-class ExactTorch(ServedIndex):
-    """The served exact path: ItemIndex(kind="exact")."""
+class ExactServed(ServedIndex):
+    """The served exact path: ItemIndex(kind="exact") (numpy matrix-vector product + partial
+    top-k on the CPU)."""
 
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or TORCH_THREADS
-        self.name = "exact_torch" if threads is None else f"exact_torch_{threads}t"
-        self.params = {"torch_threads": self.threads}
+        self.threads = threads or DEFAULT_THREADS
+        self.name = "exact_served" if threads is None else f"exact_served_{threads}t"
+        self.params = {"threads": self.threads}
 
     def memory_bytes(self) -> int:
-        return self.index.matrix.numel() * 4
+        return self.index.matrix.nbytes
 
 
 class ExactNumpy(Method):
@@ -287,10 +285,10 @@ class Faiss(Method):
 class Sq8(ServedIndex):
     """The served int8 scan: ItemIndex(kind="sq8") (faiss scalar-quantised codes scanned in
     full, candidates filtered and rescored exactly), on one thread as served
-    (FRESHREC_TORCH_THREADS)."""
+    (DeployConfig.threads)."""
 
     name, kind, threads = "sq8_scan", "sq8", 1
-    params = {"torch_threads": 1}
+    params = {"threads": 1}
 
     def memory_bytes(self) -> int:
         return self.index.scan.memory_bytes
@@ -325,7 +323,7 @@ def methods_for(n: int, quick: bool, only: set[str] | None = None) -> list[Metho
     +0.02 recall at the same search width on the 100k catalog)."""
     efs = (256,) if quick else (512, 1024, 2048, 4096)
     ms: list[Method] = [
-        ExactTorch(), ExactTorch(threads=1), ExactNumpy(), Faiss("flat"), Sq8(),
+        ExactServed(), ExactServed(threads=1), ExactNumpy(), Faiss("flat"), Sq8(),
         Usearch("f32", settings=tuple({"expansion_search": e} for e in efs), connectivity=16, expansion_add=64),
         Usearch("i8", settings=tuple({"expansion_search": e} for e in efs), connectivity=16, expansion_add=64),
         Faiss("ivf", settings=({"nprobe_fraction": 1 / 16},) if quick else ({"nprobe_fraction": 1 / 16}, {"nprobe_fraction": 1 / 4})),
@@ -464,7 +462,7 @@ def run(sizes: list[int], n_queries: int, source: str, build: Path, out: Path, s
             "k": K, "dim": 64 if not report["results"] else report.get("dim", 64), "source": source,
             "build": str(build) if source == "build" else None,
             "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "ram_bytes": _ram_bytes(), "platform": platform.platform(),
-                        "python": platform.python_version(), "torch_threads": TORCH_THREADS,
+                        "python": platform.python_version(), "threads": DEFAULT_THREADS,
                         "load_average_at_end": list(os.getloadavg())},
             "libraries": {"faiss": faiss.__version__, "usearch": usearch.__version__, "torch": torch.__version__,
                           "numpy": np.__version__, "hnswlib": "not installed: no wheel for this platform"},
@@ -543,9 +541,9 @@ def decision(r: dict) -> list[str]:
                 f"faiss HNSW at its fastest setting with recall >= 0.95 (or best): recall {f['recall_at_200']:.4f}, p50 "
                 f"{f['p50_ms']:.2f} ms, build {f['build_s']:.0f} s, {_mib(f['memory_bytes'])} MiB.",
             ]
-    by = {(x["method"], x["n_items"]): x for x in r["results"] if x["method"] in ("sq8_scan", "exact_torch_1t")}
+    by = {(x["method"], x["n_items"]): x for x in r["results"] if x["method"] in ("sq8_scan", "exact_served_1t")}
     for size in sorted({n for _, n in by}):
-        q, e = by.get(("sq8_scan", size)), by.get(("exact_torch_1t", size))
+        q, e = by.get(("sq8_scan", size)), by.get(("exact_served_1t", size))
         if q and e:
             lines += [
                 "",
@@ -574,7 +572,7 @@ def markdown(r: dict, plotted: bool) -> str:
         "# Retrieval index: exact vs approximate at catalog scale",
         "",
         f"{' then '.join(f'`{c}`' for c in r['commands'])} (finished {r['date']}): {m['cpus']} cores ({m['cpu']}), {m['ram_bytes'] / 2**30:.0f} GiB RAM, "
-        f"{m['platform']}, Python {m['python']}; torch {r['libraries']['torch']} (default {m['torch_threads']} threads), "
+        f"{m['platform']}, Python {m['python']}; torch {r['libraries']['torch']} (BLAS default {m.get('threads', m.get('torch_threads'))} threads), "
         f"faiss-cpu {r['libraries']['faiss']}, usearch {r['libraries']['usearch']}, numpy {r['libraries']['numpy']}; "
         f"hnswlib: {r['libraries']['hnswlib']}. Load average at the end: {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])} "
         "(the machine is shared with other work, so p99 carries its noise). Every figure is also in `index.json`.",
@@ -586,8 +584,8 @@ def markdown(r: dict, plotted: bool) -> str:
         "200 are kept. recall@200 = overlap with the exact top-200 under the same exclusion, mean over queries (min in "
         "the JSON). Latency: wall time of one search call in-process (no server), after 10 warm-up calls.",
         "",
-        "- `exact_torch`: the served exact path (`ItemIndex(kind=\"exact\")`: torch matrix-vector product + `topk`) with "
-        "torch's default threads, as the pipeline runs today; `exact_torch_1t` the same on one thread.",
+        "- `exact_served`: the served exact path (`ItemIndex(kind=\"exact\")`: numpy matrix-vector product + partial "
+        "top-k) with BLAS's default threads; `exact_served_1t` the same on one thread, as served (`DeployConfig.threads`).",
         "- `exact_numpy`: numpy product + `argpartition`; `faiss_flat`: `IndexFlatIP` (exact).",
         "- `sq8_scan`: the served int8 scan (`ItemIndex(kind=\"sq8\")`: faiss `IndexScalarQuantizer` codes, 8 bits per "
         "dimension, scanned in full for 200 + seen candidates, which are filtered and rescored exactly against the item "
@@ -634,7 +632,7 @@ def markdown(r: dict, plotted: bool) -> str:
               "", "| items | method | setting | recall@200 | p50 ms | p99 ms | build s | memory MiB |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, rows in operating_points(r["results"]).items():
         for x in rows:
-            p = ", ".join(f"{k}={v}" for k, v in x["params"].items() if k in ("expansion_search", "ef_search", "nprobe", "torch_threads"))
+            p = ", ".join(f"{k}={v}" for k, v in x["params"].items() if k in ("expansion_search", "ef_search", "nprobe", "threads", "torch_threads"))
             lines.append(f"| {x['n_items']:,} | {name} | {p} | {x['recall_at_200']:.4f} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | "
                          f"{x['build_s']:.1f} | {_mib(x['memory_bytes'])} |")  # fmt: skip
     if plotted:

@@ -55,6 +55,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from freshrec.contract import ONNX_FILE
+from freshrec.export.repository import read_config, read_settings, version_dir, write_config
 from freshrec.offline.benchmarks.jitter import FACTOR as JITTER_FACTOR
 from freshrec.offline.benchmarks.jitter import INTERVAL_MS as JITTER_INTERVAL_MS
 from freshrec.offline.benchmarks.jitter import Probe, attribute
@@ -190,7 +192,7 @@ def _tensor(values: list, shape: list[int]) -> dict[str, Any]:
 def _onnx_session(repository: Path, model: str):
     from freshrec.serving.engines import onnx_session
 
-    return onnx_session(repository / model / "1" / "model.onnx")
+    return onnx_session(version_dir(repository, model) / ONNX_FILE)
 
 
 @dataclass
@@ -214,7 +216,7 @@ class Dataset:
             items, _ = store.items_since(0)
         finally:
             store.close()
-        settings = json.loads((repository / "recommend" / "1" / "freshrec.json").read_text())["model"]
+        settings = read_settings(repository)["model"]
         known = {it.item_id for it in items}
         counts: dict[str, int] = {}
         for e in events:
@@ -227,22 +229,22 @@ class Dataset:
 
 
 def _history(ds: Dataset, user: str, rows: dict[str, int], matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """The user's latest events as the contract's history tensors (the served pipeline's recipe)."""
-    from freshrec.models.features import event_type_index, history_arrays
+    """The user's latest events as the contract's history tensors, without the batch dim, by
+    the served pipeline's recipe (freshrec.models.features)."""
+    from freshrec.models.features import HISTORY_CONTEXT, event_type_index, gather_vectors, history_arrays
 
     evs = sorted((e for e in ds.events if e.user_id == user and e.item_id in rows), key=lambda e: e.timestamp)
-    L = ds.max_history
-    evs = evs[-L:]
+    evs = evs[-(ds.max_history + HISTORY_CONTEXT) :]
     arrays = history_arrays(
         timestamps=np.array([e.timestamp for e in evs]),
         values=np.array([e.value for e in evs], np.float32),
         types=np.array([event_type_index(e.event_type) for e in evs], np.int64),
-        max_history=L,
+        rows=np.array([rows[e.item_id] for e in evs], np.int64),
+        max_history=ds.max_history,
     )
-    vectors = np.zeros((L, matrix.shape[1]), np.float32)
-    vectors[L - len(evs) :] = matrix[[rows[e.item_id] for e in evs]]
-    arrays["history_vectors"] = vectors
-    return arrays
+    arrays["history_vectors"] = gather_vectors(matrix, arrays["rows"], arrays["history_mask"])
+    del arrays["rows"]
+    return {name: a[0] for name, a in arrays.items()}
 
 
 def generate_inputs(ds: Dataset, repository: Path, specs: list[Spec], out: Path, token: str, seed: int = 0,
@@ -625,7 +627,7 @@ def _served_deploy(repository: Path, env: dict[str, str]):
     """The DeployConfig a server on `repository` with `env` runs its pipeline models with."""
     from freshrec.config import DeployConfig
 
-    return DeployConfig.served(json.loads((repository / "recommend" / "1" / "freshrec.json").read_text())["deploy"], env)
+    return DeployConfig.served(read_settings(repository)["deploy"], env)
 
 
 @dataclass
@@ -810,17 +812,16 @@ def variant_repository(base: Path, dest: Path, queue_delay_us: int | None = None
             elif src.name != "config.pbtxt":
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(src.resolve())
-        cfg = (model_dir / "config.pbtxt").read_text()
+        cfg = read_config(model_dir)
         if model_dir.name in TOWERS:
-            if queue_delay_us is not None:  # a delay of 0 is the proto default: text_format leaves it out
-                cfg = re.sub(r"\n\s*max_queue_delay_microseconds: \d+", "", cfg)
-                cfg = cfg.replace("dynamic_batching {", f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}", 1)
-            if ort_threads is not None:
-                cfg = re.sub(r'(key: "ort_threads"\s*value \{\s*string_value: ")\d+(")', rf"\g<1>{ort_threads}\g<2>", cfg)
+            if queue_delay_us is not None:
+                cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+            if ort_threads is not None and "ort_threads" in cfg.parameters:
+                cfg.parameters["ort_threads"].string_value = str(ort_threads)
             if tower_instances is not None:
-                cfg = re.sub(r"(instance_group \{\s*count: )\d+", rf"\g<1>{tower_instances}", cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.pbtxt").write_text(cfg)
+                for group in cfg.instance_group:
+                    group.count = tower_instances
+        write_config(out, cfg)
     return dest
 
 
@@ -1312,7 +1313,7 @@ def render_md(s: dict[str, Any]) -> str:
         "",
         f"`{'python -m freshrec.offline.benchmarks.serving' + (' --smoke' if s['smoke'] else '')}` on {s['date_utc']} UTC ({s['seconds']:.0f} s in all). "
         f"Model repository `{s['repository']}`, state: {s['catalog_items_served']:,} catalog items"
-        + (f" (synthetic catalog by `freshrec.offline.benchmarks.catalog_scale`)" if s.get("catalog") else "")
+        + (" (synthetic catalog by `freshrec.offline.benchmarks.catalog_scale`)" if s.get("catalog") else "")
         + f", retrieval index `{s['index']}`.",
         "",
         "**Machine**: " + f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']} (kernel {m['kernel']}, glibc {m['glibc']}), "

@@ -32,12 +32,6 @@ ALL_BASELINES = ("popularity", "time_decayed_popularity", "item_knn", "svd", "al
 SEEDED_BASELINES = ("als", "sasrec")
 RECENT_WINDOW = 10_000  # events counted by recent popularity, as the served popularity fallback  # the others are deterministic: one run, std 0
 
-# Published anchors (EVALUATION.md): (data, model, HR@10, NDCG@10, protocol note)
-ANCHORS = [
-    ("ML-100K, unfiltered", "GRU4Rec (RecBole demo, untuned)", 0.1103, 0.0513, "LOO, full ranking, seen masked, history 50"),
-    ("ML-100K, 5-core (1,349 items)", "OpenP5-S", 0.1208, 0.0595, "LOO, full ranking, history 20"),
-]
-
 
 @dataclass(frozen=True)
 class EvalOptions:
