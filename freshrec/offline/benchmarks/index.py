@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from freshrec.offline.machine import cpu_name, ram_bytes, rss_bytes
+
 K = 200  # candidates retrieved per request (RerankerConfig.num_candidates)
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_THREADS = os.cpu_count() or 1  # the libraries' default: one thread per core
@@ -34,27 +36,6 @@ DEFAULT_THREADS = os.cpu_count() or 1  # the libraries' default: one thread per 
 
 def log(msg: str) -> None:
     print(f"[bench_index] {msg}", flush=True)
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _ram_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -348,11 +329,11 @@ def exact_truth(items: np.ndarray, queries: np.ndarray, banned: list[np.ndarray]
 
 def measure(m: Method, w: Workload, truth: list[set[int]], k: int, warmup: int = 10) -> list[dict]:
     """Builds once, then per search setting: recall and latency; then one-item adds."""
-    rss0 = _rss()
+    rss0 = rss_bytes()
     t0 = time.perf_counter()
     m.build(w.items)
     build_s = time.perf_counter() - t0
-    rss_delta = _rss() - rss0
+    rss_delta = rss_bytes() - rss0
     rows_out = []
     for setting in m.settings:
         m.configure(setting)
@@ -461,7 +442,7 @@ def run(sizes: list[int], n_queries: int, source: str, build: Path, out: Path, s
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "k": K, "dim": 64 if not report["results"] else report.get("dim", 64), "source": source,
             "build": str(build) if source == "build" else None,
-            "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "ram_bytes": _ram_bytes(), "platform": platform.platform(),
+            "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "ram_bytes": ram_bytes(), "platform": platform.platform(),
                         "python": platform.python_version(), "threads": DEFAULT_THREADS,
                         "load_average_at_end": list(os.getloadavg())},
             "libraries": {"faiss": faiss.__version__, "usearch": usearch.__version__, "torch": torch.__version__,

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from freshrec.assets import AssetError, WheelAsset, _check_sha256, cache_root, fetch_wheel
+from freshrec.offline.machine import glibc_version
 
 __all__ = [
     "DEBS",
@@ -124,18 +125,6 @@ def _verify(path: Path, pin: Pinned, source: str) -> None:
         _check_sha256(path, pin, f"{source} ({pin.name} {pin.version})")
     except AssetError as e:
         raise PerfAnalyzerUnavailable(str(e)) from None
-
-
-def glibc_version() -> tuple[int, int] | None:
-    """(major, minor) of the running C library if it is glibc, else None."""
-    try:
-        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # e.g. "glibc 2.36"
-    except (ValueError, OSError, AttributeError):
-        return None
-    if name != "glibc":
-        return None
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
 
 
 def _from_wheelhouse(pin: Pinned, dest: Path) -> bool:

@@ -41,7 +41,6 @@ import io
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -60,6 +59,7 @@ from freshrec.export.repository import read_config, read_settings, version_dir, 
 from freshrec.offline.benchmarks.jitter import FACTOR as JITTER_FACTOR
 from freshrec.offline.benchmarks.jitter import INTERVAL_MS as JITTER_INTERVAL_MS
 from freshrec.offline.benchmarks.jitter import Probe, attribute
+from freshrec.offline.machine import machine_info, rss_bytes
 
 # Models whose calls a BLS parent makes; perf_analyzer reports them under "Composing models".
 # Only models that receive requests during the run may be named (else perf_analyzer stops with
@@ -120,61 +120,6 @@ def plan(smoke: bool, only: tuple[str, ...] = (), concurrency: tuple[int, ...] |
     if requests:
         specs = [Spec(s.label, s.model, s.concurrency, requests, min(s.warmup, max(1, requests // 10)) if s.warmup else 0) for s in specs]
     return specs
-
-
-# ---------------------------------------------------------------------------------------------
-# Machine
-# ---------------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    from freshrec.offline.benchmarks.perf_analyzer import glibc_version
-
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
-    os_name = platform.platform()
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                os_name = line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return None
-
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem_kb / 2**20, 1),
-        "os": os_name,
-        "kernel": platform.release(),
-        "glibc": ".".join(map(str, glibc_version() or ())) or None,
-        "python": platform.python_version(),
-        "nvidia_pytriton": version("nvidia-pytriton"),
-        "tritonserver": "2.51.0 (inside nvidia-pytriton 0.7.0)" if version("nvidia-pytriton") == "0.7.0" else None,
-        "onnxruntime": version("onnxruntime"),
-        "torch": version("torch"),
-        "numpy": version("numpy"),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-    try:
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001 - informational only
-        info["gpu"] = None
-    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -908,11 +853,10 @@ def server_memory(server: Server) -> dict[str, Any]:
     total = 0.0
     for pid in server.handle.group_pids():
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            rss = rss_bytes(pid) / 2**20
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0) / 1024
         total += rss
         name = "tritonserver"
         for part in cmd:

@@ -22,12 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from freshrec.offline.machine import cpu_name
 
 
 def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
@@ -86,7 +81,7 @@ def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     table = {k: {"p50_ms": round(float(np.percentile(v, 50)), 2), "p99_ms": round(float(np.percentile(v, 99)), 2),
                  "mean_ms": round(float(np.mean(v)), 2), "calls": len(v)} for k, v in lat.items()}  # fmt: skip
-    machine = {"cpus": os.cpu_count(), "cpu": _cpu(), "platform": platform.platform(), "python": platform.python_version()}
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(), "python": platform.python_version()}
     report = {"latency": table, "machine": machine, "build": str(shown), "date": time.strftime("%Y-%m-%d")}
     out.mkdir(parents=True, exist_ok=True)
     (out / "state_stores.json").write_text(json.dumps(report, indent=2))

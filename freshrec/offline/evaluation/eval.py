@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from freshrec.config import ModelConfig
+from freshrec.offline.machine import cpu_name, ram_bytes
 from freshrec.training.data import Dataset
 from freshrec.training.metrics import rank_metrics
 from freshrec.training.train import log
@@ -330,16 +331,6 @@ def machine() -> dict:
 
     import torch
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = 0.0
-    try:
-        mem = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))) / 2**20
-    except (OSError, StopIteration):
-        pass
     versions = {}
     for mod in ("numpy", "scipy", "sklearn", "implicit", "onnxruntime", "optuna"):
         try:
@@ -347,7 +338,7 @@ def machine() -> dict:
         except ImportError:
             pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "platform": platform.platform(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(ram_bytes() / 2**30, 1), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(), **versions,
     }  # fmt: skip
 
