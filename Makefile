@@ -88,10 +88,10 @@ tune: venv assets ## Bayesian search of the towers' hyperparameters; writes buil
 # BENCH_ARGS e.g. "--smoke" (CI size), "--compare" (tuning study), "--catalog-items 100000 --work build/bench".
 BENCH_ARGS ?=
 bench: venv assets ## perf_analyzer over gRPC against the served build: docs/benchmarks/serving.md, summary.json, plots
-	$(VENV)/bin/python -m freshrec.offline.benchmarks.serving $(BENCH_ARGS)
+	$(FRESHREC) bench serving $(BENCH_ARGS)
 
 bench-index: venv assets ## Exact vs approximate retrieval at 10k/100k/1M items (needs a full build): docs/benchmarks/index.md
-	$(VENV)/bin/python -m freshrec.offline.benchmarks.index
+	$(FRESHREC) bench index
 
 # pytest's exit code 5 means it collected nothing: a broken collection, never a pass.
 define run_pytest

@@ -27,7 +27,7 @@ from typing import Any
 from freshrec.client.errors import FreshrecError, InvalidArgument, Unavailable
 from freshrec.client.grpc_client import DEFAULT_URL, EventIn, FreshrecClient, ItemIn
 
-__all__ = ["EVENT_COLUMNS", "ITEM_COLUMNS", "add_client_commands", "exit_code", "main"]
+__all__ = ["EVENT_COLUMNS", "ITEM_COLUMNS", "add_client_commands", "exit_code"]
 
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp", "value", "event_id")
 ITEM_COLUMNS = ("item_id", "text", "metadata")
@@ -236,15 +236,3 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m freshrec.client.cli``) with just the client commands."""
-    parser = argparse.ArgumentParser(prog="freshrec-client", description="freshrec client commands")
-    add_client_commands(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(argv)
-    return ns.func(ns)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,13 +49,16 @@ def _cmd_serve(args) -> int:
     from freshrec.server_ext.launcher import ServerOptions, serve_forever
 
     repo = Path(args.repository)
-    if not (repo / "recommend" / "config.pbtxt").exists():
+    if not any(repo.glob("*/config.pbtxt")):  # any Triton repository; freshrec's has recommend/, ingest_events/, ...
         print(f"error: no model repository at {repo}; run `freshrec build` (or `make demo`) first", file=sys.stderr)
         return 2
     env = {"FRESHREC_STATE": args.state} if args.state else {}
+    # A fixed key lets admin tools reach the restricted APIs (model control, statistics) of this server.
+    key = os.environ.get("FRESHREC_ADMIN_KEY")
     opts = ServerOptions(
         model_repository=repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-        host=args.host, env=env,
+        host=args.host, env=env, model_control_mode=args.model_control_mode, exit_timeout_s=args.exit_timeout_s,
+        log_verbose=args.log_verbose, **({"admin_key": key} if key else {}),
     )  # fmt: skip
     return serve_forever(opts)
 
@@ -101,12 +104,6 @@ def _cmd_tune(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    from freshrec.offline.benchmarks.serving import run_cli
-
-    return run_cli(args)
-
-
 def _cmd_demo(args) -> int:
     from freshrec.demo import run_demo
 
@@ -140,13 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", help="state store URL written into the repository (default: the build's state.db)")
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("serve", help="start tritonserver on a generated repository (loopback by default)")
+    s = sub.add_parser("serve", help="start tritonserver on a generated repository (loopback by default)",
+                       description="Serve a model repository with the embedded tritonserver until SIGINT/SIGTERM. "
+                                   "FRESHREC_ADMIN_KEY (alphanumeric), if set, is the key of the restricted APIs "
+                                   "(else a random one per start).")  # fmt: skip
     s.add_argument("--repository", default="model_repository/embedded")
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--host", default="127.0.0.1", help="listen address; the embedded Triton 2.51 should stay on loopback")
     s.add_argument("--state", default=os.environ.get("FRESHREC_STATE"), help="state store URL (overrides the build's): sqlite:///path.db, or redis://host:6379/0[?prefix=freshrec:] to share state across servers")
+    s.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
+                   help="none: every model loaded at start, no load/unload; explicit: load/unload with the admin key")
+    s.add_argument("--exit-timeout-s", type=int, default=30, help="seconds Triton gets to finish in-flight requests on stop")
+    s.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("copy-state", help="copy one state store into another (a build's SQLite into Redis, or back)")
@@ -179,11 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-users", type=int)
     s.set_defaults(func=_cmd_tune)
 
-    s = sub.add_parser("bench", help="perf_analyzer over gRPC against the served build -> docs/benchmarks (serving.md, summary.json, plots)")
-    from freshrec.offline.benchmarks.serving import add_arguments
+    from freshrec.offline.benchmarks.cli import add_bench_command
 
-    add_arguments(s)
-    s.set_defaults(func=_cmd_bench)
+    add_bench_command(sub)  # freshrec bench serving | index | stores | gpu | jitter | perf-analyzer
 
     s = sub.add_parser("demo", help="build if needed, serve, run a scripted session, stop")
     s.add_argument("--build", default="build")

@@ -643,27 +643,3 @@ def serve_forever(
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m freshrec.server_ext.launcher MODEL_REPOSITORY [--host ...]`` for manual runs."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Serve a model repository with the embedded tritonserver.")
-    parser.add_argument("model_repository", type=Path)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
-    parser.add_argument("--exit-timeout-s", type=int, default=30)
-    parser.add_argument("--log-verbose", type=int, default=0)
-    ns = parser.parse_args(argv)
-    # A fixed key lets admin tools reach the restricted APIs of a manually started server.
-    key = os.environ.get("FRESHREC_ADMIN_KEY")
-    options = ServerOptions(**vars(ns), **({"admin_key": key} if key else {}))
-    return serve_forever(options)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

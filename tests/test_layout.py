@@ -138,3 +138,11 @@ def test_the_checks_catch_what_they_look_for():
                    "freshrec.offline.evaluation.report": {"freshrec.offline.evaluation.eval"}})  # fmt: skip
     assert cycles({"freshrec.store.base": {"freshrec.store.sqlite"}, "freshrec.store.sqlite": {"freshrec.store.base"}})
     assert not cycles({"freshrec.index": {"freshrec.index.hnsw"}, "freshrec.index.hnsw": set()})
+
+
+def test_the_freshrec_command_is_the_only_entry_point():
+    """Every command is `freshrec ...` (freshrec/cli.py): no module of the distribution is also a
+    `python -m` script of its own."""
+    scripts = sorted(name for name, path in modules().items()
+                     if name != "freshrec.cli" and ("__main__" in path.name or 'if __name__ == "__main__"' in path.read_text()))  # fmt: skip
+    assert not scripts, f"`python -m` entry points besides the freshrec command: {scripts}"

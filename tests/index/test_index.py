@@ -256,25 +256,6 @@ def test_auto_switches_by_catalog_size(data) -> None:
         assert ItemIndex(DIM, device="meta", kind=kind)._wanted_kind() == "exact"
 
 
-def test_bench_index_tiny(tmp_path: Path) -> None:
-    from freshrec.offline.benchmarks.index import main
-
-    main(["--sizes", "3000", "--queries", "40", "--source", "random", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "index.json").read_text())
-    assert report["machine"]["cpus"] >= 1 and report["libraries"]["usearch"]
-    rows = report["results"]
-    assert {r["method"] for r in rows} >= {"exact_served", "sq8_scan", "usearch_hnsw", "faiss_hnsw", "faiss_ivf"}
-    for r in rows:
-        assert r["n_items"] == 3000
-        assert 0.0 < r["recall_at_200"] <= 1.0
-        assert 0.0 < r["p50_ms"] <= r["p99_ms"] < 1000.0
-        assert r["build_s"] >= 0.0 and r["memory_bytes"] >= 0
-        if r["method"].startswith("exact"):
-            assert r["recall_at_200"] == 1.0
-    assert max(r["recall_at_200"] for r in rows if r["method"] == "usearch_hnsw") >= 0.9
-    assert (tmp_path / "index.md").read_text().startswith("# ") and (tmp_path / "index_latency.png").stat().st_size > 0
-
-
 @pytest.mark.parametrize("kind", ["hnsw", "sq8"])
 def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory, kind: str) -> None:
     """A tiny build's state grown with synthetic items (real MiniLM + the build's item tower),

@@ -351,8 +351,8 @@ def test_broken_repository_fails_fast_with_log_tail(
 def test_serve_forever_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     grpc_port, http_port, metrics_port = find_free_ports(3)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "freshrec.server_ext.launcher", str(write_add_one(tmp_path / "repo")),
+    cli = subprocess.Popen(  # `freshrec serve`, on a repository of its own (any Triton repository serves)
+        [sys.executable, "-m", "freshrec.cli", "serve", "--repository", str(write_add_one(tmp_path / "repo")),
          f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
          "--exit-timeout-s=5"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -1,6 +1,6 @@
 """The prepared GPU check: one script, under 10 minutes on one H100/H200 host.
 
-    python -m freshrec.offline.benchmarks.gpu [--build build] [--out docs/benchmarks/gpu] [--catalog-items 1000000] [--device gpu|cpu]
+    freshrec bench gpu [--build build] [--out docs/benchmarks/gpu] [--catalog-items 1000000] [--device gpu|cpu]
 
 1. checks the host: nvidia-smi, torch with CUDA in this environment, onnxruntime's CUDA provider
    (a GPU instance refuses to load without the last two);
@@ -20,18 +20,17 @@ unmeasured.
 `--device cpu` rehearses the script on a machine without a GPU: every step runs (export, catalog,
 serving, the path check, the sweep) on a CPU repository, the GPU checks are recorded but do not
 stop it, and the verdict says the figures are CPU ones. A GPU host's time is scarce; the rehearsal
-is how a change to this script is tried before one is used (tests/test_bench.py runs it on a
-tiny build).
+is how a change to this script is tried before one is used (tests/offline/benchmarks/test_gpu.py
+runs it on a tiny build).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BUDGET_S = 570.0
@@ -72,18 +71,23 @@ def gpu_path_check(server) -> dict:
     return {"instances": placed, "instances_on_gpu": [p for p in placed if "GPU" in p], "server_processes_on_gpu": on_gpu}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--build", type=Path, default=Path("build"), help="an existing CPU build is re-exported for the GPU (fast)")
-    p.add_argument("--work", type=Path, default=Path("build/bench-gpu"))
-    p.add_argument("--out", type=Path, default=None, help="default: docs/benchmarks/gpu; <work>/rehearsal with --device cpu")
-    p.add_argument("--catalog-items", type=int, default=1_000_000)
-    p.add_argument("--minilm-limit", type=int, default=10_000, help="synthetic texts embedded by MiniLM itself (the rest: surrogate)")
-    p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--index", default="exact", help="exact: the GPU scans the item matrix (hnsw falls back to exact on GPU)")
-    p.add_argument("--requests", type=int, default=None, help="measured requests per sweep run (default: freshrec.offline.benchmarks.serving's)")
-    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu", help="cpu: rehearse every step on a CPU repository (no GPU figures)")
-    a = p.parse_args(argv)
+@dataclass
+class GpuCheckOptions:
+    """`freshrec bench gpu`'s options (freshrec/offline/benchmarks/cli.py says what each is)."""
+
+    build: Path = Path("build")  # an existing CPU build is re-exported for the GPU (fast)
+    work: Path = Path("build/bench-gpu")
+    out: Path | None = None  # default: docs/benchmarks/gpu; <work>/rehearsal with device "cpu"
+    catalog_items: int = 1_000_000
+    minilm_limit: int = 10_000  # synthetic texts embedded by MiniLM itself (the rest: surrogate)
+    concurrency: str = "1,4,16,64"
+    index: str = "exact"  # exact: the GPU scans the item matrix (hnsw falls back to exact on GPU)
+    requests: int | None = None  # measured requests per sweep run (default: the serving benchmark's)
+    device: str = "gpu"  # "cpu": rehearse every step on a CPU repository (no GPU figures)
+
+
+def run(a: GpuCheckOptions) -> int:
+    """The check, step by step; 0 when the sweep ran, 1 when a step stopped it."""
     rehearsal = a.device == "cpu"
     a.out = a.out or (a.work / "rehearsal" if rehearsal else Path("docs/benchmarks/gpu"))
     t0 = time.time()
@@ -170,6 +174,3 @@ def main(argv: list[str] | None = None) -> int:
     step("sweep done", json.dumps(report["targets"]))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

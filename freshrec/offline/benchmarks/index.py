@@ -1,8 +1,8 @@
 """Exact vs approximate retrieval at catalog scale: recall@200, single-query latency, build
 time, memory, and the cost of adding or updating one item without a rebuild.
 
-    python -m freshrec.offline.benchmarks.index [--build build] [--sizes 10000,100000,1000000] [--queries 300]
-                                   [--source build|random] [--out docs/benchmarks]
+    freshrec bench index [--build build] [--sizes 10000,100000,1000000] [--queries 300]
+                         [--source build|random] [--out docs/benchmarks] [--render]
 
 `--source build` (default): the item vectors are the build's item tower over synthetic catalogs
 made by `freshrec.offline.benchmarks.catalog_scale.scaled_state` (kept under `<build>/scaled/`, reused when the
@@ -14,7 +14,6 @@ Writes `index.md`, `index.json` (every figure) and `index_latency.png` under `--
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -427,7 +426,7 @@ def run(sizes: list[int], n_queries: int, source: str, build: Path, out: Path, s
 
     quick = source == "random"
     t_all = time.time()
-    command = "python -m freshrec.offline.benchmarks.index " + " ".join(
+    command = "freshrec bench index " + " ".join(
         [f"--sizes {','.join(map(str, sizes))}", f"--queries {n_queries}", f"--source {source}"]
         + ([f"--methods {','.join(sorted(only))}"] if only else []) + (["--append"] if append else []))  # fmt: skip
     report: dict = {"results": [], "scaled_states": {}, "commands": [], "seconds": 0.0}
@@ -652,26 +651,8 @@ def markdown(r: dict, plotted: bool) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--build", type=Path, default=Path("build"))
-    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated catalog sizes")
-    p.add_argument("--queries", type=int, default=300)
-    p.add_argument("--source", choices=("build", "random"), default="build")
-    p.add_argument("--states", type=Path, default=None, help="where scaled states go (default <build>/scaled)")
-    p.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
-    p.add_argument("--append", action="store_true", help="keep other (method, size) rows of an existing index.json")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    p.add_argument("--render", action="store_true", help="only rewrite index.md and the plot from --out's index.json")
-    a = p.parse_args(argv)
-    if a.render:
-        report = json.loads((a.out / "index.json").read_text())
-        (a.out / "index.md").write_text(markdown(report, _plot(report["results"], a.out / "index_latency.png")))
-        return report
-    sizes = [int(s.replace("_", "")) for s in a.sizes.split(",") if s]
-    only = set(a.methods.split(",")) if a.methods else None
-    return run(sizes, a.queries, a.source, a.build, a.out, a.states, only, a.append)
-
-
-if __name__ == "__main__":
-    main()
+def render(out: Path) -> dict:
+    """index.md and the plot again from `out`/index.json (`freshrec bench index --render`)."""
+    report = json.loads((out / "index.json").read_text())
+    (out / "index.md").write_text(markdown(report, _plot(report["results"], out / "index_latency.png")))
+    return report

@@ -8,14 +8,13 @@ being preempted by the benchmark's own processes stretches wall time but not CPU
 the vCPU itself running slower counts. A sample that took `factor` times the median CPU time marks
 a slow burst; `attribute` then says which requests of a perf_analyzer run overlapped one.
 
-    python -m freshrec.offline.benchmarks.jitter --seconds 20          # prints the bursts seen on this machine
+    freshrec bench jitter --seconds 20          # prints the bursts seen on this machine
 
 Cost: about 0.2 ms of one core every 20 ms (1%), the same for every run it watches.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -124,8 +123,8 @@ class Probe:
         self.samples: list[tuple[int, int, int]] = []
 
     def __enter__(self) -> "Probe":
-        argv = [sys.executable, "-m", "freshrec.offline.benchmarks.jitter", "--seconds", str(self.max_seconds),
-                "--interval-ms", str(self.interval_ms), "--json"]  # fmt: skip
+        code = f"from freshrec.offline.benchmarks.jitter import probe_process; probe_process({self.max_seconds!r}, {self.interval_ms!r})"
+        argv = [sys.executable, "-c", code]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if self._proc.stdout.readline().strip() != "sampling":  # its SIGTERM handler is in place
             self._proc.kill()
@@ -144,20 +143,21 @@ class Probe:
         self.samples = [tuple(s) for s in json.loads(out)["samples"]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m freshrec.offline.benchmarks.jitter", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=20.0, help="sample for this long (or until SIGTERM)")
-    p.add_argument("--interval-ms", type=float, default=INTERVAL_MS)
-    p.add_argument("--json", action="store_true", help="print 'sampling', then the samples as JSON at the end (for Probe)")
-    a = p.parse_args(argv)
+def probe_process(seconds: float, interval_ms: float) -> None:
+    """The body of Probe's process: prints "sampling" once its SIGTERM handler is in place, samples
+    until SIGTERM (or `seconds`), then prints the samples as JSON."""
     stop = [False]
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
-    if a.json:
-        print("sampling", flush=True)  # Probe waits for this line before the run it watches starts
-    samples = sample(a.seconds, a.interval_ms, stop)
-    if a.json:
-        print(json.dumps({"interval_ms": a.interval_ms, "samples": samples}))
-        return 0
+    print("sampling", flush=True)  # Probe waits for this line before the run it watches starts
+    samples = sample(seconds, interval_ms, stop)
+    print(json.dumps({"interval_ms": interval_ms, "samples": samples}))
+
+
+def report(seconds: float = 20.0, interval_ms: float | None = None) -> None:
+    """`freshrec bench jitter`: samples for `seconds` (or until SIGTERM) and prints the bursts."""
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    samples = sample(seconds, interval_ms or INTERVAL_MS, stop)
     b = bursts(samples)
     span = (samples[-1][1] - samples[0][0]) / 1e9 if samples else 0.0
     med = median_cpu_ns(samples) / 1e3
@@ -166,8 +166,3 @@ def main(argv: list[str] | None = None) -> int:
     t0 = samples[0][0] if samples else 0
     for w in b:
         print(f"  at {(w['start_ns'] - t0) / 1e9:7.2f} s  {(w['end_ns'] - w['start_ns']) / 1e6:6.0f} ms  up to {w['worst']:.1f}x")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -333,18 +333,3 @@ def perf_analyzer_version(argv: list[str] | None = None) -> str:
     out = subprocess.run([*argv, "--version"], capture_output=True, text=True)
     line = (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
     return f"{PA_WHEEL.name}=={PA_VERSION} wheel ({line})" if not os.environ.get("FRESHREC_PERF_ANALYZER") else line
-
-
-def main() -> int:
-    try:
-        argv = perf_analyzer_command()
-    except PerfAnalyzerUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(" ".join(argv))
-    print(perf_analyzer_version(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

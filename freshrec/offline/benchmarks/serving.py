@@ -1,8 +1,8 @@
-"""`freshrec bench`: the served models under load, measured with the real perf_analyzer over gRPC.
+"""`freshrec bench serving`: the served models under load, measured with the real perf_analyzer over gRPC.
 
-    python -m freshrec.offline.benchmarks.serving [--build build] [--repository model_repository/embedded] [--out docs/benchmarks]
-                             [--smoke] [--state URL | --catalog-items N] [--index exact|sq8|hnsw|auto]
-                             [--compare] [--only recommend,ingest_events]
+    freshrec bench serving [--build build] [--repository model_repository/embedded] [--out docs/benchmarks]
+                           [--smoke] [--state URL | --catalog-items N] [--index exact|sq8|hnsw|auto]
+                           [--compare] [--only recommend,ingest_events]
 
 What it does:
 
@@ -35,7 +35,6 @@ batching delay), rotating between the servers so all see the same machine load.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -45,7 +44,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -558,7 +556,7 @@ def pa_args(spec: Spec, concurrency: int, input_data: Path, grpc_url: str, csv_p
 
 def shown_command(args: list[str], out: Path) -> str:
     """The command line as a user reruns it by hand from the repository root (after
-    `python -m freshrec.offline.benchmarks.perf_analyzer` printed the perf_analyzer prefix for their machine)."""
+    `freshrec bench perf-analyzer` printed the perf_analyzer prefix for their machine)."""
     shown = []
     for a in args:
         p = Path(a)
@@ -1235,7 +1233,7 @@ def _gpu_line(s: dict[str, Any]) -> str:
     """What the report says of the GPU: served on one, none here, or one here left idle."""
     gpu = s["machine"].get("gpu")
     if not gpu:
-        return "**GPU**: unmeasured. No GPU was available; `python -m freshrec.offline.benchmarks.gpu` is the prepared check for an H100/H200 host."
+        return "**GPU**: unmeasured. No GPU was available; `freshrec bench gpu` is the prepared check for an H100/H200 host."
     if s.get("device") == "gpu":
         return f"**GPU**: served on {gpu} (instance groups KIND_GPU; `gpu_check.json` beside this file says where Triton placed them)."
     return f"**GPU**: {gpu} is on this machine, but the served repository's instance groups are KIND_CPU: CPU figures."
@@ -1255,7 +1253,7 @@ def render_md(s: dict[str, Any]) -> str:
     L = [
         "# Serving under load: perf_analyzer over gRPC",
         "",
-        f"`{'python -m freshrec.offline.benchmarks.serving' + (' --smoke' if s['smoke'] else '')}` on {s['date_utc']} UTC ({s['seconds']:.0f} s in all). "
+        f"`{'freshrec bench serving' + (' --smoke' if s['smoke'] else '')}` on {s['date_utc']} UTC ({s['seconds']:.0f} s in all). "
         f"Model repository `{s['repository']}`, state: {s['catalog_items_served']:,} catalog items"
         + (" (synthetic catalog by `freshrec.offline.benchmarks.catalog_scale`)" if s.get("catalog") else "")
         + f", retrieval index `{s['index']}`.",
@@ -1431,7 +1429,7 @@ def render_md(s: dict[str, Any]) -> str:
     L += ["## Rerun by hand", "",
           "The input data files are in `inputs/<run>/` beside this file (`ingest_events`/`upsert_items`: one file per concurrency "
           "level, each step a new event/item id; rerun those against a fresh copy of the state, or the events are "
-          "idempotent replays). `python -m freshrec.offline.benchmarks.perf_analyzer` fetches perf_analyzer 2.60.0 and prints the prefix that runs it "
+          "idempotent replays). `freshrec bench perf-analyzer` fetches perf_analyzer 2.60.0 and prints the prefix that runs it "
           "on this machine (on glibc < 2.38: the Debian 13 loader). Start a server with the statistics API open "
           "(`ServerOptions(restricted_apis=())`; perf_analyzer's `-H` does not reach gRPC) and replace the `-u` address. "
           "The exact command lines of this run:", "", "```"]  # fmt: skip
@@ -1475,65 +1473,4 @@ def _bursts_section(s: dict[str, Any], cats: dict[str, Any]) -> list[str]:
         L.append(f"| {items:,} | {index} | {label} | {c} | {mb['requests']} | {_f(r['p99_ms'])} | {_f(mb['bursts_per_minute'], 0)} | "
                  f"{100 * mb['slow_fraction']:.1f}% | {_f(mb['worst_slowdown'], 1)}x | {100 * mb['requests_in_bursts'] / mb['requests']:.1f}% | "
                  f"{mb['slowest_1pct_in_bursts']} of {mb['slowest_1pct']} | {_f(mb['p99_outside_bursts_ms'])} |")  # fmt: skip
-    return L + ["", "`python -m freshrec.offline.benchmarks.jitter --seconds 20` prints the bursts on any machine.", ""]
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--build", type=Path, default=Path("build"), help="build folder (build.json, state.db)")
-    p.add_argument("--repository", type=Path, help="model repository (default: the build's embedded one)")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="serving.md, summary.json, plots, inputs/, raw/")
-    p.add_argument("--smoke", action="store_true", help="CI version: tiny build if none, concurrency 1, a few dozen requests")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--state", help="serve this state instead of the build's (sqlite:///... is copied first)")
-    g.add_argument("--catalog-items", type=int, help="bench recommend on a synthetic catalog of N items (freshrec.offline.benchmarks.catalog_scale)")
-    p.add_argument("--index", choices=("exact", "sq8", "hnsw", "auto"), help="retrieval index (FRESHREC_INDEX for the server)")
-    p.add_argument("--only", default="", help="comma-separated models/labels, e.g. recommend,ingest_events")
-    p.add_argument("--concurrency", default="", help="recommend's concurrency levels (default 1,2,4,8)")
-    p.add_argument("--requests", type=int, help="measured requests per perf_analyzer run (default: 2000 for recommend, see plan())")
-    p.add_argument("--compare", action="store_true", help="add the side-by-side tuning study (TUNING_VARIANTS: BLS vs in-process towers, batching delay)")
-    p.add_argument("--work", type=Path, help="work folder (kept; a catalog state built there is reused); default a temporary folder, removed")
-    p.add_argument("--assemble", action="store_true", help="only re-render serving.md/summary.json/plots from <out>/runs/*.json")
-    p.add_argument("--name", help="run name under <out>/runs/ (default: main, or catalog_<N>[_<index>])")
-
-
-def options_from_args(a: argparse.Namespace) -> BenchOptions:
-    only = tuple(x for x in a.only.split(",") if x)
-    if a.catalog_items and not only:
-        only = ("recommend",)
-    return BenchOptions(
-        build=a.build, repository=a.repository, out=a.out, smoke=a.smoke, state=a.state, catalog_items=a.catalog_items,
-        index=a.index, only=only, concurrency=tuple(int(x) for x in a.concurrency.split(",") if x) or None,
-        compare=a.compare, work=a.work, keep_work=a.work is not None, name=a.name, requests=a.requests,
-    )  # fmt: skip
-
-
-def run_cli(a: argparse.Namespace) -> int:
-    """Entry point for `freshrec bench` (cli.py) and `python -m freshrec.offline.benchmarks.serving`."""
-    from freshrec.offline.benchmarks.perf_analyzer import PerfAnalyzerUnavailable
-
-    opts = options_from_args(a)
-    try:
-        if a.assemble:
-            assemble(opts.out.resolve())
-        else:
-            bench(opts)
-    except PerfAnalyzerUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    summary = json.loads((opts.out / "summary.json").read_text())
-    for t in summary.get("targets", []):
-        print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']:.3f}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m freshrec.offline.benchmarks.serving", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return L + ["", "`freshrec bench jitter --seconds 20` prints the bursts on any machine.", ""]

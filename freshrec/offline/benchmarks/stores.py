@@ -1,6 +1,6 @@
 """Side-by-side latency of the state stores through the served gRPC API.
 
-    python -m freshrec.offline.benchmarks.stores [--build build] [--repository model_repository/embedded] [--calls 200]
+    freshrec bench stores [--build build] [--repository model_repository/embedded] [--calls 200] [--out docs/benchmarks]
 
 Starts a private redis-server (AOF, appendfsync always) and two tritonservers on the same model
 repository, one over a copy of the build's SQLite state and one over the same state copied into
@@ -10,7 +10,6 @@ server goes first so both see the same machine load. Writes docs/benchmarks/stat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -88,7 +87,7 @@ def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
     lines = [
         "# State stores side by side: SQLite vs Redis",
         "",
-        f"`python -m freshrec.offline.benchmarks.stores` on {report['date']}: {machine['cpus']} cores ({machine['cpu']}), "
+        f"`freshrec bench stores` on {report['date']}: {machine['cpus']} cores ({machine['cpu']}), "
         f"{machine['platform']}, Python {machine['python']}; build `{shown}`. One tritonserver per store, both running; "
         f"{calls} sequential gRPC calls each after {warmup} warm-up calls, alternating which server goes first. "
         "Redis: local redis-server, `appendonly yes`, `appendfsync always`. SQLite: WAL, synchronous=FULL.",
@@ -101,17 +100,3 @@ def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
     (out / "state_stores.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return report
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--build", type=Path, default=Path("build"))
-    p.add_argument("--repository", type=Path, default=Path("model_repository/embedded"))
-    p.add_argument("--calls", type=int, default=200)
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    a = p.parse_args()
-    run(a.build, a.repository, a.calls, a.out)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""`freshrec bench`: the real perf_analyzer over gRPC against a real tritonserver (tiny build), and
+"""`freshrec bench serving`: the real perf_analyzer over gRPC against a real tritonserver (tiny build), and
 unit tests of its output parsing and of the input-data generation.
 
 perf_analyzer is fetched by freshrec.offline.benchmarks.perf_analyzer (pip download + Debian 13 runtime on glibc <
@@ -291,7 +291,7 @@ def test_checksum_mismatch_fails_loudly_and_deletes(tmp_path: Path, monkeypatch:
 
 @pytest.mark.integration
 def test_bench_smoke_end_to_end_writes_docs(tiny_build, tmp_path: Path) -> None:
-    """`python -m freshrec.offline.benchmarks.serving --smoke --only recommend,ingest_events`: its own server, runs/,
+    """`freshrec bench serving --smoke --only recommend,ingest_events`: its own server, runs/,
     serving.md with the command lines, summary.json with every figure, inputs kept for reruns."""
     from freshrec.offline.benchmarks.serving import BenchOptions, bench
 
@@ -374,34 +374,3 @@ def test_a_run_still_going_after_the_server_answered_everything_is_cut_off_early
     assert len(lines) == 1 and "after the server had answered all 26 requests" in lines[0]
     kept = (tmp_path / "raw" / "recommend.c1.stalled1.log").read_text()
     assert "settings printed" in kept and "server log line" in kept and "completed 26 and failed 0 recommend" in kept
-
-
-def test_the_gpu_check_stops_on_a_host_without_a_gpu(tmp_path: Path) -> None:
-    """On this CPU machine the prepared GPU script stops at its first step and says why."""
-    from freshrec.offline.benchmarks import gpu as bench_gpu
-
-    assert bench_gpu.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out")]) == 1
-    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert report["host"]["gpu_visible"] is False and "unmeasured" in report["verdict"]
-    assert list(report["steps"]) == ["host checked", "stopped"]
-
-
-@pytest.mark.integration
-def test_the_gpu_check_rehearsed_on_the_cpu_runs_every_step(tiny_build, tmp_path: Path) -> None:
-    """`python -m freshrec.offline.benchmarks.gpu --device cpu`: export, catalog, path check and sweep all run
-    (so a GPU host's scarce minutes are not lost to a broken step), and nothing claims GPU figures."""
-    from freshrec.offline.benchmarks import gpu as bench_gpu
-
-    work = tmp_path / "w"
-    argv = ["--build", str(tiny_build["build_dir"]), "--work", str(work), "--device", "cpu", "--catalog-items", "3000",
-            "--minilm-limit", "100", "--concurrency", "1", "--requests", "40"]  # fmt: skip
-    assert bench_gpu.main(argv) == 0
-    report = json.loads((work / "rehearsal" / "gpu_check.json").read_text())
-    assert list(report["steps"]) == ["host checked", "CPU repository", "catalog", "path checked", "sweep done"]
-    assert "recommend_0_0 (CPU device 0)" in report["gpu_path"]["instances"] and report["gpu_path"]["instances_on_gpu"] == []
-    assert len(report["first_recommend_items"]) == 10
-    assert 0 < report["targets"]["c1_p99_ms"] < 1000 and report["targets"]["best_throughput_p99_le_60ms"] > 0
-    assert report["verdict"].startswith("rehearsed on the CPU")
-    summary = json.loads((work / "rehearsal" / "summary.json").read_text())
-    assert summary["results"]["recommend"]["1"]["requests"] == 40
-    assert summary["device"] == "cpu" and "**GPU**: unmeasured" in (work / "rehearsal" / "serving.md").read_text()
