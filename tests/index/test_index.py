@@ -264,7 +264,7 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
 
     from freshrec.config import DeployConfig
     from freshrec.offline.benchmarks.catalog_scale import scaled_state
-    from freshrec.offline.benchmarks.serving import served_index_recall
+    from freshrec.offline.benchmarks.serving.stats import served_index_recall
     from freshrec.serving.engines import load_reference
     from freshrec.serving.pipeline import Recommender
     from freshrec.store import open_store

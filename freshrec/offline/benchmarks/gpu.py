@@ -112,7 +112,9 @@ def run(a: GpuCheckOptions) -> int:
         step("stopped", report["verdict"])
         return 1
 
-    from freshrec.offline.benchmarks.serving import BenchOptions, Server, bench
+    from freshrec.offline.benchmarks.serving.orchestrate import bench
+    from freshrec.offline.benchmarks.serving.plan import BenchOptions
+    from freshrec.offline.benchmarks.serving.server import Server
 
     repo_root = a.work / "repo"
     if (a.build / "build.json").exists():
