@@ -64,7 +64,7 @@ def compare(opts: BenchOptions, pa: list[str], repo: Path, state_url: str, input
     rotate through the variants round by round so all see the same machine load; medians over the
     rounds, ratios against the first variant."""
     index_env = {"FRESHREC_INDEX": opts.index, "FRESHREC_INDEX_CACHE": str(work / "graphs")} if opts.index else {}
-    one = {"FRESHREC_TORCH_THREADS": "1"}
+    one = {"FRESHREC_THREADS": "1"}
     delay0 = variant_repository(repo, work / "repo-delay0", queue_delay_us=0)
     delay200 = variant_repository(repo, work / "repo-delay200", queue_delay_us=200)
     variants = {

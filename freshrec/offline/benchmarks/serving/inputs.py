@@ -160,10 +160,11 @@ def generate_inputs(ds: Dataset, repository: Path, specs: list[Spec], out: Path,
             p = dump("reranker", steps)
             paths["reranker"] = {c: p for s in specs if s.label == "reranker" for c in s.concurrency}
     if labels & {"text_encoder", "item_tower"}:
+        from freshrec.export.repository import version_dir
         from freshrec.models.text_encoder import Tokenizer
 
         picks = rng.choice(len(catalog), size=min(32, len(catalog)), replace=False)
-        tok = Tokenizer(repository / "upsert_items" / "1", ds.max_tokens)
+        tok = Tokenizer(version_dir(repository, "upsert_items"), ds.max_tokens)
         ids, mask = tok([texts[j] for j in picks])
         if "text_encoder" in labels:  # one text per request, tokenised alone as upsert_items does
             steps = [{"input_ids": _tensor([int(x) for x in i[0]], [i.shape[1]]), "attention_mask": _tensor([int(x) for x in m[0]], [m.shape[1]])}

@@ -76,8 +76,7 @@ def prewarm(server: Server, users: list[str], instances: int = 2, timeout_s: flo
                 if time.time() - t1 < 1.0 and round_ >= 1:
                     break
     finally:
-        if hasattr(client, "close"):
-            client.close()
+        client.close()
     seconds = time.time() - t0
     log(f"   pre-warmed recommend in {seconds:.1f}s")
     return seconds
