@@ -8,6 +8,8 @@ metrics endpoint next to its nv_inference_* series.
     freshrec_items_added_total{model}             counter: items written by upsert_items
     freshrec_store_errors_total{model}            counter: state store unavailable or failing
     freshrec_fallbacks_total{model,kind}          counter: non-personal answers (popular, query)
+    freshrec_cancelled_total{model,stage}         counter: requests dropped because the client gave up,
+                                                  by the last stage done ("start": none)
 """
 
 from __future__ import annotations
@@ -23,10 +25,23 @@ LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 # Seconds from the event's own timestamp to its acknowledgement: clients batching or lagging.
 LAG_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600, 86400]
 STAGES = ("store", "user_tower", "retrieval", "rerank", "embed")
+CANCEL_STAGES = ("start", "store", "user_tower", "retrieval")  # where Recommender.recommend checks
+
+# Every TritonStats (with its pb_utils metrics) this stub process creates, kept until it exits.
+# Triton 2.51 counts the users of a labelled series per MetricFamily *object*, but every stub's
+# family of the same name is one prometheus family: two stubs asking for equal labels (a model's
+# two instances; a new or reloaded version beside the serving one) share one series, and the
+# first stub whose Metric is garbage-collected frees it under the others. A load whose
+# initialize raised did that (its half-built Service went with the exception) and the serving
+# version's next observation crashed the server (use-after-free in prometheus::Histogram::Observe;
+# docs/reliability.md, item 21). So a stub never deletes a Metric while it lives; when a stub
+# exits, Triton keeps its series (a few KB).
+_KEEP_ALIVE: list["TritonStats"] = []
 
 
 class TritonStats(Stats):
     def __init__(self, pb, model: str) -> None:
+        _KEEP_ALIVE.append(self)  # first: even a half-built one must never be collected
         F = pb.MetricFamily
         labels = {"model": model}
         # The families must outlive their metrics: Triton refuses updates once a family is gone.
@@ -39,6 +54,8 @@ class TritonStats(Stats):
             "added": F("freshrec_items_added_total", "Items written by upsert_items", F.COUNTER),
             "errors": F("freshrec_store_errors_total", "State store unavailable or failing", F.COUNTER),
             "fallbacks": F("freshrec_fallbacks_total", "Recommendations not from the personal path", F.COUNTER),
+            "cancelled": F("freshrec_cancelled_total", "Requests dropped because the client gave up (deadline or cancel), "
+                           "by the last stage done", F.COUNTER),
         }
         f = self._families
         self._stages = {s: f["stage"].Metric(labels={**labels, "stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
@@ -49,6 +66,7 @@ class TritonStats(Stats):
         self._added = f["added"].Metric(labels=labels)
         self._errors = f["errors"].Metric(labels=labels)
         self._fallbacks = {k: f["fallbacks"].Metric(labels={**labels, "kind": k}) for k in ("popular", "query")}
+        self._cancelled = {s: f["cancelled"].Metric(labels={**labels, "stage": s}) for s in CANCEL_STAGES}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -77,3 +95,6 @@ class TritonStats(Stats):
 
     def store_error(self) -> None:
         self._errors.increment(1)
+
+    def cancelled(self, stage: str) -> None:
+        self._cancelled[stage].increment(1)
