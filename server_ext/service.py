@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from freshrec.config import DeployConfig, ModelConfig
 from freshrec.contract import DEFAULT_K, PIPELINE_RUNS, SETTINGS_FILE, TOKENIZER_FILE
 from freshrec.serving.engines import OnnxEngine
-from freshrec.serving.pipeline import InvalidInput, Recommender
+from freshrec.serving.pipeline import Cancelled, InvalidInput, Recommender
 from freshrec.store import Event, StoreUnavailable, open_store
 
 RECALL_WARN = 0.95  # a self-checked index recall below this is logged as a warning at load
@@ -97,6 +97,8 @@ class Service:
     # -- error mapping ------------------------------------------------------------------------
     def _error(self, exc: BaseException):
         pb = self.pb
+        if isinstance(exc, Cancelled):
+            return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.CANCELLED))
         if isinstance(exc, InvalidInput):
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
         if isinstance(exc, StoreUnavailable):
@@ -114,6 +116,12 @@ class Service:
         out = []
         for request in requests:
             try:
+                # A request whose client already gave up (gRPC deadline or cancel: Triton passes
+                # it on as request.is_cancelled()) is not computed at all; a write not started is
+                # not acknowledged either, and the client's retry carries the same event ids.
+                if request.is_cancelled():
+                    self.stats.cancelled("start")
+                    raise Cancelled("start")
                 out.append(fn(request))
             except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error
                 out.append(self._error(exc))
@@ -126,7 +134,7 @@ class Service:
         k = T.one_int(pb, request, "k", default=DEFAULT_K)
         query = T.one_string(pb, request, "query", required=False)
         exclude = T.strings(pb, request, "exclude_item_ids", required=False) or []
-        rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude)
+        rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude, cancelled=request.is_cancelled)
         return pb.InferenceResponse(
             output_tensors=[T.string_tensor(pb, "item_ids", rec.item_ids), pb.Tensor("scores", rec.scores.astype(np.float32))]
         )

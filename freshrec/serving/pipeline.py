@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -32,6 +32,20 @@ from freshrec.store.base import Event, Item, StateStore, UserHistory
 
 class InvalidInput(ValueError):
     """A request the service refuses (maps to INVALID_ARGUMENT / HTTP 400)."""
+
+
+class Cancelled(Exception):
+    """The client gave up on the request (its deadline passed or it cancelled the call): the
+    pipeline stops computing it (maps to CANCELLED). `stage` is the last stage it finished
+    ("start" when nothing ran)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"the client gave up on this request; dropped after stage {stage!r}")
+        self.stage = stage
+
+
+def _never() -> bool:
+    return False
 
 
 class Stats:
@@ -50,6 +64,9 @@ class Stats:
 
     def fallback(self, kind: str) -> None:
         """A recommendation not from the personal path: "popular" (cold start) or "query"."""
+
+    def cancelled(self, stage: str) -> None:
+        """A request dropped because its client gave up, after `stage` ("start": before any)."""
 
 
 class Engine(Protocol):
@@ -122,7 +139,23 @@ class Recommender:
                 self.stats.index_recall(self.index.self_check())
 
     # -- recommend --------------------------------------------------------------------------
-    def recommend(self, user_id: str, k: int = DEFAULT_K, query: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
+    def recommend(
+        self,
+        user_id: str,
+        k: int = DEFAULT_K,
+        query: str | None = None,
+        exclude: Sequence[str] = (),
+        cancelled: Callable[[], bool] = _never,
+    ) -> Recommendation:
+        """`cancelled` is asked between the stages (in the server: has the client given up? The
+        server asks once more before it starts); once it says True the request is dropped with
+        `Cancelled`, so an expired request costs at most the stage it was in."""
+
+        def checkpoint(stage: str) -> None:
+            if cancelled():
+                self.stats.cancelled(stage)
+                raise Cancelled(stage)
+
         check_id("user_id", user_id)
         if not 1 <= k <= self.deploy.max_k:
             raise InvalidInput(f"k must be in [1, {self.deploy.max_k}], got {k}")
@@ -136,6 +169,7 @@ class Recommender:
         with stats.stage("store"):
             self.refresh_index()
             history = self.store.user_history(user_id, self.cfg.user.max_history + HISTORY_CONTEXT)
+        checkpoint("store")
         banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
 
         hist = self.history_tensors(history)
@@ -143,6 +177,7 @@ class Recommender:
         if hist is not None:
             with stats.stage("user_tower"):
                 user_vec = xp.asarray(self.engine.run("user_tower", hist)["user_vector"])[0]
+            checkpoint("user_tower")
         query_vec = self._query_vector(query) if query else None
         if user_vec is None and query_vec is None:
             stats.fallback("popular")
@@ -163,6 +198,7 @@ class Recommender:
         if hist is None:  # no events to rerank against: retrieval order is the answer
             scores = retrieval_scores
         else:
+            checkpoint("retrieval")
             with stats.stage("rerank"):
                 scores = self._rerank(hist, rows, retrieval_scores)
         top, values = xp.topk(scores, min(k, len(rows)))

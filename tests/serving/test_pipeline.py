@@ -141,8 +141,47 @@ def test_upsert_keeps_the_learned_id_row_of_known_items(rec):
         (lambda r: r.upsert(["a", "a"], ["t", "t"]), "unique"),
         (lambda r: r.upsert(["a"], [""]), "empty"),
         (lambda r: r.upsert(["a"], ["t"], ["not json"]), "JSON"),
+        # issue 15 item 8: the query and every exclude id follow the same rules as other strings
+        (lambda r: r.recommend("u", k=5, query="a\x00b"), "NUL"),
+        (lambda r: r.recommend("u", k=5, exclude=["i1", "a\x00b"]), "NUL"),
+        (lambda r: r.recommend("u", k=5, exclude=["x" * 1_000_000]), "longer"),
+        (lambda r: r.recommend("u", k=5, exclude=[""]), "empty"),
     ],
 )
 def test_invalid_requests_are_refused(rec, call, match):
     with pytest.raises(InvalidInput, match=match):
         call(rec)
+
+
+class _CountingEngine:
+    """Wraps an engine, recording which models ran."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.ran = inner, []
+
+    def run(self, model, inputs):
+        self.ran.append(model)
+        return self.inner.run(model, inputs)
+
+
+@pytest.mark.parametrize(("give_up_after", "stage", "ran"), [(0, "store", []), (1, "user_tower", ["user_tower"]), (2, "retrieval", ["user_tower"])])
+def test_a_request_whose_client_gave_up_is_dropped_between_stages(rec, give_up_after, stage, ran):
+    """RELIABILITY 13: the pipeline asks between its stages whether the client is still there;
+    once it is not, nothing more is computed (the reranker, the most expensive stage, never runs)."""
+    from freshrec.serving.pipeline import Cancelled
+
+    now = time.time()
+    rec.ingest([Event("u1", f"i{j}", "click", now - 100 + j) for j in range(5)])
+    rec.engine = engine = _CountingEngine(rec.engine)
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) > give_up_after
+
+    with pytest.raises(Cancelled) as dropped:
+        rec.recommend("u1", k=5, cancelled=cancelled)
+    assert dropped.value.stage == stage and engine.ran == ran
+    engine.ran.clear()
+    assert len(rec.recommend("u1", k=5, cancelled=lambda: False).item_ids) == 5  # still there: served in full
+    assert engine.ran == ["user_tower", "reranker"]
