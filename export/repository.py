@@ -47,6 +47,15 @@ def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, ba
     else:
         cfg.max_batch_size = 0  # one request = one user (recommend) or one write (ingest/upsert)
         count = deploy.pipeline_instances
+        if deploy.queue_size > 0:
+            # A short queue that refuses the rest at once (UNAVAILABLE, retriable) instead of an
+            # unbounded one that grows with the load; requests are never batched (max_batch_size 0).
+            cfg.dynamic_batching.max_queue_delay_microseconds = 0
+            policy = cfg.dynamic_batching.default_queue_policy
+            policy.max_queue_size = deploy.queue_size
+            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+            policy.default_timeout_microseconds = deploy.queue_timeout_us
+            policy.allow_timeout_override = True  # a client's own, shorter deadline wins
     cfg.instance_group.add(kind=kind, count=count)
     for key, value in sorted(parameters.items()):
         cfg.parameters[key].string_value = value
@@ -55,6 +64,17 @@ def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, ba
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = "FP32"
     return cfg
+
+
+def guard_bounds(contract: ModelContract, sizes: Sizes, deploy: DeployConfig) -> dict:
+    """What an exported graph accepts beyond the fixed dims Triton checks itself: the largest
+    dynamic dims (L, C, T) and the value range of each index input. The embedded ONNX host
+    (server_ext/onnx_model.py) refuses anything else per request. C reaches max_k: recommend pads
+    the candidates to max(num_candidates, k)."""
+    dims = {"L": sizes.L, "C": max(sizes.C, deploy.max_k), "T": sizes.T}
+    used = {d for spec in contract.inputs for d in spec.dims if isinstance(d, str)}
+    values = {spec.name: list(sizes.value_range(spec)) for spec in contract.inputs if spec.values is not None}
+    return {"dims": {d: n for d, n in dims.items() if d in used}, "values": values}
 
 
 def write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
@@ -106,7 +126,8 @@ def write_repository(
     for contract in ONNX_MODELS:
         d = tmp / contract.name
         if deploy.flavour == "embedded":
-            params = {"ort_threads": str(deploy.ort_threads)}
+            params = {"ort_threads": str(deploy.ort_threads),
+                      "guard": json.dumps(guard_bounds(contract, sizes, deploy), sort_keys=True)}  # fmt: skip
             write_config(d, model_config(contract, sizes, deploy, "python", params))
             (d / v).mkdir(parents=True)
             (d / v / "model.py").write_bytes(_model_py("onnx_model"))

@@ -17,6 +17,7 @@ EVENT_TYPES: tuple[str, ...] = ("<pad>", "view", "click", "rate", "like", "add_t
 EVENT_FEATURES = 2  # per-event numeric features: log time gap to the previous event, normalised value
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding size
+TEXT_VOCAB = 30522  # all-MiniLM-L6-v2 word pieces (BERT uncased): input ids are below this
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ class DeployConfig:
     # Dynamic batching wait of the towers: 0 batches only what queued while an instance was busy,
     # so a lone request never waits (200 us cost 0.25 ms at concurrency 1; docs/benchmarks/serving.md)
     max_queue_delay_us: int = 0
+    # The public models' queue (a dynamic_batching queue policy, which Triton 2.51 accepts with
+    # max_batch_size 0): at most this many requests wait per model, one more is refused at once
+    # with UNAVAILABLE ("Exceeds maximum queue size"), which the clients retry with backoff. 8 kept
+    # the admitted p99 at concurrency 64 on 2 cores near 100 ms (docs/reliability.md); a long queue
+    # under a storm of expiring deadlines crashed Triton 2.51 (a cancellation race fixed in 25.01-25.06).
+    # 0 = no bound (Triton's default scheduler).
+    queue_size: int = 8
+    # A request still queued after this long is refused (UNAVAILABLE "Request timeout expired")
+    # rather than computed late; a client may ask for less per request (its own deadline).
+    queue_timeout_us: int = 100_000
     max_k: int = 1000  # largest k a client may ask for
     query_weight: float = 0.5  # blend of free-text intent into the user vector
     ort_threads: int = 1  # onnxruntime intra-op threads per instance (2-core machines: 1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from freshrec.config import EVENT_FEATURES, ModelConfig
+from freshrec.config import EVENT_FEATURES, EVENT_TYPES, TEXT_VOCAB, ModelConfig
 
 # Triton dtype name -> numpy dtype. TYPE_STRING travels as numpy object arrays of bytes.
 NUMPY_DTYPES: dict[str, type] = {
@@ -55,6 +55,9 @@ class TensorSpec:
     dims: tuple[Dim, ...]
     optional: bool = False
     doc: str = ""
+    # Integer inputs that index a table: the values a graph accepts, (low, high) inclusive; a
+    # symbolic high ("I", "K", "V") is resolved by Sizes. The served graphs' guard refuses others.
+    values: tuple[int, Dim] | None = None
 
     @property
     def numpy_dtype(self) -> type:
@@ -89,22 +92,23 @@ class ModelContract:
         return [t.name for t in self.outputs]
 
 
-def _t(name: str, dtype: str, *dims: Dim, optional: bool = False, doc: str = "") -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(dims), optional, doc)
+def _t(name: str, dtype: str, *dims: Dim, optional: bool = False, doc: str = "", values: tuple[int, Dim] | None = None) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims), optional, doc, values)
 
 
 _HISTORY = (
     _t("history_vectors", "TYPE_FP32", "L", "D", doc="item-tower vectors of the latest events, oldest first, left-padded"),
     _t("history_features", "TYPE_FP32", "L", EVENT_FEATURES, doc="log gap to previous event, normalised value"),
-    _t("history_types", "TYPE_INT64", "L", doc="event type index (0 = padding)"),
+    _t("history_types", "TYPE_INT64", "L", doc="event type index (0 = padding)", values=(0, "K")),
     _t("history_mask", "TYPE_BOOL", "L", doc="true where a real event sits"),
 )
 
 TEXT_ENCODER = ModelContract(
     name="text_encoder",
     inputs=(
-        _t("input_ids", "TYPE_INT64", "T", doc="word-piece ids, padded to the batch's longest text (a multiple of 8, at most max_tokens)"),
-        _t("attention_mask", "TYPE_INT64", "T"),
+        _t("input_ids", "TYPE_INT64", "T", doc="word-piece ids, padded to the batch's longest text (a multiple of 8, at most max_tokens)",
+           values=(0, "V")),
+        _t("attention_mask", "TYPE_INT64", "T", values=(0, 1)),
     ),
     outputs=(_t("text_embedding", "TYPE_FP32", "E", doc="all-MiniLM-L6-v2 sentence embedding, unit norm"),),
     batched=True,
@@ -116,7 +120,7 @@ ITEM_TOWER = ModelContract(
     name="item_tower",
     inputs=(
         _t("text_embedding", "TYPE_FP32", "E"),
-        _t("id_index", "TYPE_INT64", 1, doc="row of the learned id table; 0 = unseen item, text only"),
+        _t("id_index", "TYPE_INT64", 1, doc="row of the learned id table; 0 = unseen item, text only", values=(0, "I")),
     ),
     outputs=(_t("item_vector", "TYPE_FP32", "D", doc="unit-norm vector in the retrieval space"),),
     batched=True,
@@ -199,6 +203,20 @@ PIPELINE_RUNS: dict[str, tuple[str, ...]] = {
     "upsert_items": ("text_encoder", "item_tower"),
 }
 PIPELINE_MODELS: tuple[ModelContract, ...] = (RECOMMEND, INGEST_EVENTS, UPSERT_ITEMS)
+
+
+def served_models(engine: str) -> tuple[str, ...]:
+    """The models a server loads for a resolved engine ("inprocess" or "bls"): the public ones,
+    and with BLS the exported models they call. With the in-process engine the pipeline runs the
+    ONNX files itself, so the towers are never loaded and no client can reach them."""
+    public = tuple(m.name for m in PIPELINE_MODELS)
+    if engine == "inprocess":
+        return public
+    if engine == "bls":
+        return public + tuple(m.name for m in ONNX_MODELS)
+    raise ValueError(f"engine must be 'inprocess' or 'bls' (resolved), got {engine!r}")
+
+
 ALL_MODELS: tuple[ModelContract, ...] = ONNX_MODELS + PIPELINE_MODELS
 BY_NAME: dict[str, ModelContract] = {m.name: m for m in ALL_MODELS}
 
@@ -213,12 +231,23 @@ class Sizes:
     T: int
     E: int
     extra: dict[str, int] = field(default_factory=dict)
+    I: int = 0  # highest row of the item tower's learned id table (its id_vocab)  # noqa: E741
+    K: int = len(EVENT_TYPES) - 1  # highest event type index
+    V: int = TEXT_VOCAB - 1  # highest word-piece id
 
     @classmethod
     def of(cls, cfg: ModelConfig) -> "Sizes":
         if cfg.user.max_history != cfg.reranker.max_history or cfg.user.dim != cfg.item.dim or cfg.reranker.dim != cfg.item.dim:
             raise ValueError("user tower, reranker and item tower must share max_history and dim")
-        return cls(L=cfg.user.max_history, C=cfg.reranker.num_candidates, D=cfg.item.dim, T=cfg.text.max_tokens, E=cfg.text.dim)
+        return cls(L=cfg.user.max_history, C=cfg.reranker.num_candidates, D=cfg.item.dim, T=cfg.text.max_tokens, E=cfg.text.dim,
+                   I=cfg.item.id_vocab)  # fmt: skip
+
+    def value_range(self, spec: TensorSpec) -> tuple[int, int] | None:
+        """The inclusive range of values `spec` accepts, resolved; None when it is not an index."""
+        if spec.values is None:
+            return None
+        lo, hi = spec.values
+        return int(lo), int(getattr(self, hi) if isinstance(hi, str) else hi)
 
     def resolve(self, spec: TensorSpec, static: bool = True) -> list[int]:
         """Concrete dims for a spec. `static=False` keeps L, C, T dynamic (-1) as in ONNX graphs."""

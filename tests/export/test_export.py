@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 from freshrec.export.onnx_export import ParityError, check_parity
 from freshrec.export.repository import read_config
+from tritonclient.grpc import model_config_pb2 as mc
 
 from freshrec.contract import ALL_MODELS, ONNX_MODELS, Sizes
 
@@ -42,6 +44,8 @@ def test_parity_check_fails_on_a_wrong_graph(tiny_build):
 
 @pytest.mark.parametrize("flavour", ["embedded", "ngc"])
 def test_generated_configs_parse_back_and_follow_the_contract(tiny_build, flavour):
+    from freshrec.config import ModelConfig
+
     repo = Path(tiny_build["repositories"][flavour])
     names = sorted(p.name for p in repo.iterdir())
     assert names == sorted(m.name for m in ALL_MODELS)
@@ -54,10 +58,54 @@ def test_generated_configs_parse_back_and_follow_the_contract(tiny_build, flavou
         assert (cfg.max_batch_size > 0) == contract.batched
         if contract.batched:
             assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 0  # no wait for a lone request
+            assert not cfg.dynamic_batching.HasField("default_queue_policy")
+        else:  # the public models: a short queue, the rest refused at once (issue 15 item 3)
+            policy = cfg.dynamic_batching.default_queue_policy
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 0 and cfg.max_batch_size == 0
+            assert (policy.max_queue_size, policy.default_timeout_microseconds) == (8, 100_000)
+            assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+        guard = cfg.parameters["guard"].string_value if "guard" in cfg.parameters else None
+        if flavour == "embedded" and contract in ONNX_MODELS:  # the bounds the ONNX host enforces
+            id_vocab = ModelConfig.load(Path(tiny_build["build_dir"]) / "checkpoints" / "model_config.json").item.id_vocab
+            expected = json.loads(json.dumps(GUARDS[contract.name]).replace('"ID_VOCAB"', str(id_vocab)))
+            assert json.loads(guard) == expected
+        else:
+            assert guard is None
         expected_backend = "onnxruntime" if (flavour == "ngc" and contract in ONNX_MODELS) else "python"
         assert cfg.backend == expected_backend
         version = repo / contract.name / "1"
         assert (version / ("model.onnx" if contract in ONNX_MODELS else "model.py")).exists()
+
+
+# The tiny build: L = 8 events, C = 12 candidates (up to max_k = 1000 when k is larger), T = 16
+# tokens, 9 event types, MiniLM's 30,522 word pieces, and the id rows of the 40 users' items.
+GUARDS = {
+    "text_encoder": {"dims": {"T": 16}, "values": {"input_ids": [0, 30521], "attention_mask": [0, 1]}},
+    "item_tower": {"dims": {}, "values": {"id_index": [0, "ID_VOCAB"]}},
+    "user_tower": {"dims": {"L": 8}, "values": {"history_types": [0, 8]}},
+    "reranker": {"dims": {"L": 8, "C": 1000}, "values": {"history_types": [0, 8]}},
+}
+
+
+def test_served_models_follow_the_engine():
+    from freshrec.contract import served_models
+
+    assert served_models("inprocess") == ("recommend", "ingest_events", "upsert_items")  # the towers stay unloaded
+    assert served_models("bls") == ("recommend", "ingest_events", "upsert_items", "text_encoder", "item_tower", "user_tower", "reranker")
+    with pytest.raises(ValueError):
+        served_models("auto")  # resolve it first
+
+
+def test_a_deployment_without_a_queue_bound_gets_the_default_scheduler(tiny_build):
+    from freshrec.config import DeployConfig, ModelConfig
+    from freshrec.contract import RECOMMEND, Sizes
+    from freshrec.export.repository import model_config
+
+    sizes = Sizes.of(ModelConfig.tiny())
+    assert not model_config(RECOMMEND, sizes, DeployConfig(queue_size=0), "python", {}).HasField("dynamic_batching")
+    bounded = model_config(RECOMMEND, sizes, DeployConfig(queue_size=3, queue_timeout_us=5000), "python", {})
+    assert bounded.dynamic_batching.default_queue_policy.max_queue_size == 3
+    assert bounded.dynamic_batching.default_queue_policy.default_timeout_microseconds == 5000
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
