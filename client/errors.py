@@ -13,9 +13,17 @@ model returns ``TritonError(msg, INVALID_ARG)``         INVALID_ARGUMENT     Inv
 wrong dtype / unknown input name (Triton core)          INVALID_ARGUMENT     InvalidArgument
 ``client_timeout`` expired                              DEADLINE_EXCEEDED    DeadlineExceeded
 no server listening on the port                         UNAVAILABLE          Unavailable
+queue full / queued past its timeout (``recommend``)    UNAVAILABLE          Unavailable
+front proxy or gRPC refusing an overload                RESOURCE_EXHAUSTED   Unavailable
+request above the front proxy's size limit              RESOURCE_EXHAUSTED   InvalidArgument
+the client gave up and the server dropped the request   CANCELLED            Cancelled
 model name not in the repository                        NOT_FOUND            NotFound
+model exists, no version loaded (drain, version swap)   NOT_FOUND            Unavailable
 exception raised inside a Python-backend ``execute``    INTERNAL             ServerError
 =====================================================  ===================  ================
+
+Over HTTP, Triton 2.51 answers a request body it cannot parse as JSON with 500; that is the
+client's fault, so those texts map to InvalidArgument (the chart's front proxy turns them into 400).
 
 On a bidirectional stream Triton sends per-request failures as a bare ``error_message`` with no
 status at all; ``from_stream_error`` classifies those by the message (see there).
@@ -59,7 +67,8 @@ class InvalidArgument(FreshrecError):
 
 
 class Unavailable(FreshrecError):
-    """Server or one of its dependencies is down or overloaded; retriable."""
+    """Server or one of its dependencies is down, overloaded or swapping a model version;
+    retriable after a (jittered) backoff."""
 
 
 class DeadlineExceeded(FreshrecError):
@@ -92,6 +101,8 @@ _BY_GRPC_CODE: dict[str, type[FreshrecError]] = {
 _BY_HTTP_STATUS: dict[str, type[FreshrecError]] = {
     "400": InvalidArgument,
     "404": NotFound,
+    "413": InvalidArgument,
+    "429": Unavailable,
     "499": Cancelled,
     "503": Unavailable,
     "504": DeadlineExceeded,
@@ -105,9 +116,25 @@ def _code_name(status: str | None) -> str | None:
     return status.rsplit(".", 1)[-1].strip().upper()
 
 
+# NOT_FOUND for a model that exists but has no loaded version: Triton says so while it drains at
+# shutdown or swaps versions, a moment later the request succeeds (elsewhere or here).
+_NO_VERSION = re.compile(r"has no available versions", re.IGNORECASE)
+# RESOURCE_EXHAUSTED for a message above a size limit (gRPC's own, or the front proxy's) is the
+# request's fault and never succeeds on a retry; any other RESOURCE_EXHAUSTED is overload.
+_TOO_LARGE = re.compile(r"larger than|too large|exceeds the limit|message length", re.IGNORECASE)
+# Triton 2.51's HTTP frontend answers JSON it cannot parse with 500 (TRITONJSON errors are INTERNAL).
+_BAD_JSON = re.compile(r"failed to parse the request JSON buffer|Unable to parse '", re.IGNORECASE)
+
+
 def _from_code(code: str | None, message: str) -> FreshrecError:
     if code is None:
         return FreshrecError(message)
+    if code in ("NOT_FOUND", "404") and _NO_VERSION.search(message):
+        return Unavailable(message, code)
+    if code == "RESOURCE_EXHAUSTED":
+        return (InvalidArgument if _TOO_LARGE.search(message) else Unavailable)(message, code)
+    if code == "500" and _BAD_JSON.search(message):
+        return InvalidArgument(message, code)
     cls = _BY_GRPC_CODE.get(code) or _BY_HTTP_STATUS.get(code) or ServerError
     return cls(message, code)
 
@@ -146,8 +173,10 @@ _INVALID_PATTERNS = re.compile(
     r"|invalid argument",
     re.IGNORECASE,
 )
-_NOT_FOUND_PATTERNS = re.compile(r"unknown model|is not found|no version available", re.IGNORECASE)
-_UNAVAILABLE_PATTERNS = re.compile(r"not ready|exceeds maximum queue size|unavailable", re.IGNORECASE)
+_NOT_FOUND_PATTERNS = re.compile(r"unknown model|is not found", re.IGNORECASE)
+_UNAVAILABLE_PATTERNS = re.compile(
+    r"not ready|exceeds maximum queue size|request timeout expired|has no available versions|unavailable", re.IGNORECASE
+)
 
 
 def from_stream_error(message: str) -> FreshrecError:
@@ -155,7 +184,8 @@ def from_stream_error(message: str) -> FreshrecError:
 
     Triton 2.51 streams carry only ``error_message`` (no status) for a failed request, so:
     an explicit ``[CODE]`` prefix wins; then Triton core's validation texts (InvalidArgument),
-    unknown-model texts (NotFound), not-ready/queue-full texts (Unavailable); anything else,
+    a model with no loaded version, not-ready/queue-full texts (Unavailable), unknown-model
+    texts (NotFound); anything else,
     including an error a model returned with ``TritonError.INVALID_ARG``, is a ``ServerError``
     with ``code=None``. Use the unary clients where the exact status matters.
     """
@@ -164,8 +194,8 @@ def from_stream_error(message: str) -> FreshrecError:
         return _from_code(m.group(1), message[m.end():])
     if _INVALID_PATTERNS.search(message):
         return InvalidArgument(message)
-    if _NOT_FOUND_PATTERNS.search(message):
-        return NotFound(message)
     if _UNAVAILABLE_PATTERNS.search(message):
         return Unavailable(message)
+    if _NOT_FOUND_PATTERNS.search(message):
+        return NotFound(message)
     return ServerError(message)

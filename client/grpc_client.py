@@ -13,11 +13,14 @@ Three clients share the request building and response parsing below:
 * ``StreamingRecommender``: many ``recommend`` calls on one bidirectional ``ModelStreamInfer``
   stream, each answered through a ``concurrent.futures.Future``.
 
-Deadlines: every unary call has ``client_timeout`` (default 2 s). Retries: only ``ingest`` and
-``upsert_items``, only on ``Unavailable``, at most ``max_retries`` times with jittered exponential
-backoff. That is safe because every event carries an ``event_id`` fixed when the ``EventIn`` is
-created (the server stores an id once) and an upsert is idempotent by item id. ``recommend`` is
-never retried here (the caller decides), and ``InvalidArgument`` is never retried anywhere.
+Deadlines: every unary call has ``client_timeout`` (default 2 s), and sends the same deadline as
+Triton's per-request ``timeout``, so a request still queued when its client gives up is refused
+by the server's queue policy instead of computed for nobody. Retries: only on ``Unavailable``
+(server down, queue full, a model version swapping, a dependency down), at most ``max_retries``
+times with jittered exponential backoff: a refused request comes back at once, and clients that
+re-send at once only keep the queue full. That is safe for every call: ``recommend`` only reads,
+every event carries an ``event_id`` fixed when the ``EventIn`` is created (the server stores an id
+once) and an upsert is idempotent by item id. ``InvalidArgument`` is never retried.
 """
 
 from __future__ import annotations
@@ -323,6 +326,12 @@ class _Retry:
         return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
 
 
+def _queue_timeout_us(timeout_s: float | None) -> int | None:
+    """The deadline as Triton's per-request ``timeout`` (microseconds; the queue policy refuses
+    a request still queued after it). None without a deadline."""
+    return None if timeout_s is None else max(1, int(timeout_s * 1e6))
+
+
 def _metadata(headers: Mapping[str, str] | None) -> dict[str, str] | None:
     return dict(headers) if headers else None
 
@@ -338,7 +347,7 @@ class FreshrecClient:
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
         timeout_s: deadline of each call (each attempt of a retried call); None = no deadline.
-        max_retries: retries of ``ingest``/``upsert_items`` on ``Unavailable``.
+        max_retries: retries of a call on ``Unavailable``.
         backoff_s / max_backoff_s: first and largest wait between those retries.
         headers: gRPC metadata sent with every call (e.g. an auth header).
     """
@@ -371,7 +380,7 @@ class FreshrecClient:
     ) -> Recommendation:
         arrays = build_recommend_inputs(user_id, k, query, exclude)
         start = time.perf_counter()
-        result = self._infer(RECOMMEND, arrays, timeout_s, retry=False)
+        result = self._infer(RECOMMEND, arrays, timeout_s, retry=True)
         return parse_recommendation(result, (time.perf_counter() - start) * 1e3)
 
     def ingest(self, events: Sequence[EventIn], timeout_s: float | None = None) -> int:
@@ -413,7 +422,8 @@ class FreshrecClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         for attempt in itertools.count():
             try:
-                return self._triton.infer(contract.name, inputs, outputs=outputs, client_timeout=timeout, headers=self._headers)
+                return self._triton.infer(contract.name, inputs, outputs=outputs, client_timeout=timeout,
+                                          timeout=_queue_timeout_us(timeout), headers=self._headers)  # fmt: skip
             except InferenceServerException as exc:
                 err = from_triton(exc)
                 if not (retry and isinstance(err, Unavailable) and attempt < self._retry.max_retries):
@@ -467,7 +477,7 @@ class AsyncFreshrecClient:
     ) -> Recommendation:
         arrays = build_recommend_inputs(user_id, k, query, exclude)
         start = time.perf_counter()
-        result = await self._infer(RECOMMEND, arrays, timeout_s, retry=False)
+        result = await self._infer(RECOMMEND, arrays, timeout_s, retry=True)
         return parse_recommendation(result, (time.perf_counter() - start) * 1e3)
 
     async def ingest(self, events: Sequence[EventIn], timeout_s: float | None = None) -> int:
@@ -511,7 +521,8 @@ class AsyncFreshrecClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         for attempt in itertools.count():
             try:
-                return await self._client.infer(contract.name, inputs, outputs=outputs, client_timeout=timeout, headers=self._headers)
+                return await self._client.infer(contract.name, inputs, outputs=outputs, client_timeout=timeout,
+                                                timeout=_queue_timeout_us(timeout), headers=self._headers)  # fmt: skip
             except InferenceServerException as exc:
                 err = from_triton(exc)
                 if not (retry and isinstance(err, Unavailable) and attempt < self._retry.max_retries):

@@ -222,9 +222,11 @@ def test_stream_request_matches_the_unary_encoding() -> None:
         ("StatusCode.NOT_FOUND", NotFound),
         ("StatusCode.INTERNAL", ServerError),
         ("StatusCode.UNKNOWN", ServerError),
-        ("StatusCode.RESOURCE_EXHAUSTED", ServerError),
+        ("StatusCode.RESOURCE_EXHAUSTED", Unavailable),  # overload: retriable
         ("400", InvalidArgument),  # tritonclient.http puts the HTTP status there
         ("503", Unavailable),
+        ("429", Unavailable),
+        ("413", InvalidArgument),
     ],
 )
 def test_from_triton_maps_status(status: str, cls: type[FreshrecError]) -> None:
@@ -233,6 +235,27 @@ def test_from_triton_maps_status(status: str, cls: type[FreshrecError]) -> None:
     assert err.message == "the server's words"
     assert err.code == status.removeprefix("StatusCode.")
     assert str(err) == f"[{err.code}] the server's words"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "cls"),
+    [  # the texts Triton 2.51 and the chart's front proxy send (docs/reliability.md)
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", Unavailable),
+        ("StatusCode.UNAVAILABLE", "Request timeout expired", Unavailable),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'recommend' has no available versions", Unavailable),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'nope' is not found", NotFound),
+        ("404", "Request for unknown model: 'recommend' has no available versions", Unavailable),
+        ("StatusCode.RESOURCE_EXHAUSTED", "request larger than the proxy limit", InvalidArgument),
+        ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max (268435485 vs. 4194304)", InvalidArgument),
+        ("StatusCode.RESOURCE_EXHAUSTED", "upstream overflow", Unavailable),
+        ("500", "failed to parse the request JSON buffer: The document is empty. at 0", InvalidArgument),
+        ("500", "Unable to parse 'inputs': attempt to access JSON non-object as object", InvalidArgument),
+        ("500", "something else went wrong", ServerError),
+    ],
+)
+def test_from_triton_maps_transient_and_permanent_texts(status: str, message: str, cls: type[FreshrecError]) -> None:
+    err = from_triton(InferenceServerException(message, status=status))
+    assert type(err) is cls and err.code == status.removeprefix("StatusCode.")
 
 
 def test_from_triton_without_status_is_a_plain_client_error() -> None:
@@ -262,6 +285,8 @@ def test_from_grpc_maps_rpc_errors() -> None:
         ("user_id must not be empty", ServerError),  # a model's INVALID_ARG: indistinguishable here
         ("[INVALID_ARGUMENT] user_id must not be empty", InvalidArgument),  # explicit code prefix
         ("[StatusCode.UNAVAILABLE] state store down", Unavailable),
+        ("Request for unknown model: 'recommend' has no available versions", Unavailable),  # draining
+        ("Exceeds maximum queue size", Unavailable),
     ],
 )
 def test_from_stream_error(message: str, cls: type[FreshrecError]) -> None:
@@ -308,10 +333,22 @@ def test_retries_are_bounded_and_only_for_unavailable() -> None:
             client.ingest([EventIn("u1", "i1")])
         assert len(fake.calls) == 1
 
+    # recommend only reads: it is retried too (a full queue refuses at once, a moment later it admits)
     client._triton = fake = _FakeTriton(_unavailable())  # type: ignore[assignment]
     with pytest.raises(Unavailable):
         client.recommend("u1")
-    assert len(fake.calls) == 1  # recommend is never retried by the client
+    assert len(fake.calls) == 3
+    full = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+    client._triton = fake = _FakeTriton(full, _FakeResult(item_ids=np.array([b"a"], dtype=object), scores=np.array([1.0], np.float32)))  # type: ignore[assignment]
+    assert client.recommend("u1").item_ids == ["a"] and len(fake.calls) == 2
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    client = FreshrecClient("127.0.0.1:1", backoff_s=0.1, max_backoff_s=0.3)
+    waits = [client._retry.delay(attempt) for attempt in range(6) for _ in range(50)]
+    assert all(0.05 <= w <= 0.3 for w in waits)
+    assert len({round(w, 6) for w in waits[:50]}) > 10  # jitter: retrying clients do not move in lockstep
+    assert max(waits[-50:]) <= 0.3 and min(waits[-50:]) >= 0.15  # capped, still jittered
 
 
 def test_recommend_parses_outputs_and_passes_the_deadline() -> None:
@@ -322,6 +359,7 @@ def test_recommend_parses_outputs_and_passes_the_deadline() -> None:
     assert isinstance(rec, Recommendation) and rec.item_ids == ["a", "é"]
     assert rec.scores == pytest.approx([0.9, 0.1]) and rec.latency_ms >= 0
     assert fake.calls[0]["client_timeout"] == 0.25 and fake.calls[0]["model"] == "recommend"
+    assert fake.calls[0]["timeout"] == 250_000  # the deadline, for the server's queue policy (microseconds)
     assert [o.name() for o in fake.calls[0]["outputs"]] == RECOMMEND.output_names
 
     client._triton = _FakeTriton(_FakeResult(item_ids=np.array([b"a"], dtype=object)))  # type: ignore[assignment]
