@@ -46,21 +46,39 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from freshrec.server_ext.launcher import ServerOptions, serve_forever
+    import tempfile
+
+    from freshrec.config import DeployConfig
+    from freshrec.contract import SETTINGS_FILE, served_models
+    from freshrec.export.repository import read_settings
+    from freshrec.server_ext.launcher import ServerOptions
+    from freshrec.server_ext.supervisor import admin_key_from_file, repository_models, serve_forever
 
     repo = Path(args.repository)
     if not any(repo.glob("*/config.pbtxt")):  # any Triton repository; freshrec's has recommend/, ingest_events/, ...
         print(f"error: no model repository at {repo}; run `freshrec build` (or `make demo`) first", file=sys.stderr)
         return 2
     env = {"FRESHREC_STATE": args.state} if args.state else {}
-    # A fixed key lets admin tools reach the restricted APIs (model control, statistics) of this server.
-    key = os.environ.get("FRESHREC_ADMIN_KEY")
+    if any(repo.glob(f"recommend/*/{SETTINGS_FILE}")):
+        # freshrec's repository: the engine the pipeline models will run (the server's environment
+        # over the repository's settings) decides what is served, the towers only when BLS calls them.
+        models = served_models(DeployConfig.served(read_settings(repo)["deploy"], {**os.environ, **env}).resolved_engine())
+    else:
+        models = repository_models(repo)
+    work = Path(tempfile.mkdtemp(prefix="freshrec-serve-"))
+    # The admin key: the file's (read, or written 0600), else FRESHREC_ADMIN_KEY, else a random one
+    # written into the work folder. Only its place is ever printed.
+    key_file = Path(args.admin_key_file) if args.admin_key_file else None
+    if key_file is None and not os.environ.get("FRESHREC_ADMIN_KEY"):
+        key_file = work / "admin.key"
+    key = admin_key_from_file(key_file) if key_file else os.environ["FRESHREC_ADMIN_KEY"]
     opts = ServerOptions(
         model_repository=repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-        host=args.host, env=env, model_control_mode=args.model_control_mode, exit_timeout_s=args.exit_timeout_s,
-        log_verbose=args.log_verbose, **({"admin_key": key} if key else {}),
+        host=args.host, metrics_host=args.metrics_host, env=env, exit_timeout_s=args.exit_timeout_s,
+        log_verbose=args.log_verbose, admin_key=key, extra_args=tuple(args.triton_arg or ()),
     )  # fmt: skip
-    return serve_forever(opts)
+    return serve_forever(opts, models, health_port=args.health_port, health_host=args.health_host, admin_key_file=key_file,
+                         server_root=args.server_root and Path(args.server_root), work_dir=work)  # fmt: skip
 
 
 def _cmd_copy_state(args) -> int:
@@ -137,20 +155,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", help="state store URL written into the repository (default: the build's state.db)")
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("serve", help="start tritonserver on a generated repository (loopback by default)",
-                       description="Serve a model repository with the embedded tritonserver until SIGINT/SIGTERM. "
-                                   "FRESHREC_ADMIN_KEY (alphanumeric), if set, is the key of the restricted APIs "
-                                   "(else a random one per start).")  # fmt: skip
+    s = sub.add_parser("serve", help="serve a model repository: tritonserver under freshrec's supervisor (loopback by default)",
+                       description="Serve a model repository until SIGINT/SIGTERM (then drain). Triton runs in explicit "
+                                   "model-control mode driven by the supervisor: it loads the served models (a freshrec "
+                                   "repository: the public ones, the towers too with the bls engine; any other: every "
+                                   "model), reloads a model whose Python-backend stub died, answers /ready and /live on "
+                                   "--health-port. The admin key of the restricted APIs: --admin-key-file, else "
+                                   "FRESHREC_ADMIN_KEY (alphanumeric), else a random one in the work folder's admin.key.")  # fmt: skip
     s.add_argument("--repository", default="model_repository/embedded")
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--health-port", type=int, default=8003, help="the supervisor's /ready and /live (what probes call)")
     s.add_argument("--host", default="127.0.0.1", help="listen address; the embedded Triton 2.51 should stay on loopback")
+    s.add_argument("--health-host", help="address of the health port (default: --host)")
+    s.add_argument("--metrics-host", help="address of the metrics port (default: --host)")
     s.add_argument("--state", default=os.environ.get("FRESHREC_STATE"), help="state store URL (overrides the build's): sqlite:///path.db, or redis://host:6379/0[?prefix=freshrec:] to share state across servers")
-    s.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
-                   help="none: every model loaded at start, no load/unload; explicit: load/unload with the admin key")
-    s.add_argument("--exit-timeout-s", type=int, default=30, help="seconds Triton gets to finish in-flight requests on stop")
+    s.add_argument("--admin-key-file", help="file holding the admin key of the restricted APIs: read if it exists, "
+                   "else a new random key is written there (mode 0600)")
+    s.add_argument("--exit-timeout-s", type=int, default=30, help="longest drain of in-flight requests on SIGTERM")
     s.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
+    s.add_argument("--server-root", help="a tritonserver installation to run instead of the embedded one "
+                   "(bin/tritonserver, backends/), e.g. /opt/tritonserver in the NGC image")
+    s.add_argument("--triton-arg", action="append", help="an extra tritonserver flag (repeatable), e.g. --triton-arg=--log-verbose=1")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("copy-state", help="copy one state store into another (a build's SQLite into Redis, or back)")

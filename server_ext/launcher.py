@@ -10,10 +10,14 @@ backend models), so it only needs the binary, started the way PyTriton starts it
   ``libpython3.X.so.1.0`` when it has one, since the stub links libpython);
 * ``PATH`` starts with this virtualenv's ``bin/`` so the stub imports numpy etc. from it.
 
-Safe defaults (RELIABILITY.md items 17-19): every endpoint binds to loopback, the model
-control API is off (``--model-control-mode=none``), the repository/config/shared-memory/
-statistics/trace/logging APIs need an admin header, and SIGTERM drains in-flight requests for at
-most ``exit_timeout_s`` seconds.
+Safe defaults (RELIABILITY.md items 17-19, 22): every endpoint binds to loopback, the model
+control API is off (``--model-control-mode=none``), the repository/shared-memory/trace/logging
+APIs need an admin header (model config and statistics stay open: they are read-only, hold no
+paths, and perf_analyzer and tritonclient need them), and SIGTERM drains in-flight requests for
+at most ``exit_timeout_s`` seconds. Readiness is not strict (``--strict-readiness=false``): a
+failed load of a new version must not turn the whole server unready while the old one serves;
+whether the server serves is the readiness of its models, which ``freshrec serve``'s supervisor
+(``server_ext/supervisor.py``) combines with what Triton 2.51 cannot see (a dead stub).
 """
 
 from __future__ import annotations
@@ -40,8 +44,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 __all__ = [
     "ADMIN_GRPC_HEADER",
@@ -54,7 +57,6 @@ __all__ = [
     "find_free_ports",
     "prepare_server",
     "server_env",
-    "serve_forever",
     "start_on_free_ports",
 ]
 
@@ -63,20 +65,20 @@ __all__ = [
 ADMIN_HEADER = "freshrec-admin"
 ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 
-#: APIs that clients of the recommender never need; they reveal paths, configs and shared-memory
-#: keys or change server state (RELIABILITY 18), so they require the admin header.
+#: APIs that load code, map memory, write files or change the server (RELIABILITY 18): they
+#: require the admin header. ``model-config`` and ``statistics`` are not among them: they are
+#: read-only, the generated configs hold no paths and statistics are counts and times, and
+#: perf_analyzer reads both (RELIABILITY 22).
 DEFAULT_RESTRICTED_APIS: tuple[str, ...] = (
     "model-repository",
-    "model-config",
     "shared-memory",
-    "statistics",
     "trace",
     "logging",
 )
 
 #: What Triton 2.51 accepts in --grpc-restricted-protocol / --http-restricted-api.
 ALL_RESTRICTABLE_APIS: frozenset[str] = frozenset(
-    DEFAULT_RESTRICTED_APIS + ("health", "metadata", "inference")
+    DEFAULT_RESTRICTED_APIS + ("model-config", "statistics", "health", "metadata", "inference")
 )
 
 _LOG_TAIL_LINES = 60
@@ -159,10 +161,12 @@ def prepare_server(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for ``tritonserver`` and its Python-backend stubs (see module docstring)."""
+def server_env(extra: Mapping[str, str] | None = None, *, embedded: bool = True) -> dict[str, str]:
+    """Environment for ``tritonserver`` and its Python-backend stubs (see module docstring).
+    ``embedded=False`` for a server installed elsewhere (the NGC image's /opt/tritonserver): its
+    own libraries, never the wheel's."""
     env = dict(os.environ)
-    libs = [str(_libs_dir())]
+    libs = [str(_libs_dir())] if embedded else []
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     base_lib = Path(sys.base_prefix) / "lib"
     if (base_lib / f"libpython{py}.so.1.0").exists():  # e.g. pyenv; Debian may lack libpython3.X
@@ -198,6 +202,7 @@ class ServerOptions:
     http_port: int = 8000
     metrics_port: int = 8002
     host: str = "127.0.0.1"
+    metrics_host: str | None = None  # None: ``host``; the chart opens the metrics port to Prometheus only
     model_control_mode: Literal["none", "explicit"] = "none"
     exit_timeout_s: int = 30
     log_verbose: int = 0
@@ -242,7 +247,7 @@ class ServerOptions:
             f"--id={server_id}",
             f"--model-repository={self.model_repository}",
             f"--model-control-mode={self.model_control_mode}",
-            "--strict-readiness=true",
+            "--strict-readiness=false",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
             f"--exit-timeout-secs={self.exit_timeout_s}",
@@ -251,7 +256,7 @@ class ServerOptions:
             f"--grpc-port={self.grpc_port}",
             f"--http-address={self.host}",
             f"--http-port={self.http_port}",
-            f"--metrics-address={self.host}",
+            f"--metrics-address={self.metrics_host or self.host}",
             f"--metrics-port={self.metrics_port}",
             # Both default to off unless cloud env vars are set; they would bind 0.0.0.0.
             "--allow-sagemaker=false",
@@ -356,7 +361,7 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         """Full Prometheus scrape URL."""
-        return f"http://{_client_host(self.options.host)}:{self.options.metrics_port}/metrics"
+        return f"http://{_client_host(self.options.metrics_host or self.options.host)}:{self.options.metrics_port}/metrics"
 
     @property
     def admin_key(self) -> str:
@@ -395,7 +400,7 @@ class TritonServer:
             self._proc = subprocess.Popen(
                 args,
                 cwd=self.work_dir,
-                env=server_env(self.options.env),
+                env=server_env(self.options.env, embedded=self._server_root is None),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -419,8 +424,9 @@ class TritonServer:
         self._reap()
         return False
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Poll ``/v2/health/ready`` until it answers 200 from *this* server, then the metrics port.
+    def wait_ready(self, timeout: float = 120.0, models: tuple[str, ...] = ()) -> None:
+        """Poll ``/v2/health/ready`` until it answers 200 from *this* server, then the metrics port
+        and ``/v2/models/<m>/ready`` of each of ``models``.
 
         Triton starts its metrics service after HTTP reports ready, so a scrape right after
         readiness could be refused; ``wait_ready`` returns once ``/metrics`` answers too.
@@ -440,7 +446,8 @@ class TritonServer:
                     log_tail=self.log_tail(),
                     returncode=self.returncode,
                 )
-            if self._http_ok(f"{base}/v2/health/ready") and self._is_ours(f"{base}/v2") and self._http_ok(self.metrics_url):
+            if (self._http_ok(f"{base}/v2/health/ready") and self._is_ours(f"{base}/v2") and self._http_ok(self.metrics_url)
+                    and all(self._http_ok(f"{base}/v2/models/{m}/ready") for m in models)):  # fmt: skip
                 return
             if time.monotonic() >= deadline:
                 raise ServerStartError(f"tritonserver not ready after {timeout:.0f}s", log_tail=self.log_tail())
@@ -584,62 +591,3 @@ def start_on_free_ports(
             if "already in use" not in exc.log_tail or attempt + 1 == attempts:
                 raise
     raise AssertionError("unreachable")
-
-
-# --------------------------------------------------------------------------------------------
-# CLI entry
-# --------------------------------------------------------------------------------------------
-
-
-class _StopRequested(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def serve_forever(
-    options: ServerOptions,
-    *,
-    ready_timeout: float = 300.0,
-    work_dir: Path | None = None,
-    out: TextIO | None = None,
-) -> int:
-    """Run a server in the foreground until SIGINT/SIGTERM, then stop it cleanly.
-
-    Must run in the main thread (it installs signal handlers). Returns a process exit code:
-    the server's own on a clean stop, 1 if it failed to start or died by itself.
-    """
-    out = out or sys.stdout
-    server = TritonServer(options, work_dir=work_dir)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # Raise once, to leave whatever we wait in; a second signal must not break the stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _StopRequested(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            server.start()
-            print(f"tritonserver log: {server.log_path}", file=out, flush=True)
-            server.wait_ready(ready_timeout)
-            print(f"grpc    {server.grpc_url}", file=out)
-            print(f"http    http://{server.http_url}", file=out)
-            print(f"metrics {server.metrics_url}", file=out, flush=True)
-            while server.is_alive():
-                time.sleep(0.5)
-            tail = server.log_tail()
-            print(f"tritonserver exited unexpectedly with code {server.returncode}:\n{tail}", file=sys.stderr)
-            return server.returncode or 1
-        except _StopRequested as stop:
-            print(f"{stop}: stopping tritonserver (exit timeout {options.exit_timeout_s}s)", file=out, flush=True)
-            rc = server.stop()
-            return 0 if rc in (0, None) else rc
-        except ServerStartError as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -126,14 +126,14 @@ def test_options_defaults_are_safe_and_validated(tmp_path: Path) -> None:
         "--http-address=127.0.0.1",
         "--metrics-address=127.0.0.1",
         "--model-control-mode=none",
-        "--strict-readiness=true",
+        "--strict-readiness=false",
         "--disable-auto-complete-config",
         "--exit-timeout-secs=30",
         "--backend-directory=/srv/backends",
         "--cache-directory=/srv/caches",
     ):
         assert flag in args
-    rule = f"model-repository,model-config,shared-memory,statistics,trace,logging:{ADMIN_HEADER}={opts.admin_key}"
+    rule = f"model-repository,shared-memory,trace,logging:{ADMIN_HEADER}={opts.admin_key}"
     assert f"--grpc-restricted-protocol={rule}" in args and f"--http-restricted-api={rule}" in args
     assert opts.admin_key not in repr(opts)
     assert ServerOptions(tmp_path).admin_key != opts.admin_key
@@ -230,21 +230,19 @@ def test_listens_only_on_loopback_by_default(tmp_path: Path, triton_server_facto
 
 
 @pytest.mark.integration
-def test_repository_and_config_apis_need_the_admin_key(tmp_path: Path, triton_server_factory: Factory) -> None:
+def test_repository_api_needs_the_admin_key_and_read_only_apis_do_not(tmp_path: Path, triton_server_factory: Factory) -> None:
     server = triton_server_factory(write_add_one(tmp_path / "repo"))
 
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
     http = httpclient.InferenceServerClient(server.http_url)
     try:
-        for call in (grpc.get_model_repository_index, lambda: grpc.get_model_config("add_one")):
-            with pytest.raises(InferenceServerException) as refused:
-                call()
-            assert refused.value.status() == "StatusCode.UNAVAILABLE"
-            assert "restricted" in refused.value.message() and server.admin_key not in refused.value.message()
-        for call in (http.get_model_repository_index, lambda: http.get_model_config("add_one")):
-            with pytest.raises(InferenceServerException) as refused:
-                call()
-            assert refused.value.status() == "403"
+        with pytest.raises(InferenceServerException) as refused:
+            grpc.get_model_repository_index()
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        assert "restricted" in refused.value.message() and server.admin_key not in refused.value.message()
+        with pytest.raises(InferenceServerException) as refused:
+            http.get_model_repository_index()
+        assert refused.value.status() == "403"
         # Wrong key: still refused.
         with pytest.raises(InferenceServerException):
             grpc.get_model_repository_index(headers={ADMIN_GRPC_HEADER: "0" * 32})
@@ -255,6 +253,11 @@ def test_repository_and_config_apis_need_the_admin_key(tmp_path: Path, triton_se
         # Control mode "none": even the admin cannot unload.
         with pytest.raises(InferenceServerException, match="explicit"):
             grpc.unload_model("add_one", headers=server.admin_grpc_headers)
+        # Read-only: config and statistics are open (perf_analyzer and tritonclient read them,
+        # RELIABILITY 22); the config holds no path.
+        config = grpc.get_model_config("add_one").config
+        assert config.name == "add_one" and "/" not in str(config)
+        assert http.get_inference_statistics("add_one")["model_stats"][0]["name"] == "add_one"
         assert grpc.is_model_ready("add_one")  # health/metadata/inference stay open
     finally:
         grpc.close()
@@ -349,12 +352,12 @@ def test_broken_repository_fails_fast_with_log_tail(
 @pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_forever_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    grpc_port, http_port, metrics_port = find_free_ports(3)
+    grpc_port, http_port, metrics_port, health_port = find_free_ports(4)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     cli = subprocess.Popen(  # `freshrec serve`, on a repository of its own (any Triton repository serves)
         [sys.executable, "-m", "freshrec.cli", "serve", "--repository", str(write_add_one(tmp_path / "repo")),
          f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
-         "--exit-timeout-s=5"],
+         f"--health-port={health_port}", "--exit-timeout-s=5"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -365,11 +368,15 @@ def test_serve_forever_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signa
             if line.startswith("metrics"):
                 break
         assert f"grpc    127.0.0.1:{grpc_port}\n" in lines, lines
+        assert "models  add_one\n" in lines, lines
         np.testing.assert_array_equal(grpc_add_one(f"127.0.0.1:{grpc_port}", X), X + 1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/ready", timeout=5) as ready:
+            assert ready.status == 200
         cli.send_signal(sig)
         assert cli.wait(timeout=20) == 0, cli.stdout.read()
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", http_port), timeout=2).close()
+        for port in (http_port, health_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         if cli.poll() is None:
             cli.kill()

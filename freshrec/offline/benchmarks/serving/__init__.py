@@ -16,9 +16,9 @@ What it does:
    worker takes every n-th step) and starts again from the first step after the warm-up and for
    every run, so every write run gets its own file with at least as many steps as requests and
    no warm-up: every request is a real write, none is an idempotent replay;
-3. starts tritonserver (server_ext/launcher.py) on the repository, with the statistics and
-   model-config APIs unrestricted (perf_analyzer reads them over gRPC and cannot send the admin
-   header there) on loopback;
+3. starts tritonserver (server_ext/launcher.py) on the repository, every model loaded (the towers
+   too: they are benchmarked on their own), on loopback; perf_analyzer reads the model-config and
+   statistics APIs, which the launcher leaves open (read-only);
 4. runs perf_analyzer (`-i grpc`, a fixed `--request-count` per concurrency level, `--percentile=99`,
    `-f` CSV with `--verbose-csv`, `--bls-composing-models` for recommend and upsert_items) for every
    model and concurrency level, and snapshots Triton's own inference statistics around each run;

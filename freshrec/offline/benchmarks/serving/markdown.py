@@ -216,8 +216,9 @@ def render_md(s: dict[str, Any]) -> str:
           "The input data files are in `inputs/<run>/` beside this file (`ingest_events`/`upsert_items`: one file per concurrency "
           "level, each step a new event/item id; rerun those against a fresh copy of the state, or the events are "
           "idempotent replays). `freshrec bench perf-analyzer` fetches perf_analyzer 2.60.0 and prints the prefix that runs it "
-          "on this machine (on glibc < 2.38: the Debian 13 loader). Start a server with the statistics API open "
-          "(`ServerOptions(restricted_apis=())`; perf_analyzer's `-H` does not reach gRPC) and replace the `-u` address. "
+          "on this machine (on glibc < 2.38: the Debian 13 loader). Start a server with every model loaded (`freshrec serve` "
+          "loads the towers only for the `bls` engine; the launcher's `start_on_free_ports` loads them all) and replace the "
+          "`-u` address; perf_analyzer needs no admin key (the config and statistics APIs it reads are open). "
           "The exact command lines of this run:", "", "```"]  # fmt: skip
     for label, by_c in res.items():
         for c, r in sorted(by_c.items(), key=lambda kv: int(kv[0])):

@@ -37,10 +37,12 @@ class Server:
         from freshrec.server_ext.launcher import start_on_free_ports
 
         env = {"FRESHREC_STATE": self.state_url, **self.env}
-        # perf_analyzer reads model config, metadata and statistics over gRPC without the admin
-        # header (its -H is HTTP-only), so this loopback-only benchmark server leaves them open.
+        # Every model loaded, the towers included (`freshrec serve` loads them only for BLS); the
+        # model-config and statistics APIs perf_analyzer reads are open by default (read-only).
+        # Had they a key, perf_analyzer 2.60 would pass it over gRPC too, as metadata:
+        # `-H triton-grpc-protocol-freshrec-admin:KEY` (its help says -H is HTTP-only; it is not).
         self.handle = start_on_free_ports(self.repository, env=env, work_dir=work / f"server-{self.name}",
-                                          ready_timeout=ready_timeout, restricted_apis=())  # fmt: skip
+                                          ready_timeout=ready_timeout)  # fmt: skip
 
     def stop(self) -> None:
         if self.handle is not None:
