@@ -31,7 +31,7 @@ CHART := helm/freshrec
 HELM_ENV := HELM_CACHE_HOME=$(CURDIR)/$(HELM_DIR)/home/cache HELM_CONFIG_HOME=$(CURDIR)/$(HELM_DIR)/home/config \
 	HELM_DATA_HOME=$(CURDIR)/$(HELM_DIR)/home/data
 
-.PHONY: help venv assets build demo serve eval tune bench bench-index test test-fast clean helm-bin helm-lint redis-server-bin
+.PHONY: help venv assets build demo serve eval tune bench bench-index test test-faults test-fast clean helm-bin helm-lint redis-server-bin
 
 help: ## List the targets
 	@echo "freshrec make targets (variables: PYTHON=$(or $(PYTHON),auto) VENV=$(VENV)):"
@@ -110,8 +110,13 @@ redis-server-bin: ## Install redis-server with apt-get when it is missing
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@redis-server --version | head -1
 
-test: venv assets redis-server-bin ## Run the whole test suite
-	$(call run_pytest,)
+test: venv assets redis-server-bin ## Run the test suite (the long fault runs are `make test-faults`)
+	$(call run_pytest,-m "not faults")
+
+# Every fault-injection case against a real tritonserver under traffic, the long runs included
+# (tests/faults; about N minutes on 2 cores).
+test-faults: venv assets redis-server-bin ## Run the fault-injection suite, long runs included
+	$(call run_pytest,tests/faults)
 
 test-fast: venv assets ## Run the tests that are neither integration nor slow
 	$(call run_pytest,-m "not integration and not slow")

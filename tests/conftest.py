@@ -18,7 +18,7 @@ _SERVERS = pytest.StashKey[list["TritonServer"]]()
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that starts a server is an integration test, whether or not it says so."""
     for item in items:
-        if "triton_server_factory" in getattr(item, "fixturenames", ()):
+        if {"triton_server_factory", "supervised"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
