@@ -23,12 +23,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "freshrec"
 HELM = REPO / ".cache" / "helm" / "bin" / "helm"
-EXIT_TIMEOUT_FLAG = "--exit-timeout-secs="
+EXIT_TIMEOUT_FLAG = "--exit-timeout-s="  # freshrec serve's flag, passed on as --exit-timeout-secs
 K8S_VERSION = "1.33"
 #: API groups of CRDs that kubernetes-validate has no schemas for; checked by hand below.
 CRD_GROUPS = ("monitoring.coreos.com/",)
 GRACE_REFUSED = "must exceed preStopSleepSeconds (10) + tritonserver's"
-RESTRICTED = "model-repository,model-config,shared-memory,statistics,trace,logging:freshrec-admin=$(ADMIN_KEY)"
 
 Helm = Callable[..., "subprocess.CompletedProcess[str]"]
 Manifest = dict[str, Any]
@@ -118,8 +117,14 @@ def pod_spec(manifests: dict[tuple[str, str], Manifest]) -> dict[str, Any]:
 
 
 def triton(manifests: dict[tuple[str, str], Manifest]) -> dict[str, Any]:
-    (container,) = pod_spec(manifests)["containers"]
-    assert container["name"] == "tritonserver"
+    """The server container (`freshrec serve`)."""
+    (container,) = [c for c in pod_spec(manifests)["containers"] if c["name"] == "tritonserver"]
+    return container
+
+
+def proxy(manifests: dict[tuple[str, str], Manifest]) -> dict[str, Any]:
+    """The Envoy front proxy container."""
+    (container,) = [c for c in pod_spec(manifests)["containers"] if c["name"] == "proxy"]
     return container
 
 
@@ -221,6 +226,7 @@ def test_default_release_objects(helm: Helm) -> None:
         ("Deployment", "freshrec"),
         ("Service", "freshrec"),
         ("Secret", "freshrec-admin"),
+        ("ConfigMap", "freshrec-proxy"),
         ("PodDisruptionBudget", "freshrec"),
         ("NetworkPolicy", "freshrec"),
         ("NetworkPolicy", "freshrec-redis"),
@@ -235,12 +241,15 @@ def test_rendered_deployment(helm: Helm) -> None:
     container = triton(manifests)
 
     assert container["image"] == "freshrec-tritonserver:0.1.0"  # tag defaults to appVersion
-    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    # Readiness: server live AND the served model ready (one handler per probe).
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/recommend/ready"
+    assert container["command"] == ["freshrec", "serve"]  # the supervisor, not bare tritonserver
+    # The supervisor's health port: /live (Triton up, no model unhealthy for 60 s) and /ready
+    # (every served model ready, no dead stub, not draining).
+    assert container["startupProbe"]["httpGet"]["path"] == "/live"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["port"] == "http"
+        assert container[probe]["httpGet"]["port"] == "health"
+    assert "--health-port=8003" in container["args"] and "--health-host=0.0.0.0" in container["args"]
 
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
@@ -248,9 +257,15 @@ def test_rendered_deployment(helm: Helm) -> None:
     assert pod["automountServiceAccountToken"] is False
     assert_restricted_security(container)
 
+    # Clients reach the proxy's listeners; Triton's own HTTP/gRPC stay on the pod's loopback.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    assert {p["name"]: p["port"] for p in manifests[("Service", "freshrec")]["spec"]["ports"]} == ports
+    assert ports == {"metrics": 8002, "health": 8003}
+    proxy_ports = {p["name"]: p["containerPort"] for p in proxy(manifests)["ports"]}
+    assert proxy_ports == {"http": 8000, "grpc": 8001}
+    assert {p["name"]: p["port"] for p in manifests[("Service", "freshrec")]["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    for flag in ("--host=127.0.0.1", "--http-port=18000", "--grpc-port=18001", "--metrics-host=0.0.0.0", "--metrics-port=8002",
+                 "--server-root=/opt/tritonserver", "--triton-arg=--metrics-config=summary_latencies=true"):
+        assert flag in container["args"], flag
 
     # Read-only repository from the PVC; writable scratch only in emptyDirs.
     vols = volumes(pod)
@@ -259,7 +274,7 @@ def test_rendered_deployment(helm: Helm) -> None:
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["model-repository"]["readOnly"] is True
     assert mounts["model-repository"]["mountPath"] == "/models"
-    assert "--model-repository=/models" in container["args"]
+    assert "--repository=/models" in container["args"]
     assert vols["tmp"]["emptyDir"]["sizeLimit"] == "2Gi"
     assert mounts["tmp"]["mountPath"] == "/tmp"
     assert "initContainers" not in pod
@@ -272,18 +287,19 @@ def test_dev_shm_is_a_memory_emptydir_with_a_size_limit(helm: Helm) -> None:
     assert {m["name"]: m["mountPath"] for m in triton(manifests)["volumeMounts"]}["dshm"] == "/dev/shm"
 
 
-def test_triton_args_keep_model_control_off_and_restrict_admin_apis(helm: Helm) -> None:
+def test_the_admin_key_reaches_only_the_supervisor_as_a_file(helm: Helm) -> None:
     manifests = render(helm)
     container = triton(manifests)
     args = container["args"]
-    assert "--model-control-mode=none" in args
-    assert not [a for a in args if a.startswith("--load-model")]
-    assert f"--grpc-restricted-protocol={RESTRICTED}" in args
-    assert f"--http-restricted-api={RESTRICTED}" in args
-    assert "--strict-readiness=true" in args
-    # The key comes from the chart's Secret through env, expanded by the kubelet as $(ADMIN_KEY).
-    key_ref = env(container)["ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
-    assert key_ref == {"name": "freshrec-admin", "key": "admin-key"}
+    # freshrec serve owns model control (explicit, driven by itself) and the restricted APIs.
+    assert not [a for a in args if a.split("=")[0] in ("--model-control-mode", "--load-model", "--grpc-restricted-protocol",
+                                                        "--http-restricted-api", "--strict-readiness")]  # fmt: skip
+    assert "--admin-key-file=/etc/freshrec/admin/admin-key" in args
+    assert "ADMIN_KEY" not in env(container) and not [a for a in args if "$(" in a]  # never on a command line
+    secret_volume = volumes(pod_spec(manifests))["admin-key"]["secret"]
+    assert secret_volume == {"secretName": "freshrec-admin", "defaultMode": 0o440}
+    assert {m["name"]: m for m in container["volumeMounts"]}["admin-key"] == {"name": "admin-key", "mountPath": "/etc/freshrec/admin", "readOnly": True}
+    assert "admin-key" not in {m["name"] for m in proxy(manifests)["volumeMounts"]}
     secret = manifests[("Secret", "freshrec-admin")]
     key = base64.b64decode(secret["data"]["admin-key"]).decode()
     assert len(key) == 32 and key.isalnum()
@@ -292,8 +308,48 @@ def test_triton_args_keep_model_control_off_and_restrict_admin_apis(helm: Helm) 
 def test_existing_admin_secret_is_used_and_not_created(helm: Helm) -> None:
     manifests = render(helm, "triton.adminKey.existingSecret=ops-triton-admin", "triton.adminKey.secretKey=key")
     assert not [k for k in manifests if k[0] == "Secret"]
-    ref = env(triton(manifests))["ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "ops-triton-admin", "key": "key"}
+    assert volumes(pod_spec(manifests))["admin-key"]["secret"]["secretName"] == "ops-triton-admin"
+    assert "--admin-key-file=/etc/freshrec/admin/key" in triton(manifests)["args"]
+
+
+def test_the_proxy_sidecar_and_its_configuration(helm: Helm) -> None:
+    from freshrec.contract import ONNX_MODELS
+
+    manifests = render(helm)
+    sidecar = proxy(manifests)
+    assert sidecar["image"] == "envoyproxy/envoy:v1.40.0"
+    assert sidecar["args"][:2] == ["-c", "/etc/envoy/envoy.yaml"]
+    assert_restricted_security(sidecar)
+    # The proxy outlives the server's drain: its in-flight answers come back through it.
+    assert sidecar["lifecycle"]["preStop"]["sleep"]["seconds"] == 10 + 30
+    config = manifests[("ConfigMap", "freshrec-proxy")]["data"]
+    envoy = yaml.safe_load(config["envoy.yaml"])
+    http, grpc = envoy["static_resources"]["listeners"]
+    assert http["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8000}
+    assert grpc["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8001}
+    clusters = {c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                for c in envoy["static_resources"]["clusters"]}  # fmt: skip
+    assert clusters == {"triton_http": {"address": "127.0.0.1", "port_value": 18000},
+                        "triton_grpc": {"address": "127.0.0.1", "port_value": 18001}}  # fmt: skip
+    assert "max_request_bytes: 8388608" in config["envoy.yaml"]
+    # The internal models it refuses are the contract's ONNX models.
+    assert set(yaml.safe_load(open(CHART / "values.yaml"))["proxy"]["internalModels"]) == {m.name for m in ONNX_MODELS}
+    assert all(f'["{m.name}"] = true' in config["json_guard.lua"] for m in ONNX_MODELS)
+    assert "local MAX_DEPTH = 32" in config["json_guard.lua"]
+    # A changed configuration rolls the pods.
+    changed = render(helm, "proxy.maxRequestBytes=1048576")
+    annotation = "checksum/proxy-config"
+    assert manifests[("Deployment", "freshrec")]["spec"]["template"]["metadata"]["annotations"][annotation] != \
+        changed[("Deployment", "freshrec")]["spec"]["template"]["metadata"]["annotations"][annotation]
+
+
+def test_without_the_proxy_freshrec_serve_listens_on_the_pod_address(helm: Helm) -> None:
+    manifests = render(helm, "proxy.enabled=false")
+    assert ("ConfigMap", "freshrec-proxy") not in manifests
+    assert [c["name"] for c in pod_spec(manifests)["containers"]] == ["tritonserver"]
+    container = triton(manifests)
+    assert {"--host=0.0.0.0", "--http-port=8000", "--grpc-port=8001"} <= set(container["args"])
+    assert {p["name"] for p in container["ports"]} == {"http", "grpc", "metrics", "health"}
 
 
 def test_grace_period_outlasts_prestop_and_exit_timeout(helm: Helm) -> None:
@@ -511,7 +567,7 @@ def test_service_monitor_and_dashboard(helm: Helm) -> None:
     assert 'quantile="0.99"' in exprs and "histogram_quantile(0.99" in exprs
 
     off = render(helm)
-    assert not [k for k in off if k[0] in ("ServiceMonitor", "ConfigMap")]
+    assert not [k for k in off if k[0] == "ServiceMonitor" or k == ("ConfigMap", "freshrec-dashboard")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,6 +589,7 @@ def test_service_monitor_and_dashboard(helm: Helm) -> None:
         (("redis.enabled=false",), "a state store is required"),
         (("triton.extraArgs={--model-control-mode=explicit}",), "triton.extraArgs may not set --model-control-mode"),
         (("triton.extraArgs={--http-restricted-api=}",), "triton.extraArgs may not set --http-restricted-api"),
+        (("triton.extraArgs={--grpc-address=0.0.0.0}",), "triton.extraArgs may not set --grpc-address"),
         (("triton.extraArgs={--exit-timeout-secs=600}",), "triton.extraArgs may not set --exit-timeout-secs"),
         (("autoscaling.enabled=true", "autoscaling.minReplicas=5"), "minReplicas must not exceed"),
     ],

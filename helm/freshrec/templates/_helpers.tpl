@@ -85,16 +85,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml $profile }}
 {{- end }}
 
-{{/* Restricted-API rule shared by --grpc-restricted-protocol and --http-restricted-api; the key is expanded by the kubelet from $(ADMIN_KEY). */}}
-{{- define "freshrec.restrictedRule" -}}
-{{- printf "%s:%s=$(ADMIN_KEY)" (join "," .Values.triton.restrictedApis) .Values.triton.adminHeader }}
-{{- end }}
-
 {{/* Refuse extra tritonserver args that would override what the chart owns. */}}
 {{- define "freshrec.checkExtraArgs" -}}
 {{- range .Values.triton.extraArgs }}
 {{- $arg := toString . }}
-{{- range list "--model-control-mode" "--load-model" "--grpc-restricted-protocol" "--http-restricted-api" "--exit-timeout-secs" "--model-repository" "--http-port" "--grpc-port" "--metrics-port" }}
+{{- range list "--model-control-mode" "--load-model" "--grpc-restricted-protocol" "--http-restricted-api" "--exit-timeout-secs" "--model-repository" "--http-port" "--grpc-port" "--metrics-port" "--http-address" "--grpc-address" "--metrics-address" "--strict-readiness" }}
 {{- if hasPrefix . $arg }}
 {{- fail (printf "triton.extraArgs may not set %s (the chart owns it): %s" . $arg) }}
 {{- end }}
