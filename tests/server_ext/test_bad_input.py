@@ -81,7 +81,5 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(served):
     assert len(recommend(c, user, k=10)[0]) == 10
 
 
-def test_errors_do_not_echo_paths_or_stack_traces(served):
-    c = grpcclient.InferenceServerClient(served.grpc_url)
-    msg = expect_error(lambda: recommend(c, ""), match="")
-    assert "Traceback" not in msg and "/" not in msg
+# No path or stack trace in any error: tests/faults/test_internal_models.py runs every
+# error-producing input of every model, the towers included.
