@@ -10,8 +10,9 @@ The supervisor runs Triton in explicit model-control mode, holding the admin key
   ones, so no client reaches the towers);
 * **watches the stubs**: a SIGKILLed or crashed stub stays a zombie child of tritonserver (2.51
   reaps a stub only when it finalizes the instance, while the stubs it stops on purpose are reaped
-  at once), so a zombie whose command line named a model's stub is a dead instance. Its
-  readiness turns false at the next scan (``poll_s``);
+  at once), so a zombie whose command line named a served model's stub, with no live stub of the
+  same instance name beside it (a failed load's stubs die next to the serving ones), is a dead
+  instance. Readiness turns false at the next scan (``poll_s``);
 * **reloads** that model through the repository API: a plain load of an unchanged model is only a
   config update in 2.51 (no new instances), so the load carries the model's own config with one
   parameter changed (``freshrec_restart``), which makes Triton load a new generation beside the
@@ -324,6 +325,7 @@ class Supervisor:
         children = _children(pid0)
         dead: dict[str, list[str]] = {}
         with self._lock:
+            zombies = []
             for pid in children:
                 st = _stat(pid)
                 if st is None:
@@ -331,7 +333,16 @@ class Supervisor:
                 if pid not in self._known and st[0] != "Z" and (stub := _stub(pid)) is not None:
                     self._known[pid] = stub
                 if st[0] == "Z" and pid in self._known and pid not in self._retired:
-                    dead.setdefault(self._known[pid].model, []).append(self._known[pid].instance)
+                    zombies.append(self._known[pid])
+            # A stub of a load that failed (a new version, or a reload) dies beside the serving
+            # instance of the same name, and 2.51 may leave it a zombie too: only a stub whose
+            # instance has no live namesake was serving.
+            live = {(s.model, s.instance) for pid, s in self._known.items() if pid not in self._retired and (_stat(pid) or ("Z",))[0] != "Z"}
+            for stub in zombies:
+                if stub.model in self.models and (stub.model, stub.instance) not in live:
+                    dead.setdefault(stub.model, []).append(stub.instance)
+                else:
+                    self._retired.add(stub.pid)
             for pid in set(self._known) - set(children):  # reaped by Triton: stopped on purpose
                 del self._known[pid]
                 self._retired.discard(pid)

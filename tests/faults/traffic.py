@@ -57,10 +57,12 @@ def summary(records: list[Outcome]) -> dict:
 
 
 class Load:
-    """``threads`` blocking loops of `recommend` over gRPC until stopped (a context manager)."""
+    """``threads`` blocking loops of `recommend` over gRPC until stopped (a context manager).
+    Raw tritonclient calls, or with ``retrying`` freshrec's own client (its retries of
+    UNAVAILABLE with backoff): what a client following the protocol sees."""
 
-    def __init__(self, url: str, users: list[str], threads: int = 4, deadline_s: float = 5.0) -> None:
-        self.url, self.users, self.deadline_s = url, users, deadline_s
+    def __init__(self, url: str, users: list[str], threads: int = 4, deadline_s: float = 5.0, retrying: bool = False) -> None:
+        self.url, self.users, self.deadline_s, self.retrying = url, users, deadline_s, retrying
         self.records: list[Outcome] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -80,7 +82,14 @@ class Load:
             t.join(30)
 
     def _run(self, i: int, n: int) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
+        if self.retrying:
+            from freshrec.client import FreshrecClient, FreshrecError
+
+            client = FreshrecClient(self.url, timeout_s=self.deadline_s)
+            call = lambda user: client.recommend(user, k=10)  # noqa: E731
+        else:
+            client = grpcclient.InferenceServerClient(self.url)
+            call = lambda user: client.infer("recommend", recommend_inputs(user), client_timeout=self.deadline_s)  # noqa: E731
         j = i
         try:
             while not self._stop.is_set():
@@ -88,10 +97,10 @@ class Load:
                 j += n
                 t0 = time.monotonic()
                 try:
-                    client.infer("recommend", recommend_inputs(user), client_timeout=self.deadline_s)
+                    call(user)
                     code, msg = "OK", ""
                 except Exception as exc:  # noqa: BLE001 - recorded and asserted by the case
-                    code, msg = classify(exc)
+                    code, msg = (exc.code or "NONE", exc.message) if self.retrying and isinstance(exc, FreshrecError) else classify(exc)
                     if code in ("UNAVAILABLE", "NONE"):
                         time.sleep(0.01)  # a refused call comes back at once; do not spin
                 with self._lock:
