@@ -196,6 +196,7 @@ class Supervisor:
         self._dead: dict[str, float] = {}  # model -> when a stub of it was found dead (until reloaded)
         self._not_ready: dict[str, float] = {}  # model -> since when Triton calls it not ready
         self._triton_live = True
+        self._silent = 0  # health checks in a row that Triton did not answer
         self._restarts = 0
         self.draining = False
         #: (monotonic time, what, detail): "dead", "reloaded", "reload_failed", "retired", "drain", "drained".
@@ -356,16 +357,20 @@ class Supervisor:
                 self._spawn(lambda m=model, o=old: self._recover(m, o), f"freshrec-reload-{model}")
 
     def _check_models(self) -> None:
+        """Triton's own view, once a second. Only an answer counts: a check that times out (both
+        cores busy loading a version, say) changes nothing, and Triton counts as not answering
+        after three in a row."""
         base = f"http://{self.server.http_url}"
-        live = _get_status(f"{base}/v2/health/live") == 200
-        states = {m: _get_status(f"{base}/v2/models/{m}/ready") == 200 for m in self.models}
+        live = _get_status(f"{base}/v2/health/live")
+        states = {m: _get_status(f"{base}/v2/models/{m}/ready") for m in self.models}
         now = time.monotonic()
         with self._lock:
-            self._triton_live = live
-            for model, ok in states.items():
-                if ok:
+            self._silent = 0 if live is not None else self._silent + 1
+            self._triton_live = live == 200 or (live is None and self._silent < 3)
+            for model, code in states.items():
+                if code == 200:
                     self._not_ready.pop(model, None)
-                else:
+                elif code is not None:
                     self._not_ready.setdefault(model, now)
 
     def _recover(self, model: str, old_generation: set[int]) -> None:
