@@ -103,10 +103,12 @@ def check_parity(contract: ModelContract, module: torch.nn.Module, path: Path, s
     for batch, vary in ((1, False), (3, False), (2, True)):
         inputs = random_inputs(contract, sizes, cfg, batch, rng, vary=vary)
         with torch.no_grad():
-            expected = module.eval()(*(inputs[n] for n in contract.input_names)).numpy()
-        (got,) = session.run(contract.output_names, {n: t.numpy() for n, t in inputs.items()})
-        valid = expected > -1e8  # masked candidates are -1e9 in both; compare real scores
-        worst = max(worst, float(np.abs(got - expected)[valid].max()))
+            expected = module.eval()(*(inputs[n] for n in contract.input_names))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for got, want in zip(session.run(contract.output_names, {n: t.numpy() for n, t in inputs.items()}), expected):
+            want = want.numpy()
+            valid = want > -1e8  # masked candidates are -1e9 in both; compare real scores
+            worst = max(worst, float(np.abs(got - want)[valid].max()))
     if worst > contract.tolerance:
         raise ParityError(f"{contract.name}: ONNX differs from PyTorch by {worst:.3g} > tolerance {contract.tolerance:.3g}")
     return worst

@@ -24,6 +24,11 @@ TEXT_VOCAB = 30522  # all-MiniLM-L6-v2 word pieces (BERT uncased): input ids are
 class TextEncoderConfig:
     max_tokens: int = 32  # item titles + year + genres fit in ~25 word pieces (a batch is padded to its longest)
     dim: int = TEXT_DIM
+    # The content vector: the sentence embedding centred on the catalog mean and projected onto its
+    # first principal axes (fitted at build time, folded into the text encoder's graph), unit norm.
+    # It keeps the language model's meaning, which the collaborative item space loses
+    # (docs/results/report.md, responsiveness), in 64 numbers per item.
+    content_dim: int = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,53 @@ class RerankerConfig(SequenceConfig):
         return cls(dim=16, layers=1, heads=2, max_history=8, dropout=0.0, num_candidates=12)
 
 
+# Event weights of the short-term content channel: how much an event says "more like this" (+)
+# or "not this" (-). A rating maps 1..5 stars to -1..+1.
+CONTENT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.3, "click": 0.5, "like": 1.0, "add_to_cart": 0.8, "purchase": 1.0, "dislike": -1.0, "skip": -0.5,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """The content channels of the pipeline (freshrec.serving.pipeline): what the user does and
+    says now, scored in the language model's space beside the collaborative one.
+
+    - short-term: s = sum_j w_j decay^age_j c_j / sum_j |w_j decay^age_j| over the latest
+      `short_events` events (c: content vectors, w: CONTENT_EVENT_WEIGHTS, ratings by stars);
+      explicit "no" events (dislike, skip, a 1-star rating) are then scaled up. Each candidate's
+      score is the reranker's logit + `beta_short` * c_i . s, and `short_candidates` of the
+      reranker's candidates come from a search of the content index by s. s is not normalised:
+      a coherent burst of recent events pulls hard, a scattered session hardly at all.
+    - query: the query's content vector q. A cold user gets the items nearest q (plus a small
+      recent-popularity prior); a warm user's candidates gain the `query_candidates` nearest q,
+      and the blend is z(personal) + `beta_query` z(c_i . q), keeping the `query_keep` best of
+      the user's own top-10.
+    - new items: an item without a learned id row gets, as its collaborative vector, a mix of
+      its text-only item-tower vector and the similarity-weighted mean of its `new_item_neighbours`
+      content-nearest items' vectors (`new_item_mix` of the latter).
+    """
+
+    beta_short: float = 3.5
+    short_events: int = 10
+    short_decay: float = 0.85
+    short_candidates: int = 50  # of the reranker's num_candidates
+    negative_scale: float = 4.0  # dislike / skip, after normalising
+    one_star_scale: float = 1.5  # a 1-star rating, after normalising
+    beta_query: float = 1.5
+    query_candidates: int = 200
+    query_keep: int = 3
+    popularity_prior: float = 0.02  # cold query: c . q + this * log(1 + recent count)
+    new_item_neighbours: int = 10
+    new_item_temperature: float = 0.05
+    new_item_mix: float = 0.5
+
+    @classmethod
+    def off(cls) -> "ContentConfig":
+        """The pipeline without content channels (the collaborative path alone)."""
+        return cls(beta_short=0.0, short_candidates=0, beta_query=0.0, query_candidates=0, query_keep=0, new_item_mix=0.0)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -91,6 +143,7 @@ class ModelConfig:
     user: SequenceConfig = field(default_factory=SequenceConfig)
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
 
     @classmethod
     def tiny(cls) -> "ModelConfig":
@@ -100,6 +153,7 @@ class ModelConfig:
             user=SequenceConfig.tiny(),
             reranker=RerankerConfig.tiny(),
             train=TrainConfig.tiny(),
+            content=ContentConfig(short_candidates=6, query_candidates=12),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +167,7 @@ class ModelConfig:
             user=SequenceConfig(**d.get("user", {})),
             reranker=RerankerConfig(**d.get("reranker", {})),
             train=TrainConfig(**d.get("train", {})),
+            content=ContentConfig(**d.get("content", {})),
         )
 
     def save(self, path: Path) -> None:

@@ -110,9 +110,12 @@ TEXT_ENCODER = ModelContract(
            values=(0, "V")),
         _t("attention_mask", "TYPE_INT64", "T", values=(0, 1)),
     ),
-    outputs=(_t("text_embedding", "TYPE_FP32", "E", doc="all-MiniLM-L6-v2 sentence embedding, unit norm"),),
+    outputs=(
+        _t("text_embedding", "TYPE_FP32", "E", doc="all-MiniLM-L6-v2 sentence embedding, unit norm"),
+        _t("content_vector", "TYPE_FP32", "Ec", doc="the embedding centred on the catalog mean, projected on its principal axes, unit norm"),
+    ),
     batched=True,
-    doc="Frozen pretrained sentence encoder (mean pooling + L2 normalisation).",
+    doc="Frozen pretrained sentence encoder (mean pooling + L2 normalisation) and its content projection (fitted at build time).",
     tolerance=1e-4,
 )
 
@@ -232,6 +235,7 @@ class Sizes:
     E: int
     extra: dict[str, int] = field(default_factory=dict)
     I: int = 0  # highest row of the item tower's learned id table (its id_vocab)  # noqa: E741
+    Ec: int = 0  # content vector size (TextEncoderConfig.content_dim)
     K: int = len(EVENT_TYPES) - 1  # highest event type index
     V: int = TEXT_VOCAB - 1  # highest word-piece id
 
@@ -240,7 +244,7 @@ class Sizes:
         if cfg.user.max_history != cfg.reranker.max_history or cfg.user.dim != cfg.item.dim or cfg.reranker.dim != cfg.item.dim:
             raise ValueError("user tower, reranker and item tower must share max_history and dim")
         return cls(L=cfg.user.max_history, C=cfg.reranker.num_candidates, D=cfg.item.dim, T=cfg.text.max_tokens, E=cfg.text.dim,
-                   I=cfg.item.id_vocab)  # fmt: skip
+                   I=cfg.item.id_vocab, Ec=cfg.text.content_dim)  # fmt: skip
 
     def value_range(self, spec: TensorSpec) -> tuple[int, int] | None:
         """The inclusive range of values `spec` accepts, resolved; None when it is not an index."""

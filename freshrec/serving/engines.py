@@ -59,7 +59,7 @@ class TorchEngine:
     def run(self, model: str, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         c = self.contracts[model]
         out = self.modules[model](*(torch.as_tensor(inputs[n]) for n in c.input_names))
-        return {c.output_names[0]: out}
+        return dict(zip(c.output_names, out if isinstance(out, tuple) else (out,)))
 
 
 def _host(x: Any) -> np.ndarray:

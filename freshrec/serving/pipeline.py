@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from freshrec.arrays import arrays_for
-from freshrec.config import DeployConfig, ModelConfig
+from freshrec.config import CONTENT_EVENT_WEIGHTS, DeployConfig, ModelConfig
 from freshrec.contract import DEFAULT_K, MAX_BATCH_ITEMS, MAX_FUTURE_S, MAX_ID_BYTES, MAX_TEXT_BYTES
 from freshrec.index import ItemIndex
 from freshrec.models.features import HISTORY_CONTEXT, event_type_index, gather_vectors, history_arrays
@@ -82,6 +82,14 @@ class Recommendation:
     source: str  # "personal", "query" or "popular" (cold start)
 
 
+def content_weight(event_type: str, value: float) -> float:
+    """How much one event says "more like this" (+) or "not this" (-) to the short-term content
+    channel: a rating maps 1..5 stars to -1..+1, other types by CONTENT_EVENT_WEIGHTS."""
+    if event_type == "rate":
+        return 1.0 if math.isnan(value) else float(np.clip((value - 3.0) / 2.0, -1.0, 1.0))
+    return CONTENT_EVENT_WEIGHTS.get(event_type, 0.0)
+
+
 def check_id(kind: str, value: str) -> str:
     if not value:
         raise InvalidInput(f"{kind} must not be empty")
@@ -126,14 +134,25 @@ class Recommender:
         self.deploy = deploy
         self.xp = arrays_for(device)
         self.index = ItemIndex(cfg.item.dim, device, kind=deploy.index, graph_cache=graph_cache)
+        # The content vectors of the same items in the same rows (both indexes apply one
+        # `catalog_since` block): the short-term and query channels search and score here.
+        self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, graph_cache=graph_cache)
         self.stats = stats or Stats()
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
 
     def refresh_index(self) -> None:
-        """Applies catalog writes since the last refresh to the index and reports its size, and
-        its recall whenever its approximate structure was (re)built (ItemIndex.self_check)."""
-        if self.index.refresh(self.store):
+        """Applies catalog writes since the last refresh to both indexes and reports the size, and
+        the item index's recall whenever its approximate structure was (re)built (ItemIndex.self_check)."""
+        block = self.store.catalog_since(self.index.version)
+        if block.item_ids:
+            contents = block.contents
+            if contents.shape[1] != self.content.dim:  # items stored without content vectors
+                contents = np.zeros((len(block.item_ids), self.content.dim), np.float32)
+            self.index.apply_vectors(block.item_ids, block.vectors)
+            self.content.apply_vectors(block.item_ids, contents)
+        self.index.version = self.content.version = block.version
+        if block.item_ids:
             self.stats.index_size(len(self.index))
             if self.index.recall is None:  # first load, or the graph / int8 scan was rebuilt
                 self.stats.index_recall(self.index.self_check())
@@ -178,21 +197,36 @@ class Recommender:
             with stats.stage("user_tower"):
                 user_vec = xp.asarray(self.engine.run("user_tower", hist)["user_vector"])[0]
             checkpoint("user_tower")
-        query_vec = self._query_vector(query) if query else None
+        cc = self.cfg.content
+        query_vec = query_content = None
+        if query:
+            query_vec, query_content = self._query_vectors(query)
         if user_vec is None and query_vec is None:
             stats.fallback("popular")
             return self._popular_for(k, set(history.seen) | set(exclude))
         if user_vec is None:
             stats.fallback("query")
+            if cc.beta_query:  # a first visit with a typed intent: the language model's geometry decides
+                return self._query_only(query_content, k, banned)
             u, source = query_vec, "query"
-        elif query_vec is None:
+        elif query_vec is None or cc.beta_query:
             u, source = user_vec, "personal"
         else:
             u, source = xp.normalize(user_vec + self.deploy.query_weight * query_vec), "personal"
 
+        short = self._short_profile(history) if hist is not None else None
         n_candidates = max(k, self.cfg.reranker.num_candidates)
+        n_short = min(cc.short_candidates, n_candidates // 2) if short is not None else 0
         with stats.stage("retrieval"):
-            rows, retrieval_scores = self.index.search(u, n_candidates, banned)
+            rows, retrieval_scores = self.index.search(u, max(k, n_candidates - n_short), banned)
+            extra = []
+            if n_short:
+                extra.append(self.content.search(short, n_short, banned)[0])
+            if query_content is not None and cc.beta_query and cc.query_candidates:
+                extra.append(self.content.search(query_content, cc.query_candidates, banned)[0])
+            if extra:
+                rows = self._merge(rows, extra, max(n_candidates, self.deploy.max_k))
+                retrieval_scores = self.index.matrix[rows] @ u
         if len(rows) == 0:
             return Recommendation([], np.zeros(0, np.float32), source)
         if hist is None:  # no events to rerank against: retrieval order is the answer
@@ -201,9 +235,91 @@ class Recommender:
             checkpoint("retrieval")
             with stats.stage("rerank"):
                 scores = self._rerank(hist, rows, retrieval_scores)
+                if short is not None:
+                    scores = scores + cc.beta_short * (self.content.matrix[rows] @ short)
+        keep = None
+        if query_content is not None and cc.beta_query and hist is not None:
+            scores, keep = self._blend_query(scores, self.content.matrix[rows] @ query_content)
         top, values = xp.topk(scores, min(k, len(rows)))
+        if keep is not None:  # the user's own picks kept in the list, in the blend's order
+            top = self._with_kept(scores, top, keep, min(k, len(rows)))
+            values = scores[top]
         chosen = xp.numpy(rows[top]).tolist()
         return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), source)
+
+    # -- content channels (ModelConfig.content) ---------------------------------------------
+    def _short_profile(self, history: UserHistory):
+        """The user's short-term content profile s (ContentConfig): the signed, decayed mean of the
+        content vectors of the latest events; None when the channel is off or nothing counts."""
+        cc = self.cfg.content
+        if not cc.beta_short or not cc.short_events:
+            return None
+        rows, coef = [], []
+        n = len(history.item_ids)
+        for j in range(n - 1, max(-1, n - 1 - cc.short_events), -1):  # newest first
+            row = self.content.rows.get(history.item_ids[j])
+            if row is None:
+                continue
+            kind, value = history.event_types[j], history.values[j]
+            w = content_weight(kind, value) * cc.short_decay ** (n - 1 - j)
+            scale = cc.negative_scale if kind in ("dislike", "skip") else cc.one_star_scale if kind == "rate" and value <= 1.0 else 1.0
+            rows.append(row)
+            coef.append((w, scale))
+        norm = sum(abs(w) for w, _ in coef)
+        if norm == 0:
+            return None
+        weights = self.xp.asarray(np.array([w * scale / norm for w, scale in coef], np.float32))
+        return weights @ self.content.matrix[self.xp.asarray(np.array(rows, np.int64))]
+
+    def _merge(self, rows, extra: list, limit: int):
+        """The user tower's candidates, then each extra source's that are new, at most `limit`."""
+        xp = self.xp
+        merged = np.concatenate([xp.numpy(rows), *(xp.numpy(r) for r in extra)])
+        _, first = np.unique(merged, return_index=True)
+        return xp.asarray(merged[np.sort(first)][:limit])
+
+    def _blend_query(self, personal, query_scores):
+        """z(personal) + beta_query z(query similarity) over the candidates, and the rows (of the
+        candidates) of the `query_keep` best-blended items of the user's own top-10."""
+        cc, xp = self.cfg.content, self.xp
+
+        def z(x):
+            return (x - x.mean()) / max(float(x.std()), 1e-6)
+
+        blended = z(personal) + cc.beta_query * z(query_scores)
+        if not cc.query_keep:
+            return blended, None
+        own, _ = xp.topk(personal, min(10, len(personal)))
+        best, _ = xp.topk(blended[own], min(cc.query_keep, len(own)))
+        return blended, own[best]
+
+    def _with_kept(self, scores, top, keep, k: int):
+        """`top` with the kept candidates forced in (replacing the weakest), ordered by score."""
+        xp = self.xp
+        top_np, keep_np = xp.numpy(top), xp.numpy(keep)
+        missing = keep_np[~np.isin(keep_np, top_np)]
+        if len(missing) == 0:
+            return top
+        rest = top_np[~np.isin(top_np, keep_np)][: k - len(keep_np)]
+        chosen = np.concatenate([rest, keep_np])
+        order = np.argsort(-xp.numpy(scores[xp.asarray(chosen)]), kind="stable")
+        return xp.asarray(chosen[order])
+
+    def _query_only(self, query_content, k: int, banned: list[int]) -> Recommendation:
+        """A cold user's typed intent: the items nearest the query in content, with a small prior
+        for what is watched now (log of the recent count)."""
+        cc, xp = self.cfg.content, self.xp
+        rows, sims = self.content.search(query_content, max(k, cc.query_candidates), banned)
+        counts = self._recent_counts()
+        prior = np.log1p(np.array([counts.get(self.index.item_ids[r], 0.0) for r in xp.numpy(rows).tolist()], np.float32))
+        scores = sims + cc.popularity_prior * xp.asarray(prior)
+        top, values = xp.topk(scores, min(k, len(rows)))
+        chosen = xp.numpy(rows[top]).tolist()
+        return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), "query")
+
+    def _recent_counts(self) -> dict[str, float]:
+        self._popular_for(1, set())  # refreshes the cached popular list when stale
+        return dict(self._popular[1])
 
     def history_tensors(self, history: UserHistory) -> dict[str, Any] | None:
         """The user's events whose items are in the index -> the batched history tensors
@@ -224,9 +340,11 @@ class Recommender:
         out["history_vectors"] = gather_vectors(self.index.matrix, xp.asarray(rows), out["history_mask"])  # (1, L, D)
         return out
 
-    def _query_vector(self, query: str):
+    def _query_vectors(self, query: str):
+        """The query's item-space vector (the item tower over its text) and its content vector."""
         with self.stats.stage("embed"):
-            return self.embed_items([query], [0])[0]
+            vectors, contents = self._embed([query], [0])
+            return vectors[0], contents[0]
 
     def _rerank(self, hist: dict[str, Any], rows, retrieval_scores):
         # Padded to a fixed C so concurrent requests batch together in the reranker.
@@ -273,11 +391,32 @@ class Recommender:
     # -- items ------------------------------------------------------------------------------
     def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]):
         """Texts -> (N, D) item vectors through the text encoder and the item tower."""
+        return self._embed(texts, id_indices)[0]
+
+    def _embed(self, texts: Sequence[str], id_indices: Sequence[int]):
+        """Texts -> (N, D) item vectors and (N, Ec) content vectors (one text encoder run)."""
         xp = self.xp
         ids, mask = self.tokenizer(list(texts))
-        emb = self.engine.run("text_encoder", {"input_ids": xp.asarray(ids), "attention_mask": xp.asarray(mask)})["text_embedding"]
+        out = self.engine.run("text_encoder", {"input_ids": xp.asarray(ids), "attention_mask": xp.asarray(mask)})
         id_index = xp.asarray(np.asarray(id_indices, np.int64)[:, None])
-        return xp.asarray(self.engine.run("item_tower", {"text_embedding": xp.asarray(emb), "id_index": id_index})["item_vector"])
+        vectors = xp.asarray(self.engine.run("item_tower", {"text_embedding": xp.asarray(out["text_embedding"]), "id_index": id_index})["item_vector"])
+        return vectors, xp.asarray(out["content_vector"])
+
+    def _new_item_vectors(self, vectors, contents, new: np.ndarray, exclude: set[str]):
+        """A new item's (no learned id row) collaborative vector: `new_item_mix` of the
+        similarity-weighted mean of its content-nearest catalog items' vectors (softmax at
+        `new_item_temperature`), the rest its text-only item-tower vector (ContentConfig)."""
+        cc, xp = self.cfg.content, self.xp
+        banned = sorted(self.content.rows[i] for i in exclude if i in self.content.rows)
+        if not cc.new_item_mix or not new.any() or len(self.content) - len(banned) < 1:
+            return vectors
+        vectors = xp.asarray(xp.numpy(vectors).copy())
+        for j in np.flatnonzero(new).tolist():
+            rows, sims = self.content.search(contents[j], cc.new_item_neighbours, banned)
+            w = np.exp((xp.numpy(sims) - float(xp.numpy(sims).max())) / cc.new_item_temperature)
+            knn = xp.asarray((w / w.sum()).astype(np.float32)) @ self.index.matrix[rows]
+            vectors[j] = xp.normalize(cc.new_item_mix * xp.normalize(knn) + (1 - cc.new_item_mix) * vectors[j])
+        return vectors
 
     def upsert(self, item_ids: Sequence[str], texts: Sequence[str], metadata: Sequence[str] | None = None) -> int:
         if len(set(item_ids)) != len(item_ids):
@@ -297,7 +436,10 @@ class Recommender:
         known = self.store.item_id_indices(item_ids)
         id_indices = [known.get(i, 0) for i in item_ids]
         with self.stats.stage("embed"):
-            vectors = self.xp.numpy(self.embed_items(texts, id_indices))
-        items = [Item(i, t, v, m, x) for i, t, v, m, x in zip(item_ids, texts, vectors, metas, id_indices)]
+            vectors, contents = self._embed(texts, id_indices)
+            self.refresh_index()  # the neighbours a new item's vector is drawn from
+            vectors = self._new_item_vectors(vectors, contents, np.array(id_indices) == 0, set(item_ids))
+        xp = self.xp
+        items = [Item(i, t, v, m, x, c) for i, t, v, m, x, c in zip(item_ids, texts, xp.numpy(vectors), metas, id_indices, xp.numpy(contents))]
         with self.stats.stage("store"):
             return self.store.upsert_items(items)

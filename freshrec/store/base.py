@@ -37,6 +37,29 @@ class Item:
     vector: np.ndarray  # (D,) float32, unit norm
     metadata: str = "{}"  # JSON object
     id_index: int = 0  # learned id row of the item tower; 0 = text only
+    content: np.ndarray | None = None  # (Ec,) float32 content vector (text encoder's content_vector); None: none
+
+
+@dataclass
+class CatalogBlock:
+    """What the pipeline's indexes need of the items written since a version: ids, collaborative
+    vectors (N, D) and content vectors (N, Ec; zero rows for items stored without one, (N, 0)
+    when none has one), in one order, and the catalog version they bring an index to."""
+
+    item_ids: list[str]
+    vectors: np.ndarray
+    contents: np.ndarray
+    version: int
+
+
+def stack_blobs(blobs: Sequence[bytes | None]) -> np.ndarray:
+    """float32 byte strings -> (N, d) rows, one copy; a missing or empty blob is a zero row."""
+    dim = next((len(b) // 4 for b in blobs if b), 0)
+    out = np.zeros((len(blobs), dim), np.float32)
+    for j, b in enumerate(blobs):
+        if b:
+            out[j] = np.frombuffer(b, dtype=np.float32)
+    return out
 
 
 @dataclass
@@ -69,6 +92,10 @@ class StateStore(Protocol):
         vectors ((N, D) float32, one block, in the same order) and the current version. Every model
         instance refreshes its index with it before serving; at 1M items the texts and metadata
         it leaves out are most of what `items_since` reads."""
+
+    def catalog_since(self, version: int) -> CatalogBlock:
+        """`item_vectors_since` with the content vectors beside the vectors, read in one
+        snapshot so that both indexes of a pipeline hold the same items in the same rows."""
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Learned id rows of known items (unknown items are absent)."""

@@ -29,7 +29,7 @@ Keys (P = prefix):
   P cat:version   counter: catalog version
   P cat:items     sorted set item_id -> version of its last write
   P cat:idx       hash item_id -> id_index (known items)
-  P item:<id>     hash text, metadata, id_index, vector (float32 bytes), version
+  P item:<id>     hash text, metadata, id_index, vector, content (float32 bytes; content empty: none), version
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from freshrec.store.base import Event, Item, StoreUnavailable, UserHistory
+from freshrec.store.base import CatalogBlock, Event, Item, StoreUnavailable, UserHistory, stack_blobs
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ return n
 """
 
 # KEYS: cat:version, cat:items, cat:idx, then item:<id> per item.
-# ARGV: (item_id, text, metadata, id_index, vector) per item.
+# ARGV: (item_id, text, metadata, id_index, vector, content) per item.
 _UPSERT_ITEMS = """
 local v = redis.call('INCR', KEYS[1])
 for i = 1, #KEYS - 3 do
-  local a = (i - 1) * 5
+  local a = (i - 1) * 6
   redis.call('HSET', KEYS[3 + i], 'text', ARGV[a + 2], 'metadata', ARGV[a + 3], 'id_index', ARGV[a + 4],
-             'vector', ARGV[a + 5], 'version', v)
+             'vector', ARGV[a + 5], 'content', ARGV[a + 6], 'version', v)
   redis.call('ZADD', KEYS[2], v, ARGV[a + 1])
   redis.call('HSET', KEYS[3], ARGV[a + 1], ARGV[a + 4])
 end
@@ -205,7 +205,8 @@ class RedisStore:
         args: list[Any] = []
         for it in items:
             keys.append(self.prefix + "item:" + it.item_id)
-            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), np.asarray(it.vector, dtype=np.float32).tobytes()])
+            content = b"" if it.content is None else np.asarray(it.content, dtype=np.float32).tobytes()
+            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), np.asarray(it.vector, dtype=np.float32).tobytes(), content])
         # A repeated upsert writes the same content again under a new version: safe to retry.
         self._call(lambda: self._upsert_items(keys=keys, args=args), retry=True)
         return len(items)
@@ -261,10 +262,18 @@ class RedisStore:
         return ids, values, max(int(version), int(max(score for _, score in rows)))
 
     def items_since(self, version: int) -> tuple[list[Item], int]:
-        ids, values, version = self._catalog_since(version, ("text", "metadata", "id_index", "vector"))
-        items = [Item(item_id, text.decode(), np.frombuffer(vector, dtype=np.float32).copy(), metadata.decode(), int(id_index))
-                 for item_id, (text, metadata, id_index, vector) in zip(ids, values)]  # fmt: skip
+        ids, values, version = self._catalog_since(version, ("text", "metadata", "id_index", "vector", "content"))
+        items = [Item(item_id, text.decode(), np.frombuffer(vector, dtype=np.float32).copy(), metadata.decode(), int(id_index),
+                      np.frombuffer(content, dtype=np.float32).copy() if content else None)
+                 for item_id, (text, metadata, id_index, vector, content) in zip(ids, values)]  # fmt: skip
         return items, version
+
+    def catalog_since(self, version: int) -> CatalogBlock:
+        ids, values, version = self._catalog_since(version, ("vector", "content"))
+        if not ids:
+            return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), version)
+        vectors = np.frombuffer(bytearray().join(v[0] for v in values), dtype=np.float32).reshape(len(ids), -1)
+        return CatalogBlock(ids, vectors, stack_blobs([v[1] for v in values]), version)
 
     def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
         ids, values, version = self._catalog_since(version, ("vector",))

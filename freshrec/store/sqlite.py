@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from freshrec.store.base import Event, Item, StoreUnavailable, UserHistory
+from freshrec.store.base import CatalogBlock, Event, Item, StoreUnavailable, UserHistory, stack_blobs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS items (
     metadata  TEXT NOT NULL DEFAULT '{}',
     id_index  INTEGER NOT NULL DEFAULT 0,
     vector    BLOB NOT NULL,
+    content   BLOB,
     version   INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -53,6 +54,8 @@ class SQLiteStore:
             self.db.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk, also on power loss
             self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self.db.executescript(SCHEMA)
+            if "content" not in {r[1] for r in self.db.execute("PRAGMA table_info(items)")}:  # a state from before content vectors
+                self.db.execute("ALTER TABLE items ADD COLUMN content BLOB")
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open state store: {e}") from e
         self.lock = threading.Lock()
@@ -97,13 +100,13 @@ class SQLiteStore:
         def upsert() -> int:
             (version,) = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM items").fetchone()
             self.db.executemany(
-                "INSERT INTO items(item_id, text, metadata, id_index, vector, version, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET "
+                "INSERT INTO items(item_id, text, metadata, id_index, vector, content, version, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET "
                 "text=excluded.text, metadata=excluded.metadata, id_index=excluded.id_index, "
-                "vector=excluded.vector, version=excluded.version, updated_at=excluded.updated_at",
+                "vector=excluded.vector, content=excluded.content, version=excluded.version, updated_at=excluded.updated_at",
                 [
-                    (it.item_id, it.text, it.metadata, int(it.id_index),
-                     np.asarray(it.vector, dtype=np.float32).tobytes(), version, now)
+                    (it.item_id, it.text, it.metadata, int(it.id_index), np.asarray(it.vector, dtype=np.float32).tobytes(),
+                     None if it.content is None else np.asarray(it.content, dtype=np.float32).tobytes(), version, now)
                     for it in items
                 ],
             )
@@ -135,10 +138,11 @@ class SQLiteStore:
 
     def items_since(self, version: int) -> tuple[list[Item], int]:
         rows = self._read(
-            "SELECT item_id, text, metadata, id_index, vector, version FROM items WHERE version > ? ORDER BY version, rowid",
+            "SELECT item_id, text, metadata, id_index, vector, version, content FROM items WHERE version > ? ORDER BY version, rowid",
             (int(version),),
         )
-        items = [Item(r[0], r[1], np.frombuffer(r[4], dtype=np.float32), r[2], r[3]) for r in rows]
+        items = [Item(r[0], r[1], np.frombuffer(r[4], dtype=np.float32), r[2], r[3], None if not r[6] else np.frombuffer(r[6], dtype=np.float32))
+                 for r in rows]  # fmt: skip
         return items, max([version] + [r[5] for r in rows])
 
     def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
@@ -147,6 +151,13 @@ class SQLiteStore:
             return [], np.zeros((0, 0), np.float32), int(version)
         vectors = np.frombuffer(bytearray().join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)  # writable, one copy
         return [r[0] for r in rows], vectors, max(int(version), max(r[2] for r in rows))
+
+    def catalog_since(self, version: int) -> CatalogBlock:
+        rows = self._read("SELECT item_id, vector, content, version FROM items WHERE version > ? ORDER BY version, rowid", (int(version),))
+        if not rows:
+            return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), int(version))
+        vectors = np.frombuffer(bytearray().join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return CatalogBlock([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(int(version), max(r[3] for r in rows)))
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -15,6 +15,7 @@ import torch
 from freshrec.config import ModelConfig
 from freshrec.models.checkpoints import save_models
 from freshrec.models.features import event_type_index
+from freshrec.models.text_encoder import ContentProjection
 from freshrec.training.data import Dataset, Split, temporal_leave_one_out
 from freshrec.training.train import (
     Catalog,
@@ -158,7 +159,8 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     metrics = evaluate(cfg, item_tower, user_tower, reranker, catalog, *p.test)
     log(f"test: retrieval HR@10 {metrics['retrieval_10']['hr']:.4f} NDCG@10 {metrics['retrieval_10']['ndcg']:.4f}; "
         f"+ reranker HR@10 {metrics['rerank_10']['hr']:.4f} NDCG@10 {metrics['rerank_10']['ndcg']:.4f}")
-    save_models(out, cfg, item_tower, user_tower, reranker)
+    content = ContentProjection(catalog.text_embedding.shape[1], cfg.text.content_dim).fit(catalog.text_embedding)
+    save_models(out, cfg, item_tower, user_tower, reranker, content)
 
     state_path = out / "state.db"
     for suffix in ("", "-wal", "-shm"):
@@ -169,7 +171,9 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     store = open_store(state_url)
     with torch.no_grad():
         vectors = all_item_vectors(item_tower.eval(), catalog).numpy()
-    store.upsert_items([Item(i, t, v, m, int(x)) for i, t, v, m, x in zip(catalog.item_ids, catalog.texts, vectors, catalog.metadata, catalog.id_index)])
+        contents = content(torch.from_numpy(catalog.text_embedding)).numpy()
+    store.upsert_items([Item(i, t, v, m, int(x), c) for i, t, v, m, x, c in
+                        zip(catalog.item_ids, catalog.texts, vectors, catalog.metadata, catalog.id_index, contents)])  # fmt: skip
     if opts.serve_state == "eval":
         keep = np.sort(np.asarray([j for u in split.train for j in split.history(u, "test")], np.int64))
     elif opts.serve_state == "all":

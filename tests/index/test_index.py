@@ -284,8 +284,9 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
     graphs = tmp_path / "graphs"
     env = {"FRESHREC_STATE": url, "FRESHREC_INDEX": kind, "FRESHREC_INDEX_CACHE": str(graphs)}
     server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env=env)
-    # Both recommend instances loaded the catalog at start: one built the graph, the other loaded its file.
-    assert len(list(graphs.glob("hnsw-*.usearch"))) == (1 if kind == "hnsw" else 0)
+    # Both recommend instances loaded the catalog at start: one built each graph (item vectors, content
+    # vectors), the other loaded their files.
+    assert len(list(graphs.glob("hnsw-*.usearch"))) == (2 if kind == "hnsw" else 0)
     log = server.log_path.read_text()
     assert f"recommend: retrieval index {kind} ('{kind}') over {n:,} items" in log and ", self-checked recall@200 " in log
     recall = served_index_recall(server.metrics_url)  # the bench's reader, on a real scrape

@@ -41,9 +41,45 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, 
     text = "Nebula Harbor (2026). Genres: Sci-Fi, Adventure"
     assert upsert(client, [f"engine-{engine}"], [text]) == 1
     stored = {it.item_id: it for it in ref.store.items_since(0)[0]}[f"engine-{engine}"]
-    np.testing.assert_allclose(stored.vector, ref.embed_items([text], [0])[0], atol=2e-4)
+    ref.refresh_index()
+    vectors, contents = ref._embed([text], [0])
+    expected = ref._new_item_vectors(vectors, contents, np.array([True]), {f"engine-{engine}"})
+    np.testing.assert_allclose(stored.vector, ref.xp.numpy(expected)[0], atol=2e-4)
+    np.testing.assert_allclose(stored.content, ref.xp.numpy(contents)[0], atol=2e-4)
     assert_same(recommend(client, users[3], k=10, query=text), ref.recommend(users[3], 10, text))
     assert recommend(client, "never-seen-user", k=1, query=text)[0] == [f"engine-{engine}"]  # its own text: cosine 1
+
+
+def test_a_new_interest_and_a_typed_intent_show_on_the_next_request(tiny_build, served):
+    """Through the served API on the tiny build (real MovieLens titles, real MiniLM): a user
+    whose latest events are five-star sci-fi films gets sci-fi next; a first-time visitor typing
+    a genre gets it; dislikes take a genre out of the list."""
+    import json
+
+    from freshrec.store import open_store
+
+    store = open_store(f"sqlite:///{served.state_path}")
+    genres = {it.item_id: set(json.loads(it.metadata).get("genres", [])) for it in store.items_since(0)[0]}
+    popular = [i for i, _ in store.popular_items(2000, window=10**6)]
+    user = users_of(served.state_path, 1)[0]
+    seen = store.user_history(user, 10**6).seen
+    store.close()
+    of = lambda g: [i for i in popular + sorted(set(genres) - set(popular)) if g in genres[i] and i not in seen]  # noqa: E731
+    share = lambda ids, g: sum(g in genres[i] for i in ids) / len(ids)  # noqa: E731
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    scifi = of("Sci-Fi")[:8]
+    before = share(recommend(client, user, k=10, exclude=scifi)[0], "Sci-Fi")
+    now = time.time()
+    ingest(client, [user] * 8, scifi, [now + j for j in range(8)], types=["rate"] * 8, values=[5.0] * 8)
+    after = share(recommend(client, user, k=10)[0], "Sci-Fi")
+    assert after >= 0.3 and after >= before + 0.2, (before, after)
+    assert share(recommend(client, "first-visit", k=10, query="a sci-fi film")[0], "Sci-Fi") >= 0.7
+    dramas = of("Drama")
+    ingest(client, ["drama-fan"] * 3, dramas[:3], [now] * 3, types=["rate"] * 3, values=[4.0] * 3)
+    with_drama = share(recommend(client, "drama-fan", k=10)[0], "Drama")
+    ingest(client, ["drama-fan"] * 8, dramas[3:11], [now + 1 + j for j in range(8)], types=["dislike"] * 8)
+    after = share(recommend(client, "drama-fan", k=10)[0], "Drama")
+    assert with_drama >= 0.3 and after <= with_drama / 2, (with_drama, after)
 
 
 def test_read_your_writes_across_two_instances(tiny_build, served):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from freshrec.config import DeployConfig, ModelConfig
+from freshrec.config import ContentConfig, DeployConfig, ModelConfig
 from freshrec.models.features import HISTORY_CONTEXT, event_features, history_arrays
 from freshrec.models.reranker import Reranker
-from freshrec.models.text_encoder import TextEncoder, Tokenizer
+from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
 from freshrec.models.towers import ItemTower, UserTower
 from freshrec.serving.engines import TorchEngine
 from freshrec.serving.pipeline import InvalidInput, Recommender
@@ -24,23 +24,32 @@ _TINY = ModelConfig.tiny()
 CFG = dataclasses.replace(_TINY, item=dataclasses.replace(_TINY.item, id_vocab=5))
 
 
+GENRES = ["Comedy", "Horror", "Drama", "Sci-Fi", "Western"]
+TEXTS = [f"Film {j} ({1990 + j}). Genres: {GENRES[j % 5]}" for j in range(30)]
+
+
 @pytest.fixture(scope="module")
 def minilm():
     from freshrec.assets import minilm_dir
 
     d = minilm_dir()
-    return d, TextEncoder(d)
+    text = TextEncoder(d, CFG.text.content_dim)
+    text.content.fit(embed_texts(text, Tokenizer(d, CFG.text.max_tokens), TEXTS))  # as a build fits it on its catalog
+    return d, text
+
+
+def recommender(path, minilm, cfg: ModelConfig = CFG) -> Recommender:
+    torch.manual_seed(0)
+    d, text = minilm
+    engine = TorchEngine({"text_encoder": text, "item_tower": ItemTower(cfg.item), "user_tower": UserTower(cfg.user), "reranker": Reranker(cfg.reranker)})
+    r = Recommender(open_store(f"sqlite:///{path}"), engine, Tokenizer(d, cfg.text.max_tokens), cfg, DeployConfig(max_k=50))
+    r.upsert([f"i{j}" for j in range(30)], TEXTS)
+    return r
 
 
 @pytest.fixture
 def rec(tmp_path, minilm):
-    torch.manual_seed(0)
-    d, text = minilm
-    engine = TorchEngine({"text_encoder": text, "item_tower": ItemTower(CFG.item), "user_tower": UserTower(CFG.user), "reranker": Reranker(CFG.reranker)})
-    r = Recommender(open_store(f"sqlite:///{tmp_path / 's.db'}"), engine, Tokenizer(d, CFG.text.max_tokens), CFG, DeployConfig(max_k=50))
-    genres = ["Comedy", "Horror", "Drama", "Sci-Fi", "Western"]
-    r.upsert([f"i{j}" for j in range(30)], [f"Film {j} ({1990 + j}). Genres: {genres[j % 5]}" for j in range(30)])
-    return r
+    return recommender(tmp_path / "s.db", minilm)
 
 
 def test_tokenizer_pads_to_the_longest_text_and_padding_never_changes_an_embedding(minilm):
@@ -92,8 +101,10 @@ def test_seen_and_excluded_items_never_come_back(rec):
     assert sorted(everything.item_ids) == sorted(f"i{j}" for j in range(5, 30))
 
 
-def test_untrained_reranker_keeps_the_retrieval_order(rec):
-    """The reranker is residual over retrieval with a zero-initialised head."""
+def test_untrained_reranker_keeps_the_retrieval_order(tmp_path, minilm):
+    """The reranker is residual over retrieval with a zero-initialised head (content channels off:
+    they add their own scores)."""
+    rec = recommender(tmp_path / "s.db", minilm, dataclasses.replace(CFG, content=ContentConfig.off()))
     now = time.time()
     rec.ingest([Event("v", f"i{j}", "click", now + j) for j in (3, 9, 14)])
     out = rec.recommend("v", k=8)
@@ -185,3 +196,55 @@ def test_a_request_whose_client_gave_up_is_dropped_between_stages(rec, give_up_a
     engine.ran.clear()
     assert len(rec.recommend("u1", k=5, cancelled=lambda: False).item_ids) == 5  # still there: served in full
     assert engine.ran == ["user_tower", "reranker"]
+
+
+# -- content channels (ModelConfig.content) on the synthetic catalog: 6 films of each of 5 genres --
+def _genre(item_id: str) -> str:
+    return GENRES[int(item_id[1:]) % 5]
+
+
+def test_a_user_who_switches_genre_gets_it_next(rec):
+    """Ten comedy clicks, then four five-star westerns: the two westerns left lead the list."""
+    now = time.time()
+    rec.ingest([Event("s", f"i{j}", "click", now - 3600 + j) for j in range(0, 30, 5)])  # every comedy
+    before = rec.recommend("s", k=5).item_ids
+    rec.ingest([Event("s", f"i{j}", "rate", now + j, 5.0) for j in (4, 9, 14, 19)])
+    after = rec.recommend("s", k=5).item_ids
+    assert [_genre(i) for i in after[:2]] == ["Western", "Western"], (before, after)
+
+
+def test_dislikes_push_a_genre_down(rec):
+    now = time.time()
+    rec.ingest([Event("n", f"i{j}", "click", now - 3600 + j) for j in (1, 6, 2, 7)])  # horror and drama
+    share = lambda ids: sum(_genre(i) == "Horror" for i in ids)  # noqa: E731
+    before = share(rec.recommend("n", k=10).item_ids)
+    rec.ingest([Event("n", f"i{j}", "dislike", now + j) for j in (11, 16)])
+    after = share(rec.recommend("n", k=10).item_ids)
+    assert before >= 2 and after == 0, (before, after)
+
+
+def test_a_query_naming_a_genre_retrieves_it(rec):
+    cold = rec.recommend("first-visit", k=6, query="a western with cowboys")
+    assert cold.source == "query" and [_genre(i) for i in cold.item_ids] == ["Western"] * 6
+    now = time.time()
+    rec.ingest([Event("w", f"i{j}", "click", now + j) for j in (0, 5, 10)])  # comedies
+    own = rec.recommend("w", k=10).item_ids
+    asked = rec.recommend("w", k=10, query="a western with cowboys").item_ids
+    assert sum(_genre(i) == "Western" for i in asked) >= 5
+    assert len(set(own) & set(asked)) >= CFG.content.query_keep  # the user's own best picks stay
+
+
+def test_a_new_item_is_placed_among_its_content_neighbours(rec):
+    """A re-listed film (same text, new id) takes after the original's learned vector, which its
+    text alone does not give: half its vector comes from its content-nearest items."""
+    original = rec.store.items_since(0)[0][9]
+    text_only = rec.xp.numpy(rec.embed_items([TEXTS[9]], [0]))[0]
+    v = np.random.default_rng(0).standard_normal(CFG.item.dim).astype(np.float32)
+    v -= (v @ text_only) * text_only
+    v /= np.linalg.norm(v)  # a learned vector orthogonal to what the text gives
+    rec.store.upsert_items([dataclasses.replace(original, vector=v)])
+    rec.upsert(["twin"], [TEXTS[9]])
+    rec.refresh_index()
+    twin = rec.index.matrix[rec.index.rows["twin"]]
+    assert float(twin @ v) > 0.6 and float(twin @ text_only) > 0.6
+    assert rec.store.items_since(0)[0][-1].content is not None

@@ -88,6 +88,25 @@ def test_item_vectors_since_is_items_since_without_texts(store_url):
     assert store.item_vectors_since(2)[0] == [] and store.item_vectors_since(2)[2] == 2
 
 
+def test_catalog_since_brings_content_vectors_beside_the_vectors(store_url):
+    """The pipeline's refresh read: ids, vectors and content vectors of one snapshot, a zero
+    content row for an item stored without one; items_since carries the content as written."""
+    store = open_store(store_url)
+    block = store.catalog_since(0)
+    assert block.item_ids == [] and block.version == 0
+    store.upsert_items([Item("a", "text a", _vec(0), content=_vec(5, 3)), Item("b", "text b", _vec(1))])
+    store.upsert_items([Item("c", "text c", _vec(2), content=_vec(6, 3))])
+    block = store.catalog_since(0)
+    assert block.item_ids == ["a", "b", "c"] and block.version == 2
+    np.testing.assert_array_equal(block.vectors, np.stack([_vec(0), _vec(1), _vec(2)]))
+    np.testing.assert_array_equal(block.contents, np.stack([_vec(5, 3), np.zeros(3, np.float32), _vec(6, 3)]))
+    later = store.catalog_since(1)
+    assert later.item_ids == ["c"] and later.contents.shape == (1, 3)
+    items = {i.item_id: i for i in store.items_since(0)[0]}
+    assert items["b"].content is None
+    np.testing.assert_array_equal(items["a"].content, _vec(5, 3))
+
+
 def test_popular_items_over_the_latest_window_of_known_items(store_url):
     store = open_store(store_url)
     store.upsert_items([Item(x, x, _vec(i)) for i, x in enumerate("abc")])

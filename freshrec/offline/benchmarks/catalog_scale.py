@@ -243,7 +243,7 @@ def scaled_state(
 
     cfg, modules, minilm = load_models(build_dir)
     tokenizer = Tokenizer(minilm, cfg.text.max_tokens)
-    tower = modules["item_tower"].eval()
+    tower, content = modules["item_tower"].eval(), modules["text_encoder"].content.eval()
     n_real = min(n_syn, int(minilm_limit))
     real = minilm_embeddings(n_real, minilm, cfg.text.max_tokens, cache, seed, log)
     surrogate, held_out_cos, surrogate_check = None, None, None
@@ -290,8 +290,11 @@ def scaled_state(
                 emb = np.concatenate([real[start : start + k], surrogate.predict(texts[k:])])
                 emb_kind = ["minilm"] * k + ["surrogate"] * (stop - start - k)
             with torch.no_grad():
-                vecs = tower(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)), torch.zeros(len(ids), 1, dtype=torch.long)).numpy()
-            yield [Item(i, t, v, m[:-1] + f', "text_embedding": "{kind}"}}') for i, t, m, kind, v in zip(ids, texts, metas, emb_kind, vecs)]
+                emb = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+                vecs = tower(emb, torch.zeros(len(ids), 1, dtype=torch.long)).numpy()
+                contents = content(emb).numpy()
+            yield [Item(i, t, v, m[:-1] + f', "text_embedding": "{kind}"}}', 0, c)
+                   for i, t, m, kind, v, c in zip(ids, texts, metas, emb_kind, vecs, contents)]  # fmt: skip
             written += len(ids)
             if written % (10 * CHUNK) == 0 or written == n_syn:
                 log(f"inserted {written:,}/{n_syn:,} synthetic items ({_rate(written, time.time() - t0)})")
