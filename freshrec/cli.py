@@ -105,7 +105,8 @@ def _cmd_eval(args) -> int:
         out=Path(args.out), work=Path(args.work), seeds=seeds, tiny=args.tiny, max_users=args.max_users,
         config=args.config and Path(args.config), baselines=baselines, parts=tuple(p for p in args.parts.split(",") if p),
         served=not args.no_served, replay_limit=args.replay_limit,
-        freshness_trials=args.freshness_trials,
+        freshness_trials=args.freshness_trials, resp_users=args.resp_users, resp_negative_users=args.resp_negative_users,
+        resp_warm=args.resp_warm, resp_twins=args.resp_twins,
     )  # fmt: skip
     summary = run_eval(opts)
     for t in summary["targets"]:
@@ -194,11 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="model config JSON (e.g. written by `freshrec tune`)")
     s.add_argument("--baselines", help="comma-separated subset of: popularity,time_decayed_popularity,item_knn,svd,als,sasrec ('' for none)")
     s.add_argument("--parts", default="loo,five_core,replay",
-                   help="what to run (comma-separated): loo (+ served check), five_core, replay (+ cold start, freshness); "
+                   help="what to run (comma-separated): loo (+ served check), five_core, replay (+ cold start, freshness), "
+                        "responsiveness (interest shift, negative events, typed intent, new-item twins through the served API); "
                         "each is saved under OUT/parts/ and the report combines every saved part of the same configuration")
     s.add_argument("--no-served", action="store_true", help="skip everything that starts tritonserver")
     s.add_argument("--replay-limit", type=int, help="replay only the first N events after T0")
     s.add_argument("--freshness-trials", type=int, default=100, help="writes timed for freshness latency (each kind)")
+    s.add_argument("--resp-users", type=int, default=150, help="responsiveness: users given an interest shift")
+    s.add_argument("--resp-negative-users", type=int, default=120, help="responsiveness: users sending negative events on a liked genre")
+    s.add_argument("--resp-warm", type=int, default=40, help="responsiveness: warm users asking each typed intent")
+    s.add_argument("--resp-twins", type=int, default=120, help="responsiveness: catalog items given a twin (same text, new id)")
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("tune", help="Bayesian search (Optuna TPE) of the towers' hyperparameters on the validation split")
