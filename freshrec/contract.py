@@ -159,7 +159,7 @@ RECOMMEND = ModelContract(
     inputs=(
         _t("user_id", "TYPE_STRING", 1),
         _t("k", "TYPE_INT32", 1, optional=True, doc=f"results wanted; default {DEFAULT_K}, at most max_k"),
-        _t("query", "TYPE_STRING", 1, optional=True, doc="free-text intent blended into the user vector"),
+        _t("query", "TYPE_STRING", 1, optional=True, doc="free-text intent, matched in content and blended with the user's own list"),
         _t("exclude_item_ids", "TYPE_STRING", -1, optional=True, doc="items never to return"),
     ),
     outputs=(
@@ -167,7 +167,7 @@ RECOMMEND = ModelContract(
         _t("scores", "TYPE_FP32", -1, doc="their scores, best first"),
     ),
     batched=False,
-    doc="BLS pipeline: user tower -> retrieval -> reranker -> filter -> top-k.",
+    doc="BLS pipeline: user tower + content channels -> retrieval -> reranker -> filter -> top-k.",
 )
 
 INGEST_EVENTS = ModelContract(

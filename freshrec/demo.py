@@ -50,6 +50,29 @@ def _genre_share(items: list[str], catalog: dict[str, dict], genre: str) -> floa
     return sum(genre in catalog.get(i, {}).get("genres", []) for i in items) / max(1, len(items))
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "summary.json"
+
+
+def _benchmark(what: str, label: str) -> None:
+    """The measured figure of a behaviour from the committed responsiveness benchmark (when this
+    is a checkout that has it)."""
+    try:
+        r = json.loads(RESULTS.read_text())["responsiveness"]["models"]["freshrec"]
+    except (OSError, KeyError, ValueError):
+        return
+    figure = {
+        "shift": lambda: f"{r['shift']['by_n']['0']['top10']:.2f} -> {r['shift']['by_n']['8']['top10']:.2f}",
+        "negative": lambda: f"{r['negative']['by_kind']['dislikex8']['fall10']:.0%}",
+        "intent": lambda: f"{r['intent']['mean']['warm']:.2f}, keeping {r['intent']['mean']['kept']:.1f} of their own",
+        "intent_cold": lambda: f"{r['intent']['mean']['cold']:.2f}",
+        "twins": lambda: f"{r['twins']['ratio_median']:.2f}x",
+    }
+    try:
+        print(f"   benchmark ({RESULTS.parent.name}/report.md, responsiveness), {label}: {figure[what]()}")
+    except (KeyError, IndexError, TypeError):
+        return
+
+
 def _percentiles(ms: list[float]) -> dict[str, float]:
     q = statistics.quantiles(ms, n=100, method="inclusive")
     return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(q[98], 2), "calls": len(ms)}
@@ -108,6 +131,25 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         print(f"   {genre} share of the top-10: {_genre_share(before.item_ids, catalog, genre):.0%} -> "
               f"{_genre_share(after.item_ids, catalog, genre):.0%} (top-50: {_genre_share(before_50, catalog, genre):.0%} -> "
               f"{_genre_share(after_50, catalog, genre):.0%}); {len(set(after.item_ids) - set(before.item_ids))} new titles in the top-10")
+        _benchmark("shift", "over 150 users, 8 five-star events: the new genre's top-10 share")
+
+        # Not this: dislikes on the genre the user's list holds most of.
+        shown = Counter(g for i in after.item_ids for g in catalog.get(i, {}).get("genres", []))
+        liked = max((g for g in shown if g != genre), key=lambda g: shown[g])
+        no = [i for i in popular if liked in catalog.get(i, {}).get("genres", []) and i not in seen and i not in clicks][:8]
+        client.ingest([EventIn(user, item, "dislike", clock + 7200 + 60 * j) for j, item in enumerate(no)])
+        disliked = client.recommend(user, k=10)
+        print(f"\n== user {user} dislikes {len(no)} {liked} films; {liked} share of the top-10: "
+              f"{_genre_share(after.item_ids, catalog, liked):.0%} -> {_genre_share(disliked.item_ids, catalog, liked):.0%}")
+        _benchmark("negative", "over 120 users, 8 dislikes on a liked genre: the fall of its top-10 share")
+
+        # A typed intent from the same user: the list follows it and keeps some of the user's own picks.
+        intent = "a western with cowboys"
+        asked = client.recommend(user, k=10, query=intent)
+        _show(f"== user {user} types {intent!r}", asked, catalog)
+        print(f"   Western share {_genre_share(asked.item_ids, catalog, 'Western'):.0%}; "
+              f"{len(set(asked.item_ids) & set(disliked.item_ids))} of the user's own top-10 kept")
+        _benchmark("intent", "26 intents typed by 40 warm users: top-10 match share")
 
         # A brand-new item, known only by its text, for the user whose recent history fits it:
         # the one whose latest 20 events hold most of the new item's 20 nearest catalog items.
@@ -117,16 +159,18 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         print(f"\n== added a new movie by its text in {(time.perf_counter() - t) * 1000:.1f} ms: {text!r}")
         catalog[item_id] = {"title": text.split(". Genres")[0], "genres": NEW_GENRES}
         neighbours = _nearest(store, item_id, 20)
-        print("   its nearest catalog items (item tower, text only): " + "; ".join(catalog[i]["title"] for i in neighbours[:5]))
+        print("   its nearest catalog items (item vectors): " + "; ".join(catalog[i]["title"] for i in neighbours[:5]))
         scifi_user = max(store.user_ids(), key=lambda u: sum(i in neighbours for i in store.user_history(u, 20).item_ids))
         rec = client.recommend(scifi_user, k=10)
         deep = client.recommend(scifi_user, k=200)
         rank = deep.item_ids.index(item_id) + 1 if item_id in deep.item_ids else None
         _show(f"== top-10 for user {scifi_user} (recent history closest to the new movie)", rec, catalog, mark=item_id)
         print(f"   the new movie ranks {rank if rank else '>200'} for user {scifi_user}")
+        _benchmark("twins", "120 catalog items re-added under a new id: twin's median rank / original's")
         intent = "a sci-fi action thriller"
         visitor = client.recommend("demo-visitor", k=5, query=intent)
         _show(f"== a first-time visitor asking for {intent!r}", visitor, catalog, mark=item_id)
+        _benchmark("intent_cold", "26 intents typed by a first-time visitor: top-10 match share")
 
         # Latencies through the served gRPC API, one call at a time.
         print(f"\n== latency over {calls} sequential calls each (client-side, gRPC round trip)")

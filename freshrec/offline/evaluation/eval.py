@@ -203,18 +203,31 @@ def _tiny_grid(opts: EvalOptions, name: str) -> dict:
 
 def build_once(opts, cfg: ModelConfig) -> dict:
     """`build(opts, cfg)`, or the report of an earlier build in `opts.out` made from the same
-    data selection and model config (its checkpoints, repository and state are reused)."""
+    data selection and trained config (its checkpoints and state are reused; when only the
+    content channels' weights differ, they are written into its checkpoints and it is exported
+    again, so what it serves is `cfg`)."""
+    from freshrec.export.pipeline import export_build
+    from freshrec.models.checkpoints import CHECKPOINTS
     from freshrec.training.build import build
 
     path = Path(opts.out) / "build.json"
     if path.exists():
         old = json.loads(path.read_text())
-        mc = {k: dict(v) for k, v in old.get("model_config", {}).items()}
-        mc.get("item", {}).pop("id_vocab", None)
-        want = cfg.to_dict()
+        config = Path(opts.out) / CHECKPOINTS / "model_config.json"  # what the build serves
+        saved = ModelConfig.load(config) if config.exists() else ModelConfig.from_dict(old.get("model_config", {}))
+        mc, want = saved.trained_dict(), cfg.trained_dict()
+        mc["item"].pop("id_vocab", None)
         want["item"].pop("id_vocab", None)
-        if mc == want and old.get("until") == opts.until and old.get("serve_state") == opts.serve_state and old.get("max_users") == opts.max_users:
-            log(f"reusing the build in {opts.out} (same data selection and model config)")
+        same_data = old.get("until") == opts.until and old.get("serve_state") == opts.serve_state and old.get("max_users") == opts.max_users
+        if mc == want and saved.text.content_dim == cfg.text.content_dim and same_data:
+            log(f"reusing the build in {opts.out} (same data selection and trained config)")
+            if saved.content != cfg.content:
+                log(f"content channels {saved.content} -> {cfg.content}: exporting the build again")
+                dataclasses.replace(ModelConfig.load(config), content=cfg.content).save(config)
+                exported = export_build(Path(opts.out), opts.repository, opts.device, old.get("state"), log=log)
+                old.update(model_config=ModelConfig.load(config).to_dict(),
+                           repositories=exported["repositories"], export=exported["models"])  # fmt: skip
+                path.write_text(json.dumps(old, indent=2, sort_keys=True))
             return old
     return build(opts, cfg)
 
@@ -372,7 +385,7 @@ def run_eval(opts: EvalOptions) -> dict:
     ds = load_movielens_100k()
     if opts.max_users:
         ds = subsample(ds, opts.max_users)
-    key = {"dataset": ds.name, "seeds": list(opts.seeds), "tiny": opts.tiny, "model_config": cfg.to_dict()}
+    key = {"dataset": ds.name, "seeds": list(opts.seeds), "tiny": opts.tiny, "model_config": cfg.trained_dict()}
 
     def save(part: str, result: dict, t0: float) -> None:
         record = {**key, "part": part, "result": result, "machine": machine(), "seconds": round(time.time() - t0, 1),
@@ -385,11 +398,8 @@ def run_eval(opts: EvalOptions) -> dict:
         save("loo", {"offline": offline_loo(ds, cfg, opts, work, "unfiltered")}, t0)
     if "served" in opts.parts and opts.served:
         t0 = time.time()
-        loo = _load_part(out, "loo", key)
-        sb = loo and loo["result"]["offline"]["info"].get("served_build")
-        if not sb:
-            raise ValueError("the served check needs the `loo` part's seed-0 build: run `freshrec eval --parts loo` first")
-        result = served_loo(ds, Path(sb["build"]), Path(sb["repository"]), work)
+        build_dir, repo = seed0_build(ds, cfg, opts, work, _load_part(out, "loo", key), "served")
+        result = served_loo(ds, build_dir, repo, work)
         log(f"served LOO over gRPC: HR@10 {result['served']['hr@10']:.4f} vs offline {result['offline']['hr@10']:.4f}")
         save("served", result, t0)
     if "five_core" in opts.parts:
@@ -409,24 +419,35 @@ def run_eval(opts: EvalOptions) -> dict:
     return write_summary(out, key)
 
 
-def responsiveness_section(ds: Dataset, cfg: ModelConfig, opts: EvalOptions, work: Path, loo: dict | None) -> dict:
-    """The responsiveness scenarios on the `loo` part's seed-0 served build (evaluation state),
-    or on one built here the same way when that part was not saved."""
-    from freshrec.offline.evaluation.responsiveness import ResponsivenessOptions, responsiveness
+def seed0_build(ds: Dataset, cfg: ModelConfig, opts: EvalOptions, work: Path, loo: dict | None, part: str) -> tuple[Path, Path]:
+    """The seed-0 build with the evaluation state that the served parts run on: the `loo` part's
+    when it is here, else one in `work/loo_build`; built unless one with the same trained config
+    is there, and exported again when only the content channels' weights changed (build_once).
+    Returns (build folder, embedded repository)."""
     from freshrec.training.build import BuildOptions
 
     sb = loo and loo["result"]["offline"]["info"].get("served_build")
-    if sb:
-        log(f"responsiveness: on the `loo` part's seed-0 served build ({sb['build']})")
-        build_dir, repo = Path(sb["build"]), Path(sb["repository"])
+    if sb and (Path(sb["build"]) / "build.json").exists():
+        build_dir, repo_root = Path(sb["build"]), Path(sb["repository"]).parent
+        log(f"{part}: on the `loo` part's seed-0 served build ({build_dir})")
     else:
-        build_dir = work / "loo_build"
-        log(f"responsiveness: no saved `loo` part with a served build; using a seed-0 build with the evaluation state in {build_dir}")
-        cfg0 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=opts.seeds[0]))
-        report = build_once(BuildOptions(out=build_dir, repository=work / "loo_repo", max_users=opts.max_users, serve_state="eval"), cfg0)
-        repo = Path(report["repositories"]["embedded"])
+        build_dir, repo_root = work / "loo_build", work / "loo_repo"
+        log(f"{part}: on a seed-0 build with the evaluation state in {build_dir} (built unless one with the same trained config is there)")
+    cfg0 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=opts.seeds[0]))
+    report = build_once(BuildOptions(out=build_dir, repository=repo_root, max_users=opts.max_users, serve_state="eval"), cfg0)
+    return build_dir, Path(report["repositories"]["embedded"])
+
+
+def responsiveness_section(ds: Dataset, cfg: ModelConfig, opts: EvalOptions, work: Path, loo: dict | None) -> dict:
+    """The responsiveness scenarios on the seed-0 served build (`seed0_build`)."""
+    from freshrec.offline.evaluation.responsiveness import ResponsivenessOptions, responsiveness
+
+    build_dir, repo = seed0_build(ds, cfg, opts, work, loo, "responsiveness")
     ro = ResponsivenessOptions(shift_users=opts.resp_users, negative_users=opts.resp_negative_users, warm_users=opts.resp_warm, twins=opts.resp_twins)
-    return responsiveness(ds, build_dir, repo, work / "responsiveness", ro, log=log)
+    result = responsiveness(ds, build_dir, repo, work / "responsiveness", ro, log=log)
+    # What the served pipeline ran with (the evaluation key holds only the trained models' config).
+    result["content_config"] = ModelConfig.load(build_dir / "checkpoints" / "model_config.json").content.__dict__
+    return result
 
 
 def _load_part(out: Path, part: str, key: dict) -> dict | None:
