@@ -236,7 +236,9 @@ def freshness_latency(url: str, users: list[str], new_item_texts: list[str], tri
     Events: the user interacts with the item currently first in their top-10; it is reflected
     when a recommendation no longer offers it (seen items are never recommended).
     New items: an item is upserted with a fresh id; it is reflected when a query for its exact
-    text (a new user, so the query alone decides) returns it first.
+    text (a new user, so the query alone decides) lists it in the top-10 (not necessarily first:
+    the texts are catalog texts with an edition number, and a first-time visitor's query ranks
+    near-identical texts by a small popularity prior as well).
     Each latency is measured from the moment the write call returned (the acknowledgement).
     """
     import uuid
@@ -269,7 +271,7 @@ def freshness_latency(url: str, users: list[str], new_item_texts: list[str], tri
         polls = 0
         while True:
             polls += 1
-            if client.recommend(f"freshness-probe-{n}", 10, query=text).item_ids[:1] == [item]:
+            if item in client.recommend(f"freshness-probe-{n}", 10, query=text).item_ids:
                 break
             if time.perf_counter() - acked > timeout_s:
                 raise AssertionError(f"item {item!r} not recommended for its own text within {timeout_s} s")
