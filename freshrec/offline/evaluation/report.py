@@ -197,6 +197,21 @@ def _responsiveness_lines(rs: dict) -> list[str]:
              "starts; the scenario's own events go through `ingest`, one hour after the user's last event. Scenario groups "
              + ("each have their own" if opt.get("separate_states") else "(intent + twins; shift + negative) share one")
              + " state copy and server. Code: `freshrec/offline/evaluation/responsiveness.py`.", ""]
+    geo = rs.get("geometry")
+    if geo:
+        cc = rs.get("content_config") or {}
+        lines += ["### Where a genre's meaning lives", "",
+                  f"For each genre, the mean of the vectors of its {geo['seeds']} most stored films, and the genre's share among "
+                  f"the {geo['k']} nearest other films: in the item space (the towers', which leave-one-out rewards) and in the "
+                  "content space (the text encoder's content vectors: MiniLM centred on the catalog, on its principal axes). "
+                  "The collaborative space groups what was co-rated, not what is alike; the content channels bring the "
+                  f"second space into the request path (short-term weight {cc.get('beta_short', '?')}, query weight "
+                  f"{cc.get('beta_query', '?')}, `ModelConfig.content`).", "",
+                  "| genre | catalog share | item space | content space |", "|---|---|---|---|"]
+        for g, r in sorted(geo["genres"].items()):
+            lines.append(f"| {g} | {r['catalog']:.2f} | {r['item']:.2f} | {_f(r['content'], '.2f') if 'content' in r else '-'} |")
+        m = geo["mean"]
+        lines += [f"| **mean** | {m['catalog']:.2f} | {m['item']:.2f} | {_f(m['content'], '.2f') if 'content' in m else '-'} |", ""]
     if any("shift" in m for m in models.values()):
         sh = next(m["shift"] for m in models.values() if "shift" in m)
         genres = ", ".join(f"{g} {n}" for g, n in sorted(plans["shift_genres"].items(), key=lambda x: -x[1]))

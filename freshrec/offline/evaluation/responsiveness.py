@@ -156,6 +156,32 @@ def load_world(ds: Dataset, store) -> World:
                  Counter(e.item_id for e in events[-POP_WINDOW:]))  # fmt: skip
 
 
+def geometry(w: World, store, seeds: int = 8, k: int = 10) -> dict:
+    """Where a genre's meaning lives: for each genre, the mean of its `seeds` most stored films'
+    vectors, and the genre's share of that mean's `k` nearest other films, in the item space (the
+    towers') and in the content space (the text encoder's content vectors), beside the genre's
+    share of the catalog. Read from the state; no model runs."""
+    block = store.catalog_since(0)
+    row = {i: j for j, i in enumerate(block.item_ids)}
+    spaces = {"item": block.vectors, "content": block.contents}
+    out = {}
+    for g in _genres(w):
+        films = sorted((i for i in block.item_ids if g in w.meta.get(i, {}).get("genres", ())), key=lambda i: (-w.count[i], i))
+        seed_rows = [row[i] for i in films[:seeds]]
+        r = {"catalog": len(films) / len(block.item_ids)}
+        for name, m in spaces.items():
+            if m.shape[1] == 0:
+                continue
+            sims = m @ m[seed_rows].mean(0)
+            sims[seed_rows] = -np.inf
+            near = [block.item_ids[j] for j in np.argsort(-sims)[:k]]
+            r[name] = genre_share(near, w.meta, g)
+        out[g] = r
+    names = {n for r in out.values() for n in r}
+    return {"genres": out, "mean": {n: float(np.mean([r[n] for r in out.values() if n in r])) for n in sorted(names)},
+            "seeds": seeds, "k": k}
+
+
 def genre_share(items: Sequence[str], meta: dict, genre: str) -> float:
     """Share of the listed items that have `genre` (a multi-genre film counts for each)."""
     return sum(genre in meta.get(i, {}).get("genres", ()) for i in items) / max(1, len(items))
@@ -439,7 +465,11 @@ def responsiveness(ds: Dataset, build_dir: Path, repository: Path, work: Path, o
     copy_sqlite(Path(build_dir) / "state.db", base)
     store = open_store(f"sqlite:///{base}")
     w = load_world(ds, store)
+    geo = geometry(w, store)
     store.close()
+    log(f"responsiveness: a genre's share among the {geo['k']} nearest films of its {geo['seeds']} most stored ones (mean over "
+        f"{len(geo['genres'])} genres): item space {geo['mean']['item']:.2f}, content space {geo['mean'].get('content', float('nan')):.2f}, "
+        f"catalog {geo['mean']['catalog']:.2f}")  # fmt: skip
     stats = baseline_stats(w)
     k_max = DeployConfig().max_k
     plans = {
@@ -507,7 +537,7 @@ def responsiveness(ds: Dataset, build_dir: Path, repository: Path, work: Path, o
             for p in (state, *copies.values()):
                 _remove(p)
     _remove(base)
-    return {"seed": opts.seed, "options": {k: v for k, v in vars(opts).items()}, "build": str(build_dir), "models": models,
+    return {"seed": opts.seed, "options": {k: v for k, v in vars(opts).items()}, "build": str(build_dir), "models": models, "geometry": geo,
             "plans": {"shift_genres": dict(Counter(p.genre for p in plans["shift"])), "negative_genres": dict(Counter(p.genre for p in plans["negative"])),
                       "warm_users": len(warm), "twin_items": len(twins), "twin_users": sum(map(len, twins.values())), "intents": len(INTENTS)},
             "state": {"users": len(w.history), "items": len(w.ids), "events": int(sum(w.count.values()))},

@@ -61,6 +61,9 @@ def test_responsiveness_part_end_to_end(tiny_build: dict[str, Any], tmp_path: Pa
     # freshrec finds every twin within k (the catalog is about the size of k here), and reads
     # the typed query; the context rows do not.
     assert models["freshrec"]["twins"]["twin_found"] == 1.0
+    geo = r["geometry"]
+    assert geo["genres"] and all(0.0 <= v <= 1.0 for g in geo["genres"].values() for v in g.values())
+    assert set(geo["mean"]) == {"catalog", "item", "content"}  # the build's state holds content vectors
     assert models["freshrec"]["intent"]["query_used"] and not models["knn"]["intent"]["query_used"]
     for name in ("popularity", "knn"):
         assert models[name]["intent"]["mean"]["kept"] == 10.0  # a query changes nothing in their lists
@@ -84,6 +87,7 @@ def test_responsiveness_part_end_to_end(tiny_build: dict[str, Any], tmp_path: Pa
     assert not any(t["met"] for t in summary["targets"] if math.isnan(t["measured"]))
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Responsiveness" in report and "| issue target |" in report and "![the new genre" in report
+    assert "### Where a genre's meaning lives" in report
     assert "No leave-one-out part is saved" in report
     assert (tmp_path / "out" / "responsiveness_shift.png").stat().st_size > 0
 
