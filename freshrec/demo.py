@@ -68,7 +68,7 @@ def _benchmark(what: str, label: str) -> None:
         "twins": lambda: f"{r['twins']['ratio_median']:.2f}x",
     }
     try:
-        print(f"   benchmark ({RESULTS.parent.name}/report.md, responsiveness), {label}: {figure[what]()}")
+        print(f"   benchmark (docs/results/report.md, responsiveness), {label}: {figure[what]()}")
     except (KeyError, IndexError, TypeError):
         return
 
