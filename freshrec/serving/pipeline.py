@@ -309,7 +309,8 @@ class Recommender:
         """A cold user's typed intent: the items nearest the query in content, with a small prior
         for what is watched now (log of the recent count)."""
         cc, xp = self.cfg.content, self.xp
-        rows, sims = self.content.search(query_content, max(k, cc.query_candidates), banned)
+        with self.stats.stage("retrieval"):
+            rows, sims = self.content.search(query_content, max(k, cc.query_candidates), banned)
         counts = self._recent_counts()
         prior = np.log1p(np.array([counts.get(self.index.item_ids[r], 0.0) for r in xp.numpy(rows).tolist()], np.float32))
         scores = sims + cc.popularity_prior * xp.asarray(prior)
