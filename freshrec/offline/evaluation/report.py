@@ -309,9 +309,9 @@ def write_report(s: dict, out: Path) -> Path:
                   f"| served (gRPC, ONNX models in Triton, content channels) | {sl['served']['hr@10']:.4f} | {sl['served']['ndcg@10']:.4f} | {sl['served']['hr@20']:.4f} |",
                   f"| offline (PyTorch, same checkpoints, models alone) | {sl['offline']['hr@10']:.4f} | {sl['offline']['ndcg@10']:.4f} | {sl['offline']['hr@20']:.4f} |",
                   "", f"{sl['users']} requests in {sl['seconds']:.0f} s. The served pipeline adds the content channels "
-                  "(`ModelConfig.content`: short-term profile, new-item placement) to the models' ranking; with them off "
-                  "(`ContentConfig.off()`) it serves exactly the offline ranking (tests/server_ext/test_serving.py holds the "
-                  "served pipeline equal to its PyTorch reference either way).", ""]
+                  "(`ModelConfig.content`: short-term profile, new-item placement) to the models' ranking, so the two differ; "
+                  "tests/server_ext/test_serving.py holds the served pipeline equal to its PyTorch reference (the same "
+                  "pipeline in-process).", ""]
 
     rp = s.get("replay")
     if rp:
