@@ -199,17 +199,21 @@ class Recommender:
             checkpoint("user_tower")
         cc = self.cfg.content
         query_vec = query_content = None
-        if query:
-            query_vec, query_content = self._query_vectors(query)
-        if user_vec is None and query_vec is None:
+        if query:  # matched in content (the query channel), else blended into the user vector
+            with stats.stage("embed"):
+                if cc.beta_query:
+                    query_content = xp.asarray(self._encode([query])["content_vector"])[0]
+                else:
+                    query_vec = self.embed_items([query], [0])[0]
+        if user_vec is None and not query:
             stats.fallback("popular")
             return self._popular_for(k, set(history.seen) | set(exclude))
         if user_vec is None:
             stats.fallback("query")
-            if cc.beta_query:  # a first visit with a typed intent: the language model's geometry decides
+            if query_content is not None:  # a first visit with a typed intent: the language model's geometry decides
                 return self._query_only(query_content, k, banned)
             u, source = query_vec, "query"
-        elif query_vec is None or cc.beta_query:
+        elif query_vec is None:
             u, source = user_vec, "personal"
         else:
             u, source = xp.normalize(user_vec + self.deploy.query_weight * query_vec), "personal"
@@ -311,16 +315,12 @@ class Recommender:
         cc, xp = self.cfg.content, self.xp
         with self.stats.stage("retrieval"):
             rows, sims = self.content.search(query_content, max(k, cc.query_candidates), banned)
-        counts = self._recent_counts()
+        counts = dict(self._popular_list(1))
         prior = np.log1p(np.array([counts.get(self.index.item_ids[r], 0.0) for r in xp.numpy(rows).tolist()], np.float32))
         scores = sims + cc.popularity_prior * xp.asarray(prior)
         top, values = xp.topk(scores, min(k, len(rows)))
         chosen = xp.numpy(rows[top]).tolist()
         return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), "query")
-
-    def _recent_counts(self) -> dict[str, float]:
-        self._popular_for(1, set())  # refreshes the cached popular list when stale
-        return dict(self._popular[1])
 
     def history_tensors(self, history: UserHistory) -> dict[str, Any] | None:
         """The user's events whose items are in the index -> the batched history tensors
@@ -341,12 +341,6 @@ class Recommender:
         out["history_vectors"] = gather_vectors(self.index.matrix, xp.asarray(rows), out["history_mask"])  # (1, L, D)
         return out
 
-    def _query_vectors(self, query: str):
-        """The query's item-space vector (the item tower over its text) and its content vector."""
-        with self.stats.stage("embed"):
-            vectors, contents = self._embed([query], [0])
-            return vectors[0], contents[0]
-
     def _rerank(self, hist: dict[str, Any], rows, retrieval_scores):
         # Padded to a fixed C so concurrent requests batch together in the reranker.
         xp, n = self.xp, len(rows)
@@ -360,11 +354,16 @@ class Recommender:
         inputs = dict(hist, candidate_vectors=cand, candidate_mask=mask, candidate_scores=cand_scores)
         return xp.asarray(self.engine.run("reranker", inputs)["scores"])[0, :n]
 
-    def _popular_for(self, k: int, banned: set[str]) -> Recommendation:
+    def _popular_list(self, n: int) -> list[tuple[str, float]]:
+        """The most frequent items over the latest 10,000 events with their counts, at least `n`
+        of them when the store has them; cached for `popular_ttl_s`."""
         now = time.monotonic()
-        if now - self._popular[0] > self.popular_ttl_s or len(self._popular[1]) < k + len(banned):
-            self._popular = (now, self.store.popular_items(k + len(banned) + 100, window=10000))
-        chosen = [(i, s) for i, s in self._popular[1] if i not in banned][:k]
+        if now - self._popular[0] > self.popular_ttl_s or len(self._popular[1]) < n:
+            self._popular = (now, self.store.popular_items(n + 100, window=10000))
+        return self._popular[1]
+
+    def _popular_for(self, k: int, banned: set[str]) -> Recommendation:
+        chosen = [(i, s) for i, s in self._popular_list(k + len(banned)) if i not in banned][:k]
         if len(chosen) < k:  # too few recent events: fill from the catalog in index order
             have = {i for i, _ in chosen} | banned  # the index was refreshed by this request
             chosen += [(i, 0.0) for i in self.index.item_ids if i not in have][: k - len(chosen)]
@@ -394,11 +393,15 @@ class Recommender:
         """Texts -> (N, D) item vectors through the text encoder and the item tower."""
         return self._embed(texts, id_indices)[0]
 
+    def _encode(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Texts -> the text encoder's outputs (text_embedding, content_vector)."""
+        ids, mask = self.tokenizer(list(texts))
+        return self.engine.run("text_encoder", {"input_ids": self.xp.asarray(ids), "attention_mask": self.xp.asarray(mask)})
+
     def _embed(self, texts: Sequence[str], id_indices: Sequence[int]):
         """Texts -> (N, D) item vectors and (N, Ec) content vectors (one text encoder run)."""
         xp = self.xp
-        ids, mask = self.tokenizer(list(texts))
-        out = self.engine.run("text_encoder", {"input_ids": xp.asarray(ids), "attention_mask": xp.asarray(mask)})
+        out = self._encode(texts)
         id_index = xp.asarray(np.asarray(id_indices, np.int64)[:, None])
         vectors = xp.asarray(self.engine.run("item_tower", {"text_embedding": xp.asarray(out["text_embedding"]), "id_index": id_index})["item_vector"])
         return vectors, xp.asarray(out["content_vector"])

@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import tritonclient.http as httpclient
@@ -30,7 +29,7 @@ from freshrec.server_ext.supervisor import Supervisor, stubs_of
 from freshrec.store import open_store
 from freshrec.store.sqlite import copy_sqlite
 from tests.faults.conftest import private_repository, status
-from tests.faults.traffic import Load, burst, percentile
+from tests.faults.traffic import Load, burst, metric, percentile
 
 
 def start(build: Path, repository: Path, work: Path, engine: str = "inprocess") -> Supervisor:
@@ -146,23 +145,15 @@ def _lat(records: list, seconds: float) -> dict:
             "codes": _count(f"{r.code}: {r.message.split('] ', 1)[-1][:40]}" for r in records if r.code != "OK")}  # fmt: skip
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def storm(build: Path, repository: Path, work: Path, seconds: float = 10.0, storms: int = 3) -> dict:
     sup = start(build, repository, work)
     url, users = sup.server.grpc_url, sup.users
     steady, _ = burst(url, users, 1, seconds)
     rows = []
     for _ in range(storms):
-        before = _metric(sup.server.metrics_url, "freshrec_stage_latency_seconds_count", model="recommend", stage="store")
+        before = metric(sup.server.metrics_url, "freshrec_stage_latency_seconds_count", model="recommend", stage="store")
         main, probe = burst(url, users, 64, seconds, deadline_s=0.05, backoff_s=0.0, probe_deadline_s=5.0)
-        computed = _metric(sup.server.metrics_url, "freshrec_stage_latency_seconds_count", model="recommend", stage="store") - before
+        computed = metric(sup.server.metrics_url, "freshrec_stage_latency_seconds_count", model="recommend", stage="store") - before
         time.sleep(0.5)
         after, _ = burst(url, users, 1, 2.0)
         rows.append({"storm_requests": len(main), "storm_ok": len([r for r in main if r.code == "OK"]), "computed": int(computed),
@@ -173,7 +164,7 @@ def storm(build: Path, repository: Path, work: Path, seconds: float = 10.0, stor
 
 
 def _count_cancelled(sup: Supervisor) -> dict:
-    return {stage: _metric(sup.server.metrics_url, "freshrec_cancelled_total", model="recommend", stage=stage)
+    return {stage: metric(sup.server.metrics_url, "freshrec_cancelled_total", model="recommend", stage=stage)
             for stage in ("start", "store", "user_tower", "retrieval")}  # fmt: skip
 
 

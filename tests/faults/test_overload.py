@@ -8,21 +8,12 @@ shared 2-core CI machine."""
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 
-from tests.faults.traffic import burst, percentile
+from tests.faults.traffic import burst, metric, percentile
 
 QUEUE_REFUSALS = {"Exceeds maximum queue size", "Request timeout expired"}
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def refusal_text(message: str) -> str:

@@ -155,3 +155,10 @@ def burst(url: str, users: list[str], concurrency: int, duration_s: float, *, de
     after an UNAVAILABLE), plus, with ``probe_deadline_s``, one well-behaved loop beside them.
     Returns (their outcomes, the probe's)."""
     return asyncio.run(_burst(url, users, concurrency, duration_s, deadline_s, backoff_s, probe_deadline_s))
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples matching `labels` on a live scrape."""
+    from tests.server_ext.test_metrics import scrape, value
+
+    return value(scrape(url), name, **labels)
