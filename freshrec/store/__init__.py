@@ -42,10 +42,16 @@ def _chunks(xs: Iterable, size: int) -> Iterable[list]:
 
 
 def copy_state(source: StateStore, target: StateStore, batch: int = 500) -> tuple[int, int]:
-    """Copies every item (text, metadata, vector, id row) and every event of `source` into
-    `target` (any two backends): items in catalog order, events in arrival order with their ids,
-    so a second copy adds nothing. Returns (items written, events newly stored)."""
+    """Copies every item (text, metadata, id row, content, embedding, and its vector in every
+    vector space) and every event of `source` into `target` (any two backends): items in catalog
+    order with their space-1 vectors (an item without one is copied without one), then each space
+    >= 2 of them, events in arrival order with their ids, so a second copy adds nothing. Returns
+    (items written, events newly stored)."""
     items, _ = source.items_since(0)
     n_items = target.load_items(_chunks(items, batch))
+    for space in sorted(s for s in source.vector_spaces() if s > 1):
+        block = source.catalog_since(0, space)
+        have = ~block.missing
+        target.put_vectors(space, [i for i, ok in zip(block.item_ids, have) if ok], block.vectors[have])
     n_events = sum(target.add_events(chunk) for chunk in _chunks(source.events(), batch))
     return n_items, n_events

@@ -6,12 +6,18 @@ Contract every implementation keeps:
 - `add_events` is idempotent per `event_id`: a retried event is stored once.
 - Events may name items that do not exist yet: they are stored and ignored by recommendations
   until the item exists.
+- Item vectors are kept per vector space (a model version number, an int >= 1): space 1 holds
+  the vectors written by `freshrec build`, spaces >= 2 the vectors of later model versions, so
+  that every loaded version reads its own. Writing an item (`upsert_items`) puts its vector into
+  one space and removes its vectors from every other (they were computed from its previous
+  text). An empty vector means "missing in that space".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, Sequence
+from operator import index
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -38,18 +44,22 @@ class Item:
     metadata: str = "{}"  # JSON object
     id_index: int = 0  # learned id row of the item tower; 0 = text only
     content: np.ndarray | None = None  # (Ec,) float32 content vector (text encoder's content_vector); None: none
+    embedding: np.ndarray | None = None  # (E,) float32 text embedding (the text encoder's, 384-d); None: none
 
 
 @dataclass
 class CatalogBlock:
     """What the pipeline's indexes need of the items written since a version: ids, collaborative
-    vectors (N, D) and content vectors (N, Ec; zero rows for items stored without one, (N, 0)
-    when none has one), in one order, and the catalog version they bring an index to."""
+    vectors (N, D) of one vector space and content vectors (N, Ec; zero rows for items stored
+    without one, (N, 0) when none has one), in one order, the catalog version they bring an index
+    to, and which items have no vector in that space (`missing`, (N,) bool: their rows of
+    `vectors` are zeros; `vectors` is (N, 0) when every row is missing)."""
 
     item_ids: list[str]
     vectors: np.ndarray
     contents: np.ndarray
     version: int
+    missing: np.ndarray
 
 
 def stack_blobs(blobs: Sequence[bytes | None]) -> np.ndarray:
@@ -60,6 +70,37 @@ def stack_blobs(blobs: Sequence[bytes | None]) -> np.ndarray:
         if b:
             out[j] = np.frombuffer(b, dtype=np.float32)
     return out
+
+
+def stack_vectors(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 byte strings of one vector space -> ((N, D) writable rows, (N,) bool missing), one
+    join (it matters at 1M items): a missing (None or empty) blob is a zero row, and the rows are
+    (N, 0) when every blob is missing."""
+    n = len(blobs)
+    if all(blobs):  # the common case
+        return np.frombuffer(bytearray().join(blobs), dtype=np.float32).reshape(n, -1 if n else 0), np.zeros(n, bool)  # writable
+    missing = np.fromiter((not b for b in blobs), dtype=bool, count=n)
+    zero = bytes(next((len(b) for b in blobs if b), 0))
+    return np.frombuffer(bytearray().join([b or zero for b in blobs]), dtype=np.float32).reshape(n, -1), missing
+
+
+def check_space(space: int) -> int:
+    """A vector space number (int >= 1), or ValueError."""
+    try:
+        n = -1 if isinstance(space, bool) else index(space)
+    except TypeError:
+        n = -1
+    if n < 1:
+        raise ValueError(f"invalid vector space {space!r}: an int >= 1")
+    return n
+
+
+def check_vectors(item_ids: Sequence[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """`put_vectors`' arguments as a list and (N, D) float32 rows (D > 0), or ValueError."""
+    ids, vectors = list(item_ids), np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(ids) or (ids and vectors.shape[1] == 0):
+        raise ValueError(f"expected ({len(ids)}, D) vectors for {len(ids)} item ids, got shape {vectors.shape}")
+    return ids, vectors
 
 
 @dataclass
@@ -80,22 +121,27 @@ class StateStore(Protocol):
     def user_history(self, user_id: str, limit: int) -> UserHistory:
         """The latest `limit` events of a user, oldest first, plus the set of seen items."""
 
-    def upsert_items(self, items: Sequence[Item]) -> int:
-        """Inserts or replaces items (text, metadata, vector); returns how many were written."""
+    def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
+        """Inserts or replaces items (text, metadata, id row, content, embedding) under a new
+        catalog version, their vectors written into vector `space`; in the same transaction the
+        items' vectors in every other space are removed (for a space >= 2 the space-1 vector
+        becomes empty). An empty vector stores none. Returns how many were written."""
 
-    def items_since(self, version: int) -> tuple[list[Item], int]:
-        """Items written after catalog `version`, and the current version. Lets every model
-        instance refresh its retrieval index incrementally before serving."""
+    def items_since(self, version: int, space: int = 1) -> tuple[list[Item], int]:
+        """Items written after catalog `version` (vectors of `space`; a missing one is an empty
+        (0,) array), and the current version. Lets every model instance refresh its retrieval
+        index incrementally before serving."""
 
-    def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
+    def item_vectors_since(self, version: int, space: int = 1) -> tuple[list[str], np.ndarray, int]:
         """What the retrieval index needs of `items_since`, and only that: the ids and their
-        vectors ((N, D) float32, one block, in the same order) and the current version. Every model
-        instance refreshes its index with it before serving; at 1M items the texts and metadata
-        it leaves out are most of what `items_since` reads."""
+        vectors in `space` ((N, D) float32, one block, in the same order; zero rows for missing
+        vectors) and the current version. Every model instance refreshes its index with it before
+        serving; at 1M items the texts and metadata it leaves out are most of what `items_since` reads."""
 
-    def catalog_since(self, version: int) -> CatalogBlock:
-        """`item_vectors_since` with the content vectors beside the vectors, read in one
-        snapshot so that both indexes of a pipeline hold the same items in the same rows."""
+    def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
+        """`item_vectors_since` with the content vectors beside the vectors and the rows missing
+        in `space`, read in one snapshot so that both indexes of a pipeline hold the same items in
+        the same rows."""
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Learned id rows of known items (unknown items are absent)."""
@@ -114,9 +160,32 @@ class StateStore(Protocol):
     def user_ids(self) -> list[str]:
         """Every user with an event, in the order of their first event's arrival."""
 
-    def load_items(self, batches: Iterable[Sequence[Item]]) -> int:
-        """Bulk load: writes every batch (as `upsert_items` would) and returns the number written
-        once all of it is durable. Faster than `upsert_items` per batch; for tools that fill a
-        store (scaled catalogs, copies), not for serving."""
+    def load_items(self, batches: Iterable[Sequence[Item]], space: int = 1) -> int:
+        """Bulk load: writes every batch (as `upsert_items(batch, space)` would) and returns the
+        number written once all of it is durable. Faster than `upsert_items` per batch; for tools
+        that fill a store (scaled catalogs, copies), not for serving."""
+
+    def put_vectors(self, space: int, item_ids: Sequence[str], vectors: np.ndarray) -> int:
+        """Writes the (N, D) vectors of existing items into `space` (1 included) without changing
+        the catalog version or any other field: the update tool fills a new model version's space
+        before that version is loaded. Unknown items are skipped; returns how many were written,
+        once durable (in batches: a failure may leave earlier batches written). A vector computed
+        from an item's text that an `upsert_items` replaced meanwhile is written all the same: the
+        caller recomputes the items whose catalog version moved."""
+
+    def drop_vectors(self, space: int) -> int:
+        """Removes every vector of a space >= 2 (durably); returns how many. Space 1: ValueError."""
+
+    def vector_spaces(self) -> dict[int, int]:
+        """Each space holding at least one vector -> how many items have a vector in it."""
+
+    def item_inputs(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """What an item tower needs to compute vectors of items: their learned id rows ((N,)
+        int64) and text embeddings ((N, E) float32; zero rows for items stored without one,
+        (N, 0) when none has one); unknown items get id row 0 and a zero row."""
+
+    def assign_id_rows(self, rows: Mapping[str, int]) -> int:
+        """Sets the learned id row of existing items (unknown ones are skipped) without changing
+        the catalog version or vectors; returns how many were set, once durable."""
 
     def close(self) -> None: ...

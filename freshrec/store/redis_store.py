@@ -29,7 +29,11 @@ Keys (P = prefix):
   P cat:version   counter: catalog version
   P cat:items     sorted set item_id -> version of its last write
   P cat:idx       hash item_id -> id_index (known items)
-  P item:<id>     hash text, metadata, id_index, vector, content (float32 bytes; content empty: none), version
+  P cat:spaces    set of the vector spaces >= 2 written since their last `drop_vectors` (an upsert
+                  into another space may have emptied one: `vector_spaces` counts what is there)
+  P item:<id>     hash text, metadata, id_index, vector, content, embedding (float32 bytes; empty:
+                  none), version, and vector:<space> per space >= 2 holding a vector of the item
+                  (`vector` is vector space 1; empty: missing)
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ import json
 import logging
 import math
 from collections import Counter
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from freshrec.store.base import CatalogBlock, Event, Item, StoreUnavailable, UserHistory, stack_blobs
+from freshrec.store.base import (CatalogBlock, Event, Item, StoreUnavailable, UserHistory, check_space, check_vectors, stack_blobs,
+                                 stack_vectors)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +80,63 @@ if n > 0 then redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1) end
 return n
 """
 
-# KEYS: cat:version, cat:items, cat:idx, then item:<id> per item.
-# ARGV: (item_id, text, metadata, id_index, vector, content) per item.
+# KEYS: cat:version, cat:items, cat:idx, cat:spaces, then item:<id> per item.
+# ARGV: space, then (item_id, text, metadata, id_index, vector, content, embedding) per item.
+# The item's vectors of every space >= 2 go; its vector lands in `vector` (space 1) or `vector:<space>`.
 _UPSERT_ITEMS = """
 local v = redis.call('INCR', KEYS[1])
-for i = 1, #KEYS - 3 do
-  local a = (i - 1) * 6
-  redis.call('HSET', KEYS[3 + i], 'text', ARGV[a + 2], 'metadata', ARGV[a + 3], 'id_index', ARGV[a + 4],
-             'vector', ARGV[a + 5], 'content', ARGV[a + 6], 'version', v)
+local space = ARGV[1]
+local others = redis.call('SMEMBERS', KEYS[4])
+for j = 1, #others do others[j] = 'vector:' .. others[j] end
+local added = false
+for i = 1, #KEYS - 4 do
+  local a = 1 + (i - 1) * 7
+  local key = KEYS[4 + i]
+  if #others > 0 then redis.call('HDEL', key, unpack(others)) end
+  local vec = ARGV[a + 5]
+  if space ~= '1' then
+    if vec ~= '' then
+      redis.call('HSET', key, 'vector:' .. space, vec)
+      added = true
+    end
+    vec = ''
+  end
+  redis.call('HSET', key, 'text', ARGV[a + 2], 'metadata', ARGV[a + 3], 'id_index', ARGV[a + 4],
+             'vector', vec, 'content', ARGV[a + 6], 'embedding', ARGV[a + 7], 'version', v)
   redis.call('ZADD', KEYS[2], v, ARGV[a + 1])
   redis.call('HSET', KEYS[3], ARGV[a + 1], ARGV[a + 4])
 end
+if added then redis.call('SADD', KEYS[4], space) end
 return v
+"""
+
+# KEYS: cat:spaces, then item:<id> per item. ARGV: space, then a vector per item.
+# Existing items only (a missing hash is never created); returns how many were written.
+_PUT_VECTORS = """
+local field = ARGV[1] == '1' and 'vector' or 'vector:' .. ARGV[1]
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], field, ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 and ARGV[1] ~= '1' then redis.call('SADD', KEYS[1], ARGV[1]) end
+return n
+"""
+
+# KEYS: cat:idx, then item:<id> per item. ARGV: (item_id, id_index) per item.
+_ASSIGN_ID_ROWS = """
+local n = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local a = (i - 2) * 2
+    redis.call('HSET', KEYS[i], 'id_index', ARGV[a + 2])
+    redis.call('HSET', KEYS[1], ARGV[a + 1], ARGV[a + 2])
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -104,6 +154,19 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
 
 def _fmt_float(x: float) -> str:
     return repr(float(x))
+
+
+def _blob(x: np.ndarray | None) -> bytes:
+    return b"" if x is None else np.asarray(x, dtype=np.float32).tobytes()
+
+
+def _array(b: bytes | None) -> np.ndarray | None:
+    return np.frombuffer(b, dtype=np.float32).copy() if b else None
+
+
+def _vector_field(space: int) -> str:
+    """The item-hash field holding the item's vector in `space`."""
+    return "vector" if check_space(space) == 1 else f"vector:{int(space)}"
 
 
 class RedisStore:
@@ -131,9 +194,11 @@ class RedisStore:
         )
         self._add_events = self.db.register_script(_ADD_EVENTS)
         self._upsert_items = self.db.register_script(_UPSERT_ITEMS)
+        self._put_vectors = self.db.register_script(_PUT_VECTORS)
+        self._assign_id_rows = self.db.register_script(_ASSIGN_ID_ROWS)
         p = self.prefix
         self.k_ev_ids, self.k_ev_seq, self.k_recent, self.k_users = p + "ev:ids", p + "ev:seq", p + "ev:recent", p + "users"
-        self.k_version, self.k_cat, self.k_idx = p + "cat:version", p + "cat:items", p + "cat:idx"
+        self.k_version, self.k_cat, self.k_idx, self.k_spaces = p + "cat:version", p + "cat:items", p + "cat:idx", p + "cat:spaces"
         try:  # reach the server now so a wrong URL fails at load, not at the first request
             self._call(self.db.ping, retry=True)
         except StoreUnavailable:
@@ -176,6 +241,9 @@ class RedisStore:
                 raise
         raise AssertionError("unreachable")
 
+    def _item_key(self, item_id: str) -> str:
+        return self.prefix + "item:" + item_id
+
     def _user_keys(self, user_id: str) -> tuple[str, str]:
         base = f"{self.prefix}u:{user_id}:"
         return base + "ev", base + "seen"
@@ -197,19 +265,49 @@ class RedisStore:
         idempotent = all(e.event_id for e in events)
         return int(self._call(lambda: self._add_events(keys=keys, args=args), retry=idempotent))
 
-    def upsert_items(self, items: Sequence[Item]) -> int:
+    def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
+        space = check_space(space)
         items = list(items)
         if not items:
             return 0
-        keys = [self.k_version, self.k_cat, self.k_idx]
-        args: list[Any] = []
+        keys = [self.k_version, self.k_cat, self.k_idx, self.k_spaces]
+        args: list[Any] = [str(space)]
         for it in items:
-            keys.append(self.prefix + "item:" + it.item_id)
-            content = b"" if it.content is None else np.asarray(it.content, dtype=np.float32).tobytes()
-            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), np.asarray(it.vector, dtype=np.float32).tobytes(), content])
+            keys.append(self._item_key(it.item_id))
+            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), _blob(it.vector), _blob(it.content), _blob(it.embedding)])
         # A repeated upsert writes the same content again under a new version: safe to retry.
         self._call(lambda: self._upsert_items(keys=keys, args=args), retry=True)
         return len(items)
+
+    def put_vectors(self, space: int, item_ids: Sequence[str], vectors: np.ndarray) -> int:
+        """One script per 1,000 items (each durable when it returns)."""
+        space = check_space(space)
+        ids, vectors = check_vectors(item_ids, vectors)
+        n = 0
+        for start in range(0, len(ids), 1000):
+            keys = [self.k_spaces] + [self._item_key(i) for i in ids[start : start + 1000]]
+            args = [str(space)] + [v.tobytes() for v in vectors[start : start + 1000]]
+            n += int(self._call(lambda keys=keys, args=args: self._put_vectors(keys=keys, args=args), retry=True))  # idempotent
+        return n
+
+    def drop_vectors(self, space: int) -> int:
+        """HDEL over every item, 1,000 per pipeline, then the space leaves cat:spaces."""
+        if check_space(space) == 1:
+            raise ValueError("vector space 1 cannot be dropped (it holds the vectors of `freshrec build`)")
+        field = f"vector:{int(space)}"
+        n = sum(self._per_item(self._all_ids(), lambda pipe, key: pipe.hdel(key, field)))
+        self._call(lambda: self.db.srem(self.k_spaces, str(int(space))), retry=True)
+        return n
+
+    def assign_id_rows(self, rows: Mapping[str, int]) -> int:
+        """One script per 1,000 items (each durable when it returns)."""
+        pairs, n = list(rows.items()), 0
+        for start in range(0, len(pairs), 1000):
+            chunk = pairs[start : start + 1000]
+            keys = [self.k_idx] + [self._item_key(i) for i, _ in chunk]
+            args = [x for i, r in chunk for x in (i, int(r))]
+            n += int(self._call(lambda keys=keys, args=args: self._assign_id_rows(keys=keys, args=args), retry=True))  # idempotent
+        return n
 
     # -- reads ------------------------------------------------------------------------------
     def user_history(self, user_id: str, limit: int) -> UserHistory:
@@ -235,6 +333,25 @@ class RedisStore:
             seen={s.decode() for s in seen},
         )
 
+    def _per_item(self, ids: list[str], command: Callable[[Any, str], Any]) -> list:
+        """`command(pipe, item key)` for every id, 1,000 per pipeline (a read, or an idempotent
+        write: retried once on a broken connection); the replies in order."""
+        out: list = []
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+
+            def run(chunk=chunk):
+                with self.db.pipeline(transaction=False) as pipe:
+                    for item_id in chunk:
+                        command(pipe, self._item_key(item_id))
+                    return pipe.execute()
+
+            out += self._call(run, retry=True)
+        return out
+
+    def _all_ids(self) -> list[str]:
+        return [i.decode() for i in self._call(lambda: self.db.zrange(self.k_cat, 0, -1), retry=True)]
+
     def _catalog_since(self, version: int, fields: tuple[str, ...]) -> tuple[list[str], list[list[bytes]], int]:
         """Ids written after `version` (version order), the given hash fields of each, and the version."""
         # The version is INCRemented in the script that writes the items, so this snapshot of
@@ -248,39 +365,34 @@ class RedisStore:
         if not rows:
             return [], [], int(version)
         ids = [r[0].decode() for r in rows]
-        values: list[list[bytes]] = []
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-
-            def read(chunk=chunk):
-                with self.db.pipeline(transaction=False) as pipe:
-                    for item_id in chunk:
-                        pipe.hmget(self.prefix + "item:" + item_id, fields)
-                    return pipe.execute()
-
-            values += self._call(read, retry=True)
+        values = self._per_item(ids, lambda pipe, key: pipe.hmget(key, fields))
         return ids, values, max(int(version), int(max(score for _, score in rows)))
 
-    def items_since(self, version: int) -> tuple[list[Item], int]:
-        ids, values, version = self._catalog_since(version, ("text", "metadata", "id_index", "vector", "content"))
-        items = [Item(item_id, text.decode(), np.frombuffer(vector, dtype=np.float32).copy(), metadata.decode(), int(id_index),
-                      np.frombuffer(content, dtype=np.float32).copy() if content else None)
-                 for item_id, (text, metadata, id_index, vector, content) in zip(ids, values)]  # fmt: skip
+    def items_since(self, version: int, space: int = 1) -> tuple[list[Item], int]:
+        fields = ("text", "metadata", "id_index", _vector_field(space), "content", "embedding")
+        ids, values, version = self._catalog_since(version, fields)
+        items = [Item(item_id, text.decode(), np.frombuffer(vector or b"", dtype=np.float32).copy(), metadata.decode(), int(id_index),
+                      _array(content), _array(embedding))
+                 for item_id, (text, metadata, id_index, vector, content, embedding) in zip(ids, values)]  # fmt: skip
         return items, version
 
-    def catalog_since(self, version: int) -> CatalogBlock:
-        ids, values, version = self._catalog_since(version, ("vector", "content"))
+    def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
+        ids, values, version = self._catalog_since(version, (_vector_field(space), "content"))
         if not ids:
-            return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), version)
-        vectors = np.frombuffer(bytearray().join(v[0] for v in values), dtype=np.float32).reshape(len(ids), -1)
-        return CatalogBlock(ids, vectors, stack_blobs([v[1] for v in values]), version)
+            return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), version, np.zeros(0, bool))
+        vectors, missing = stack_vectors([v[0] for v in values])
+        return CatalogBlock(ids, vectors, stack_blobs([v[1] for v in values]), version, missing)
 
-    def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
-        ids, values, version = self._catalog_since(version, ("vector",))
+    def item_vectors_since(self, version: int, space: int = 1) -> tuple[list[str], np.ndarray, int]:
+        ids, values, version = self._catalog_since(version, (_vector_field(space),))
         if not ids:
             return [], np.zeros((0, 0), np.float32), version
-        vectors = np.frombuffer(bytearray().join(v[0] for v in values), dtype=np.float32).reshape(len(ids), -1)  # writable, one copy
-        return ids, vectors, version
+        return ids, stack_vectors([v[0] for v in values])[0], version
+
+    def item_inputs(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = list(item_ids)
+        values = self._per_item(ids, lambda pipe, key: pipe.hmget(key, ("id_index", "embedding")))
+        return np.fromiter((int(v[0] or 0) for v in values), np.int64, count=len(ids)), stack_blobs([v[1] for v in values])
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids = list(item_ids)
@@ -305,6 +417,21 @@ class RedisStore:
 
     def count_items(self) -> int:
         return int(self._call(lambda: self.db.zcard(self.k_cat), retry=True))
+
+    def vector_spaces(self) -> dict[int, int]:
+        """Reads every item's vector fields (1,000 items per round trip): for tools."""
+        spaces = sorted(int(s) for s in self._call(lambda: self.db.smembers(self.k_spaces), retry=True))
+
+        def lengths(pipe, key: str) -> None:
+            pipe.hstrlen(key, "vector")
+            for space in spaces:
+                pipe.hexists(key, f"vector:{space}")
+
+        replies = self._per_item(self._all_ids(), lengths)
+        width = 1 + len(spaces)
+        counts = {1: sum(1 for n in replies[0::width] if n)}
+        counts.update({space: sum(1 for x in replies[1 + j :: width] if x) for j, space in enumerate(spaces)})
+        return {space: n for space, n in counts.items() if n}
 
     # -- for tools --------------------------------------------------------------------------
     def user_ids(self) -> list[str]:
@@ -331,9 +458,9 @@ class RedisStore:
         for _, user, r in rows:
             yield Event(user, r[0], r[1], float(r[2]), math.nan if r[3] is None else float(r[3]), r[4] if len(r) > 4 else None)
 
-    def load_items(self, batches: Iterable[Sequence[Item]]) -> int:
+    def load_items(self, batches: Iterable[Sequence[Item]], space: int = 1) -> int:
         """One upsert script per batch: every write is already durable when it returns (AOF)."""
-        return sum(self.upsert_items(batch) for batch in batches)
+        return sum(self.upsert_items(batch, space) for batch in batches)
 
     def close(self) -> None:
         self.db.close()

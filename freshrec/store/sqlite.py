@@ -1,5 +1,7 @@
 """SQLite state store in WAL mode: durable, and shared safely by several Python-backend
-processes on one host (each opens its own connection; writers serialise on the WAL lock)."""
+processes on one host (each opens its own connection; writers serialise on the WAL lock).
+
+Vector space 1 is `items.vector` (an empty blob: missing); spaces >= 2 are rows of `vectors`."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from freshrec.store.base import CatalogBlock, Event, Item, StoreUnavailable, UserHistory, stack_blobs
+from freshrec.store.base import (CatalogBlock, Event, Item, StoreUnavailable, UserHistory, check_space, check_vectors, stack_blobs,
+                                 stack_vectors)  # fmt: skip
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -22,10 +25,18 @@ CREATE TABLE IF NOT EXISTS items (
     id_index  INTEGER NOT NULL DEFAULT 0,
     vector    BLOB NOT NULL,
     content   BLOB,
+    embedding BLOB,
     version   INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_by_version ON items(version);
+-- vectors of the spaces >= 2 (later model versions); space 1 is items.vector
+CREATE TABLE IF NOT EXISTS vectors (
+    space   INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    vector  BLOB NOT NULL,
+    PRIMARY KEY (space, item_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id   TEXT UNIQUE,
@@ -41,6 +52,29 @@ CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, ts, seq);
 CREATE INDEX IF NOT EXISTS events_seen ON events(user_id, item_id);
 """
 
+# The distinct spaces of `vectors`, one primary-key seek each (no scan of the table).
+_SPACES = ("WITH RECURSIVE s(space) AS (SELECT MIN(space) FROM vectors UNION ALL "
+           "SELECT (SELECT MIN(space) FROM vectors WHERE space > s.space) FROM s WHERE s.space IS NOT NULL) "
+           "SELECT space FROM s WHERE space IS NOT NULL")  # fmt: skip
+
+
+def _blob(x: np.ndarray | None) -> bytes | None:
+    return None if x is None else np.asarray(x, dtype=np.float32).tobytes()
+
+
+def _array(b: bytes | None) -> np.ndarray | None:
+    return np.frombuffer(b, dtype=np.float32) if b else None
+
+
+def _since(columns: str, space: int) -> str:
+    """The SELECT of `columns` of the items (i) written after a version (the one parameter), in
+    catalog order; `{vec}` in `columns` is the item's vector in `space` (NULL or empty: missing)."""
+    space = check_space(space)
+    if space == 1:
+        return f"SELECT {columns.format(vec='i.vector')} FROM items i WHERE i.version > ? ORDER BY i.version, i.rowid"
+    return (f"SELECT {columns.format(vec='v.vector')} FROM items i LEFT JOIN vectors v ON v.space = {space} AND v.item_id = i.item_id "
+            "WHERE i.version > ? ORDER BY i.version, i.rowid")  # fmt: skip
+
 
 class SQLiteStore:
     def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
@@ -54,8 +88,10 @@ class SQLiteStore:
             self.db.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk, also on power loss
             self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self.db.executescript(SCHEMA)
-            if "content" not in {r[1] for r in self.db.execute("PRAGMA table_info(items)")}:  # a state from before content vectors
-                self.db.execute("ALTER TABLE items ADD COLUMN content BLOB")
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
+            for column in ("content", "embedding"):  # a state from before content vectors / text embeddings
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE items ADD COLUMN {column} BLOB")
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open state store: {e}") from e
         self.lock = threading.Lock()
@@ -94,25 +130,59 @@ class SQLiteStore:
 
         return self._write(insert)
 
-    def upsert_items(self, items: Sequence[Item]) -> int:
+    def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
+        space = check_space(space)
         now = time.time()
+        rows = [(it.item_id, it.text, it.metadata, int(it.id_index), _blob(it.vector), _blob(it.content), _blob(it.embedding))
+                for it in items]  # fmt: skip
 
         def upsert() -> int:
             (version,) = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM items").fetchone()
             self.db.executemany(
-                "INSERT INTO items(item_id, text, metadata, id_index, vector, content, version, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET "
-                "text=excluded.text, metadata=excluded.metadata, id_index=excluded.id_index, "
-                "vector=excluded.vector, content=excluded.content, version=excluded.version, updated_at=excluded.updated_at",
-                [
-                    (it.item_id, it.text, it.metadata, int(it.id_index), np.asarray(it.vector, dtype=np.float32).tobytes(),
-                     None if it.content is None else np.asarray(it.content, dtype=np.float32).tobytes(), version, now)
-                    for it in items
-                ],
+                "INSERT INTO items(item_id, text, metadata, id_index, vector, content, embedding, version, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET "
+                "text=excluded.text, metadata=excluded.metadata, id_index=excluded.id_index, vector=excluded.vector, "
+                "content=excluded.content, embedding=excluded.embedding, version=excluded.version, updated_at=excluded.updated_at",
+                [(i, t, m, x, v if space == 1 else b"", c, e, version, now) for i, t, m, x, v, c, e in rows],
             )
+            spaces = [r[0] for r in self.db.execute(_SPACES)]  # vectors of the previous text go
+            if spaces:
+                self.db.executemany("DELETE FROM vectors WHERE space = ? AND item_id = ?", [(s, r[0]) for s in spaces for r in rows])
+            if space > 1:
+                self.db.executemany("INSERT OR REPLACE INTO vectors(space, item_id, vector) VALUES (?, ?, ?)",
+                                    [(space, r[0], r[4]) for r in rows if r[4]])  # fmt: skip
             return len(items)
 
         return self._write(upsert)
+
+    def _write_batches(self, sql: str, rows: list[tuple], batch: int = 1000) -> int:
+        """`sql` over `rows`, one durable transaction per `batch` rows; returns the rows changed."""
+
+        def run(chunk: list[tuple]) -> int:
+            before = self.db.total_changes
+            self.db.executemany(sql, chunk)
+            return self.db.total_changes - before
+
+        return sum(self._write(lambda chunk=rows[i : i + batch]: run(chunk)) for i in range(0, len(rows), batch))
+
+    def put_vectors(self, space: int, item_ids: Sequence[str], vectors: np.ndarray) -> int:
+        space = check_space(space)
+        ids, vectors = check_vectors(item_ids, vectors)
+        if space == 1:
+            return self._write_batches("UPDATE items SET vector = ? WHERE item_id = ?", [(v.tobytes(), i) for i, v in zip(ids, vectors)])
+        return self._write_batches(
+            f"INSERT INTO vectors(space, item_id, vector) SELECT {space}, item_id, ? FROM items WHERE item_id = ? "
+            "ON CONFLICT(space, item_id) DO UPDATE SET vector = excluded.vector",
+            [(v.tobytes(), i) for i, v in zip(ids, vectors)],
+        )
+
+    def drop_vectors(self, space: int) -> int:
+        if check_space(space) == 1:
+            raise ValueError("vector space 1 cannot be dropped (it holds the vectors of `freshrec build`)")
+        return self._write(lambda: self.db.execute("DELETE FROM vectors WHERE space = ?", (int(space),)).rowcount)
+
+    def assign_id_rows(self, rows: Mapping[str, int]) -> int:
+        return self._write_batches("UPDATE items SET id_index = ? WHERE item_id = ?", [(int(x), i) for i, x in rows.items()])
 
     # -- reads ------------------------------------------------------------------------------
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -136,28 +206,24 @@ class SQLiteStore:
             seen=seen,
         )
 
-    def items_since(self, version: int) -> tuple[list[Item], int]:
-        rows = self._read(
-            "SELECT item_id, text, metadata, id_index, vector, version, content FROM items WHERE version > ? ORDER BY version, rowid",
-            (int(version),),
-        )
-        items = [Item(r[0], r[1], np.frombuffer(r[4], dtype=np.float32), r[2], r[3], None if not r[6] else np.frombuffer(r[6], dtype=np.float32))
-                 for r in rows]  # fmt: skip
+    def items_since(self, version: int, space: int = 1) -> tuple[list[Item], int]:
+        rows = self._read(_since("i.item_id, i.text, i.metadata, i.id_index, {vec}, i.version, i.content, i.embedding", space), (int(version),))
+        items = [Item(r[0], r[1], np.frombuffer(r[4] or b"", dtype=np.float32), r[2], r[3], _array(r[6]), _array(r[7])) for r in rows]
         return items, max([version] + [r[5] for r in rows])
 
-    def item_vectors_since(self, version: int) -> tuple[list[str], np.ndarray, int]:
-        rows = self._read("SELECT item_id, vector, version FROM items WHERE version > ? ORDER BY version, rowid", (int(version),))
+    def item_vectors_since(self, version: int, space: int = 1) -> tuple[list[str], np.ndarray, int]:
+        rows = self._read(_since("i.item_id, {vec}, i.version", space), (int(version),))
         if not rows:
             return [], np.zeros((0, 0), np.float32), int(version)
-        vectors = np.frombuffer(bytearray().join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)  # writable, one copy
+        vectors, _ = stack_vectors([r[1] for r in rows])
         return [r[0] for r in rows], vectors, max(int(version), max(r[2] for r in rows))
 
-    def catalog_since(self, version: int) -> CatalogBlock:
-        rows = self._read("SELECT item_id, vector, content, version FROM items WHERE version > ? ORDER BY version, rowid", (int(version),))
+    def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
+        rows = self._read(_since("i.item_id, {vec}, i.content, i.version", space), (int(version),))
         if not rows:
-            return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), int(version))
-        vectors = np.frombuffer(bytearray().join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-        return CatalogBlock([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(int(version), max(r[3] for r in rows)))
+            return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), int(version), np.zeros(0, bool))
+        vectors, missing = stack_vectors([r[1] for r in rows])
+        return CatalogBlock([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(int(version), max(r[3] for r in rows)), missing)
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -167,6 +233,15 @@ class SQLiteStore:
             marks = ",".join("?" * len(chunk))
             out.update(self._read(f"SELECT item_id, id_index FROM items WHERE item_id IN ({marks})", tuple(chunk)))
         return out
+
+    def item_inputs(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, found = list(item_ids), {}
+        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update((r[0], r[1:]) for r in self._read(f"SELECT item_id, id_index, embedding FROM items WHERE item_id IN ({marks})", tuple(chunk)))
+        rows = [found.get(i, (0, None)) for i in ids]
+        return np.fromiter((r[0] for r in rows), np.int64, count=len(rows)), stack_blobs([r[1] for r in rows])
 
     def popular_items(self, limit: int, window: int) -> list[tuple[str, float]]:
         return [
@@ -184,6 +259,11 @@ class SQLiteStore:
     def count_items(self) -> int:
         return self._read("SELECT COUNT(*) FROM items")[0][0]
 
+    def vector_spaces(self) -> dict[int, int]:
+        rows = self._read("SELECT 1, COUNT(*) FROM items WHERE length(vector) > 0 UNION ALL "
+                          "SELECT space, COUNT(*) FROM vectors GROUP BY space")  # fmt: skip
+        return {int(s): int(n) for s, n in rows if n}
+
     # -- for tools --------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
         rows = self._read("SELECT user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq")
@@ -192,7 +272,7 @@ class SQLiteStore:
     def user_ids(self) -> list[str]:
         return [r[0] for r in self._read("SELECT user_id FROM events GROUP BY user_id ORDER BY MIN(seq)")]
 
-    def load_items(self, batches: Iterable[Sequence[Item]]) -> int:
+    def load_items(self, batches: Iterable[Sequence[Item]], space: int = 1) -> int:
         """Every batch in its own transaction with fsync off, then one checkpoint that makes the
         whole load durable (a crash mid-load may leave part of it, never a damaged file)."""
         with self.lock:
@@ -200,7 +280,7 @@ class SQLiteStore:
         written = 0
         try:
             for batch in batches:
-                written += self.upsert_items(batch)
+                written += self.upsert_items(batch, space)
         finally:
             with self.lock:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
