@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import pytest
 
-from freshrec.store import Event, StoreUnavailable, open_store
+from freshrec.store import Event, Item, StoreUnavailable, open_store
 
 
 def test_wal_mode_and_full_sync(tmp_path):
@@ -30,3 +31,36 @@ def test_a_locked_store_fails_the_write_as_unavailable(tmp_path):
 def test_unknown_store_url_is_a_clear_error():
     with pytest.raises(ValueError, match="unsupported state store URL"):
         open_store("postgres://x")
+
+
+def test_an_old_state_without_embeddings_or_vector_spaces_opens_and_gains_them(tmp_path):
+    """A state written before content vectors, text embeddings and vector spaces: the columns and
+    the `vectors` table are added at open; its items read back with none of them."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(str(path))
+    old.execute("CREATE TABLE items (item_id TEXT PRIMARY KEY, text TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', "
+                "id_index INTEGER NOT NULL DEFAULT 0, vector BLOB NOT NULL, version INTEGER NOT NULL, updated_at REAL NOT NULL)")  # fmt: skip
+    v = np.ones(4, np.float32) / 2
+    old.execute("INSERT INTO items VALUES ('a', 'text a', '{}', 3, ?, 1, 0.0)", (v.tobytes(),))
+    old.commit()
+    old.close()
+    store = open_store(f"sqlite:///{path}")
+    assert {"content", "embedding"} <= {r[1] for r in store.db.execute("PRAGMA table_info(items)")}
+    (item,), version = store.items_since(0)
+    assert version == 1 and item.embedding is None and item.content is None and item.id_index == 3
+    np.testing.assert_array_equal(item.vector, v)
+    assert store.put_vectors(2, ["a"], v[None] * 2) == 1 and store.vector_spaces() == {1: 1, 2: 1}
+    store.upsert_items([Item("b", "text b", v, embedding=v[:3])])
+    assert store.item_inputs(["a", "b"])[1].tolist() == [[0.0] * 3, [0.5] * 3]
+    store.close()
+    assert open_store(f"sqlite:///{path}").vector_spaces() == {1: 2, 2: 1}  # reopens as is
+
+
+def test_vector_space_layout(tmp_path):
+    """Space 1 stays in items.vector (an empty blob: missing); spaces >= 2 are rows of `vectors`."""
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    v = np.ones(4, np.float32) / 2
+    store.upsert_items([Item("a", "text a", v), Item("b", "text b", v)], space=2)
+    store.put_vectors(3, ["a"], v[None])
+    assert store.db.execute("SELECT item_id, length(vector) FROM items ORDER BY item_id").fetchall() == [("a", 0), ("b", 0)]
+    assert store.db.execute("SELECT space, item_id FROM vectors ORDER BY space, item_id").fetchall() == [(2, "a"), (2, "b"), (3, "a")]

@@ -184,3 +184,155 @@ def test_copy_state_copies_items_and_events_once(store_url, tmp_path):
     assert [(e.user_id, e.item_id, e.event_type, e.event_id) for e in copied] == [("u", "a", "rate", "x1"), ("v", "b", "click", "x2")]
     assert copied[0].value == 5.0 and np.isnan(copied[1].value)
     assert dst.user_history("u", 10).item_ids == ["a"] and dst.popular_items(5, 10) == src.popular_items(5, 10)
+
+
+def test_item_embeddings_round_trip_and_feed_item_inputs(store_url):
+    """An item's text embedding is stored with it (None: none); item_inputs gives an item tower
+    the id rows and embeddings of any ids, zero rows for items without one and unknown items."""
+    store = open_store(store_url)
+    store.upsert_items([Item("a", "text a", _vec(0), id_index=4, embedding=_vec(7, 6)), Item("b", "text b", _vec(1))])
+    items = {i.item_id: i for i in open_store(store_url).items_since(0)[0]}
+    np.testing.assert_array_equal(items["a"].embedding, _vec(7, 6))
+    assert items["a"].embedding.dtype == np.float32 and items["b"].embedding is None
+    ids, embeddings = store.item_inputs(["b", "zz", "a"])
+    assert ids.dtype == np.int64 and ids.tolist() == [0, 0, 4]
+    assert embeddings.dtype == np.float32
+    np.testing.assert_array_equal(embeddings, np.stack([np.zeros(6, np.float32), np.zeros(6, np.float32), _vec(7, 6)]))
+    ids, embeddings = store.item_inputs(["b"])
+    assert ids.tolist() == [0] and embeddings.shape == (1, 0)  # no dimension known
+    ids, embeddings = store.item_inputs([])
+    assert ids.shape == (0,) and len(embeddings) == 0
+
+
+def test_upsert_into_a_space_removes_the_vectors_of_every_other_space(store_url):
+    """Vectors computed from an item's previous text go when it is written: into space 2, its
+    space-1 vector becomes empty (missing) and its space-3 vector goes; other items keep theirs."""
+    store = open_store(store_url)
+    store.upsert_items([Item("a", "text a", _vec(0)), Item("b", "text b", _vec(1))])
+    store.put_vectors(2, ["a", "b"], np.stack([_vec(10), _vec(11)]))
+    store.put_vectors(3, ["a", "b"], np.stack([_vec(20), _vec(21)]))
+    store.upsert_items([Item("a", "text a2", _vec(12))], space=2)
+    assert store.catalog_since(1).item_ids == ["a"] and store.catalog_since(1).version == 2
+    items = {i.item_id: i for i in store.items_since(0)[0]}
+    assert items["a"].text == "text a2" and items["a"].vector.shape == (0,) and items["a"].vector.dtype == np.float32
+    np.testing.assert_array_equal(items["b"].vector, _vec(1))
+    assert store.catalog_since(0).missing.tolist() == [False, True]  # catalog order: b, then a
+    for space, b, a in ((2, _vec(11), _vec(12)), (3, _vec(21), None)):
+        block = store.catalog_since(0, space)
+        assert block.item_ids == ["b", "a"] and block.missing.tolist() == [False, a is None]
+        np.testing.assert_array_equal(block.vectors, np.stack([b, np.zeros(4, np.float32) if a is None else a]))
+    assert store.vector_spaces() == {1: 1, 2: 2, 3: 1}
+    store.upsert_items([Item("a", "text a3", _vec(30))])  # back into space 1: space 2 loses a
+    assert store.vector_spaces() == {1: 2, 2: 1, 3: 1}
+    np.testing.assert_array_equal(store.catalog_since(0, 1).vectors, np.stack([_vec(1), _vec(30)]))
+
+
+def test_put_vectors_keeps_the_catalog_version_and_skips_unknown_items(store_url):
+    """The update tool fills a space before its model version is loaded: no catalog version moves
+    (no index refresh is triggered), no other field changes, unknown ids are not created."""
+    store = open_store(store_url)
+    n = 1500  # more than one internal batch
+    ids = [f"i{j:04d}" for j in range(n)] + ["ghost"]  # one version: Redis orders its items by id
+    store.load_items([[Item(ids[j], f"text {j}", _vec(j), id_index=j, embedding=_vec(j, 3)) for j in range(n)]])
+    version = store.catalog_since(0).version
+    vectors = np.stack([_vec(10_000 + j, 8) for j in range(n + 1)])
+    assert store.put_vectors(2, ids, vectors) == n
+    assert store.put_vectors(2, ids[:2], vectors[:2]) == 2  # rewriting is fine
+    assert store.catalog_since(version).item_ids == [] and store.catalog_since(0).version == version
+    assert store.count_items() == n and store.item_id_indices(["ghost"]) == {}
+    block = open_store(store_url).catalog_since(0, 2)
+    assert not block.missing.any() and block.item_ids == ids[:n]
+    np.testing.assert_array_equal(block.vectors, vectors[:n])
+    assert store.put_vectors(1, ["i0005", "ghost"], np.stack([_vec(99), _vec(98)])) == 1  # space 1 too
+    items = {i.item_id: i for i in store.items_since(0)[0]}
+    np.testing.assert_array_equal(items["i0005"].vector, _vec(99))
+    assert items["i0005"].id_index == 5 and items["i0005"].text == "text 5"
+    np.testing.assert_array_equal(items["i0005"].embedding, _vec(5, 3))
+    assert store.catalog_since(0).version == version and store.put_vectors(3, [], np.zeros((0, 8), np.float32)) == 0
+    with pytest.raises(ValueError):
+        store.put_vectors(2, ids[:2], vectors[:1])
+    with pytest.raises(ValueError):
+        store.put_vectors(0, ids[:1], vectors[:1])
+
+
+def test_catalog_since_reads_a_space_with_missing_rows_in_catalog_order(store_url):
+    """A space's block: the vectors of that space in catalog order, zero rows marked missing; the
+    same vectors through item_vectors_since and items_since; an empty vector array stores none."""
+    store = open_store(store_url)
+    store.upsert_items([Item("a", "text a", _vec(0)), Item("b", "text b", _vec(1))])
+    store.upsert_items([Item("c", "text c", _vec(2), content=_vec(6, 3))])
+    store.upsert_items([Item("d", "text d", np.zeros(0, np.float32))])  # no space-1 vector
+    store.put_vectors(2, ["c", "a"], np.stack([_vec(12), _vec(10)]))
+    block = store.catalog_since(0, space=2)
+    assert block.item_ids == ["a", "b", "c", "d"] and block.version == 3
+    assert block.missing.dtype == bool and block.missing.tolist() == [False, True, False, True]
+    zero = np.zeros(4, np.float32)
+    np.testing.assert_array_equal(block.vectors, np.stack([_vec(10), zero, _vec(12), zero]))
+    np.testing.assert_array_equal(block.contents, np.stack([np.zeros(3, np.float32)] * 2 + [_vec(6, 3), np.zeros(3, np.float32)]))
+    later = store.catalog_since(1, 2)
+    assert later.item_ids == ["c", "d"] and later.missing.tolist() == [False, True]
+    np.testing.assert_array_equal(later.vectors[0], _vec(12))
+    ids, vectors, v = store.item_vectors_since(0, 2)
+    assert ids == block.item_ids and v == 3
+    np.testing.assert_array_equal(vectors, block.vectors)
+    items = store.items_since(0, space=2)[0]
+    assert [i.vector.shape for i in items] == [(4,), (0,), (4,), (0,)]
+    np.testing.assert_array_equal(items[2].vector, _vec(12))
+    one = store.catalog_since(0)  # space 1: d is missing
+    assert one.missing.tolist() == [False, False, False, True]
+    np.testing.assert_array_equal(one.vectors, np.stack([_vec(0), _vec(1), _vec(2), zero]))
+    none = store.catalog_since(0, 5)  # a space without vectors
+    assert none.missing.all() and none.vectors.shape[0] == 4 and not none.vectors.any()
+    assert store.catalog_since(3, 2).item_ids == [] and store.catalog_since(3, 2).missing.shape == (0,)
+
+
+def test_drop_vectors_and_vector_spaces(store_url):
+    store = open_store(store_url)
+    assert store.vector_spaces() == {}
+    store.upsert_items([Item(x, x, _vec(i)) for i, x in enumerate("abc")])
+    store.put_vectors(2, ["a", "b"], np.stack([_vec(10), _vec(11)]))
+    store.put_vectors(4, ["c"], np.stack([_vec(12)]))
+    assert store.vector_spaces() == {1: 3, 2: 2, 4: 1}
+    assert store.drop_vectors(2) == 2 and store.drop_vectors(2) == 0
+    assert open_store(store_url).vector_spaces() == {1: 3, 4: 1}
+    assert store.catalog_since(0, 2).missing.all()
+    with pytest.raises(ValueError):
+        store.drop_vectors(1)
+    with pytest.raises(ValueError):
+        store.catalog_since(0, 0)
+    assert store.vector_spaces() == {1: 3, 4: 1}
+
+
+def test_assign_id_rows_sets_learned_rows_of_existing_items(store_url):
+    store = open_store(store_url)
+    store.upsert_items([Item("a", "text a", _vec(0), id_index=2, embedding=_vec(5, 3)), Item("b", "text b", _vec(1))])
+    version = store.catalog_since(0).version
+    assert store.assign_id_rows({"b": 9, "ghost": 4}) == 1
+    assert store.assign_id_rows({}) == 0
+    assert store.catalog_since(0).version == version  # no catalog write
+    fresh = open_store(store_url)
+    assert fresh.item_id_indices(["a", "b", "ghost"]) == {"a": 2, "b": 9}
+    assert fresh.item_inputs(["b", "ghost", "a"])[0].tolist() == [9, 0, 2]
+    items = {i.item_id: i for i in fresh.items_since(0)[0]}
+    assert items["b"].id_index == 9
+    np.testing.assert_array_equal(items["b"].vector, _vec(1))
+
+
+def test_copy_state_copies_every_vector_space_and_embeddings(store_url, tmp_path):
+    """Items without a space-1 vector are copied too; each space >= 2 arrives as it was."""
+    src = open_store(f"sqlite:///{tmp_path / 'source.db'}")
+    src.upsert_items([Item("a", "text a", _vec(1), embedding=_vec(5, 3)), Item("b", "text b", _vec(2))])
+    src.upsert_items([Item("c", "text c", _vec(3), id_index=6)], space=2)  # no space-1 vector
+    src.put_vectors(2, ["a"], np.stack([_vec(11)]))
+    src.put_vectors(3, ["b", "c"], np.stack([_vec(21), _vec(22)]))
+    dst = open_store(store_url)
+    assert copy_state(src, dst) == (3, 0)
+    assert copy_state(src, dst) == (3, 0)  # again: the same state
+    assert dst.vector_spaces() == src.vector_spaces() == {1: 2, 2: 2, 3: 2}
+    for space in (1, 2, 3):
+        a, b = src.catalog_since(0, space), dst.catalog_since(0, space)
+        assert a.item_ids == b.item_ids and a.missing.tolist() == b.missing.tolist()
+        np.testing.assert_array_equal(a.vectors, b.vectors)
+    items = {i.item_id: i for i in dst.items_since(0)[0]}
+    np.testing.assert_array_equal(items["a"].embedding, _vec(5, 3))
+    assert items["b"].embedding is None and items["c"].id_index == 6

@@ -117,3 +117,20 @@ def test_copy_state_command_fills_redis_from_a_sqlite_state(tmp_path, redis_serv
     assert dst.user_history("u", 10).item_ids == ["a", "b"]
     assert main(["copy-state", "--from", f"sqlite:///{tmp_path / 'state.db'}", "--to", url]) == 0  # idempotent
     assert dst.count_events() == 2
+
+
+def test_vector_space_keys(redis_server):
+    """Space 1 stays in the item hash's `vector` (empty: missing); a space >= 2 is the field
+    `vector:<space>` and a member of cat:spaces until it is dropped; the embedding is a field."""
+    store = open_store(redis_server.url)
+    v = np.ones(4, np.float32) / 2
+    store.upsert_items([Item("a", "text a", v, embedding=v[:3]), Item("b", "text b", v)], space=2)
+    assert store.db.hmget("freshrec:item:a", ["vector", "vector:2", "embedding"]) == [b"", v.tobytes(), v[:3].tobytes()]
+    assert store.db.hget("freshrec:item:b", "embedding") == b""
+    assert store.db.smembers("freshrec:cat:spaces") == {b"2"}
+    store.put_vectors(3, ["a", "ghost"], np.stack([v, v]))
+    assert not store.db.exists("freshrec:item:ghost") and store.db.smembers("freshrec:cat:spaces") == {b"2", b"3"}
+    store.upsert_items([Item("a", "text a2", v)])  # space 1 again: the other spaces' fields go
+    assert store.db.hkeys("freshrec:item:a").count(b"vector:2") == 0 and not store.db.hexists("freshrec:item:a", "vector:3")
+    assert store.vector_spaces() == {1: 1, 2: 1}  # space 3 is empty, though still in cat:spaces
+    assert store.drop_vectors(2) == 1 and store.db.smembers("freshrec:cat:spaces") == {b"3"}
