@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from freshrec.export.onnx_export import export_all
-from freshrec.export.repository import write_repository
+from freshrec.export.repository import version_dir, write_repository
 
 from freshrec.config import DeployConfig
 
@@ -19,7 +20,7 @@ def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_u
     The state URL defaults to the build's SQLite file; `freshrec serve --state` or the
     FRESHREC_STATE variable override it per deployment.
     """
-    from freshrec.models.checkpoints import load_models
+    from freshrec.models.checkpoints import CHECKPOINTS, load_models
 
     build_dir = Path(build_dir).resolve()
     cfg, modules, minilm = load_models(build_dir)
@@ -29,6 +30,8 @@ def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_u
     for flavour in FLAVOURS:
         deploy = DeployConfig(flavour=flavour, device=device, state=state_url)
         repos[flavour] = str(write_repository(Path(repository).resolve() / flavour, build_dir / "onnx", cfg, deploy, minilm))
+        # The version's checkpoints travel with it: `freshrec update` fine-tunes from them.
+        shutil.copytree(build_dir / CHECKPOINTS, version_dir(repos[flavour], "recommend", deploy.version) / CHECKPOINTS)
         log(f"model repository ({flavour}, {device}): {repos[flavour]}")
     out = {"models": report, "repositories": repos, "state": state_url}
     (build_dir / "export.json").write_text(json.dumps(out, indent=2, sort_keys=True))

@@ -21,8 +21,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.contract import ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, ModelContract, Sizes, TensorSpec
+from freshrec.contract import CARD_FILE, ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, ModelContract, Sizes, TensorSpec
 
+REJECTED = "rejected"  # recommend/rejected/: cards of candidates the gate refused (never a version)
 
 
 def _tensor(cls, spec: TensorSpec, sizes: Sizes):
@@ -35,7 +36,9 @@ def _tensor(cls, spec: TensorSpec, sizes: Sizes):
 def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, backend: str, parameters: dict[str, str]) -> mc.ModelConfig:
     """The config.pbtxt message of one model."""
     cfg = mc.ModelConfig(name=contract.name, backend=backend)
-    cfg.version_policy.latest.num_versions = 1  # rolling a new version replaces the old one
+    # The served version is pinned: a version folder added by `freshrec update` is served only
+    # once `freshrec rollout` pins it (and loads it through the repository API).
+    cfg.version_policy.specific.versions.append(deploy.version)
     cfg.input.extend(_tensor(mc.ModelInput, s, sizes) for s in contract.inputs)
     cfg.output.extend(_tensor(mc.ModelOutput, s, sizes) for s in contract.outputs)
     kind = mc.ModelInstanceGroup.KIND_GPU if deploy.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
@@ -105,6 +108,130 @@ def read_settings(repository: Path, version: int | str | None = None) -> dict:
     """What the pipeline models were exported with: {"model": ModelConfig dict, "deploy":
     DeployConfig dict (the state URL included)}, from recommend's version folder."""
     return json.loads((version_dir(repository, "recommend", version) / SETTINGS_FILE).read_text())
+
+
+def versions(repository: Path, model: str = "recommend") -> list[int]:
+    """The version folders of `model` in a repository, ascending."""
+    d = Path(repository) / model
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.is_dir() else []
+
+
+def served_versions(repository: Path, model: str = "recommend") -> list[int]:
+    """The versions `model`'s version policy (config.pbtxt) makes Triton serve, ascending."""
+    policy = read_config(Path(repository) / model).version_policy
+    have = versions(repository, model)
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        return sorted(v for v in policy.specific.versions if v in have)
+    if kind == "all":
+        return have
+    return have[-max(1, policy.latest.num_versions) :]
+
+
+def pin_versions(repository: Path, model: str, pinned: list[int]) -> None:
+    """Makes `model` serve exactly `pinned` (version_policy specific), written atomically: the
+    next load of the model through Triton's repository API (or a restart) serves them."""
+    d = Path(repository) / model
+    cfg = read_config(d)
+    cfg.version_policy.specific.versions[:] = sorted(set(int(v) for v in pinned))
+    tmp = d / "config.pbtxt.tmp"
+    tmp.write_text(text_format.MessageToString(cfg))
+    tmp.replace(d / "config.pbtxt")
+
+
+def read_card(repository: Path, version: int) -> dict:
+    """A version's model card (`write_card`)."""
+    path = version_dir(repository, "recommend", version) / CARD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no model card (a repository exported before model cards; run `freshrec build` again)")
+    return json.loads(path.read_text())
+
+
+def write_card(repository: Path, card: dict) -> Path:
+    """Writes a version's card (a refused candidate's into recommend/rejected/)."""
+    if card["gate"].get("passed", True) or card.get("version") in versions(repository):
+        path = version_dir(repository, "recommend", card["version"]) / CARD_FILE
+    else:
+        path = Path(repository) / "recommend" / REJECTED / f"{card['version']}-{int(card['created'])}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def rejected_cards(repository: Path) -> list[dict]:
+    d = Path(repository) / "recommend" / REJECTED
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+
+
+def write_version(
+    repository: Path,
+    onnx_files: dict[str, Path],
+    cfg: ModelConfig,
+    deploy: DeployConfig,
+    tokenizer_dir: Path,
+) -> None:
+    """Adds version `deploy.version` to an existing repository: each model's version folder, the
+    same layout `write_repository` writes, beside the versions already there (configs and pins
+    unchanged, except the embedded graphs' guard, which must admit the largest version's id rows).
+    Graph files are hard-linked where possible (an unchanged model's graph is its parent's file)."""
+    import os
+
+    repository = Path(repository)
+    sizes = Sizes.of(cfg)
+    v = str(deploy.version)
+    settings = json.dumps({"model": cfg.to_dict(), "deploy": deploy.to_dict()}, indent=2, sort_keys=True)
+    for contract in ONNX_MODELS:
+        d = repository / contract.name
+        if not d.is_dir():
+            continue
+        (d / v).mkdir(parents=True, exist_ok=True)
+        target = d / v / ONNX_FILE
+        target.unlink(missing_ok=True)
+        try:
+            os.link(onnx_files[contract.name], target)
+        except OSError:
+            shutil.copyfile(onnx_files[contract.name], target)
+        if deploy.flavour == "embedded":
+            (d / v / "model.py").write_bytes(_model_py("onnx_model"))
+            config = read_config(d)
+            if "guard" in config.parameters:
+                config.parameters["guard"].string_value = json.dumps(guard_bounds(contract, sizes, deploy), sort_keys=True)
+                write_config(d, config)
+    for contract in PIPELINE_MODELS:
+        d = repository / contract.name
+        (d / v).mkdir(parents=True, exist_ok=True)
+        (d / v / "model.py").write_bytes(_model_py("pipeline"))
+        (d / v / SETTINGS_FILE).write_text(settings)
+        if contract.name in ("recommend", "upsert_items"):
+            shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, d / v / TOKENIZER_FILE)
+
+
+def version_checksums(repository: Path, version: int) -> dict[str, str]:
+    """SHA-256 of every graph and checkpoint of a version, by path relative to the repository."""
+    import hashlib
+
+    out = {}
+    repository = Path(repository)
+    for d in sorted(repository.iterdir()):
+        vdir = d / str(version)
+        if (d / "config.pbtxt").exists() and vdir.is_dir():
+            for f in sorted(vdir.rglob("*")):
+                if f.is_file() and (f.suffix in (".onnx", ".pt") or f.name == SETTINGS_FILE):
+                    h = hashlib.sha256()
+                    with open(f, "rb") as fh:
+                        for chunk in iter(lambda: fh.read(1 << 20), b""):
+                            h.update(chunk)
+                    out[str(f.relative_to(repository))] = h.hexdigest()
+    return out
+
+
+def remove_version(repository: Path, version: int) -> None:
+    """Deletes every model's folder of `version` (never a served one: check `served_versions`)."""
+    for d in Path(repository).iterdir():
+        if (d / "config.pbtxt").exists() and (d / str(version)).is_dir():
+            shutil.rmtree(d / str(version))
 
 
 def _model_py(name: str) -> bytes:

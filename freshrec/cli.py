@@ -129,6 +129,94 @@ def _cmd_demo(args) -> int:
     return run_demo(Path(args.build), Path(args.repository), calls=args.calls)
 
 
+def _duration(text: str) -> float:
+    """"90s", "15m", "6h", "1d" or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30m, 6h, 1d)") from None
+
+
+def _triton(args):
+    from freshrec.lifecycle.rollout import Triton
+    from freshrec.server_ext.launcher import ADMIN_HEADER
+
+    key = Path(args.admin_key_file).read_text().strip() if args.admin_key_file else os.environ.get("FRESHREC_ADMIN_KEY", "")
+    if not key:
+        raise ValueError("the server's admin key is needed: --admin-key-file (as given to `freshrec serve`) or FRESHREC_ADMIN_KEY")
+    return Triton(args.url, key, header=ADMIN_HEADER)
+
+
+def _cmd_update(args) -> int:
+    import time
+
+    from freshrec.lifecycle.rollout import RolloutError, rollout
+    from freshrec.lifecycle.update import NothingToLearn, UpdateOptions, describe, flavour_dirs, update
+
+    opts = UpdateOptions(repository=Path(args.repository), state=args.state, parent=args.parent, epochs=args.epochs,
+                         budget_s=args.budget, holdout=args.holdout, tolerance=args.tolerance, min_events=args.min_events)  # fmt: skip
+    triton = _triton(args) if args.rollout else None
+    while True:
+        t0 = time.time()
+        rc = 0
+        try:
+            card = update(opts)
+            print(describe(card), flush=True)
+            rc = 0 if card["gate"]["passed"] else 3
+            if triton is not None and card["gate"]["passed"]:
+                served = flavour_dirs(Path(args.repository))[0] if not args.served_repository else Path(args.served_repository)
+                print(json.dumps(rollout(served, triton, card["version"], state=args.state)), flush=True)
+        except NothingToLearn as exc:
+            print(f"nothing to learn: {exc}", flush=True)
+        except RolloutError as exc:
+            print(f"rollout failed: {exc}", file=sys.stderr, flush=True)
+            rc = 1
+        if args.every is None:
+            return rc
+        wait = max(0.0, args.every - (time.time() - t0))
+        print(f"next update in {wait:.0f}s", flush=True)
+        time.sleep(wait)
+
+
+def _cmd_rollout(args) -> int:
+    from freshrec.lifecycle.rollout import RolloutError, rollback, rollout
+
+    try:
+        if args.command == "rollback":
+            result = rollback(Path(args.repository), _triton(args), state=args.state)
+        else:
+            result = rollout(Path(args.repository), _triton(args), args.version, force=args.force, state=args.state)
+    except RolloutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_versions(args) -> int:
+    from freshrec.export.repository import read_card, rejected_cards, served_versions, versions
+
+    repo = Path(args.repository)
+    served = set(served_versions(repo))
+    rows = [read_card(repo, v) for v in versions(repo)] + rejected_cards(repo)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    import datetime as dt
+
+    print(f"{'version':>7}  {'parent':>6}  {'created (UTC)':<19}  {'events':>7}  {'gate':<44}  served")
+    for c in sorted(rows, key=lambda c: (c["version"], c["created"])):
+        g = c["gate"]
+        gate = (f"{'passed' if g['passed'] else 'REFUSED'} {g['parent']['ndcg10']:.4f} -> {g['candidate']['ndcg10']:.4f}"
+                if "candidate" in g else g.get("reason", "")[:44])  # fmt: skip
+        created = dt.datetime.fromtimestamp(c["created"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        name = str(c["version"]) if g.get("passed", True) else f"({c['version']})"
+        print(f"{name:>7}  {str(c['parent'] or '-'):>6}  {created:<19}  {c['data'].get('events', 0):>7}  {gate:<44}  "
+              f"{'*' if c['version'] in served and g.get('passed', True) else ''}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="freshrec", description="Real-time transformer recommendations served on Triton.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +268,45 @@ def build_parser() -> argparse.ArgumentParser:
                    "(bin/tritonserver, backends/), e.g. /opt/tritonserver in the NGC image")
     s.add_argument("--triton-arg", action="append", help="an extra tritonserver flag (repeatable), e.g. --triton-arg=--log-verbose=1")
     s.set_defaults(func=_cmd_serve)
+
+    def server_args(s) -> None:
+        s.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP endpoint (host:port)")
+        s.add_argument("--admin-key-file", help="the admin key file given to `freshrec serve` (else FRESHREC_ADMIN_KEY)")
+
+    s = sub.add_parser("update", help="fine-tune the served version on the events stored since its cut-off; gate; write the next version",
+                       description="Fine-tunes the served model version on the state store's events since that version's "
+                                   "data cut-off, checks the candidate against it on the newest held-out events (the gate) "
+                                   "and, when it passes, writes version N+1 into every flavour of the repository with its "
+                                   "model card, and its item vectors into the store. Exit code 3: the gate refused it.")  # fmt: skip
+    s.add_argument("--repository", default="model_repository", help="repository root (every flavour is updated) or one flavour")
+    s.add_argument("--state", help="state store URL (default: the one in the served version's settings)")
+    s.add_argument("--parent", type=int, help="version to fine-tune (default: the one recommend serves)")
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--budget", type=_duration, help="time budget of the fine-tuning, e.g. 5m")
+    s.add_argument("--holdout", type=float, default=0.2, help="newest share of the new events held out for the gate")
+    s.add_argument("--tolerance", type=float, default=0.01, help="how far below the served version's NDCG@10 still passes")
+    s.add_argument("--min-events", type=int, default=20, help="fewer new events than this: no update")
+    s.add_argument("--every", type=_duration, help="run again at this interval (e.g. 1d), forever")
+    s.add_argument("--rollout", action="store_true", help="serve each version that passes on the server at --url")
+    s.add_argument("--served-repository", help="the flavour folder the server runs (default: the repository's first flavour)")
+    server_args(s)
+    s.set_defaults(func=_cmd_update)
+
+    for name, text in (("rollout", "serve a version of the repository on a running server, with no failed request"),
+                       ("rollback", "serve the served version's parent again")):  # fmt: skip
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--repository", default="model_repository/embedded", help="the flavour folder the server runs")
+        s.add_argument("--state", help="state store URL (default: the repository's)")
+        if name == "rollout":
+            s.add_argument("--version", type=int, help="default: the newest")
+            s.add_argument("--force", action="store_true", help="serve it even if its gate refused it")
+        server_args(s)
+        s.set_defaults(func=_cmd_rollout)
+
+    s = sub.add_parser("versions", help="the repository's model versions with their cards (gate, data, parent)")
+    s.add_argument("--repository", default="model_repository/embedded")
+    s.add_argument("--json", action="store_true", help="the whole cards")
+    s.set_defaults(func=_cmd_versions)
 
     s = sub.add_parser("copy-state", help="copy one state store into another (a build's SQLite into Redis, or back)")
     s.add_argument("--from", dest="source", default="sqlite:///build/state.db")

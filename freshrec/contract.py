@@ -46,6 +46,7 @@ MAX_BATCH_ITEMS = 10_000  # events or items in one ingest/upsert request, ids in
 ONNX_FILE = "model.onnx"  # an exported graph, in each ONNX model's version folder
 SETTINGS_FILE = "freshrec.json"  # model + deploy config beside each pipeline model's model.py
 TOKENIZER_FILE = "tokenizer.json"  # MiniLM's word pieces, beside the pipeline models that embed text
+CARD_FILE = "model_card.json"  # a model version's card (parent, data window, gate, checksums), in recommend's version folder
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,12 @@ class ModelCallError(RuntimeError):
 
 
 class BlsEngine:
-    def __init__(self, pb) -> None:
+    """`version`: the tower version every call names, the pipeline model's own (while a rollout
+    has two versions loaded, version N's pipeline keeps calling version N's towers)."""
+
+    def __init__(self, pb, version: int = -1) -> None:
         self.pb = pb
+        self.version = int(version)
 
     def run(self, model: str, inputs: dict[str, Any]) -> dict[str, Any]:
         """numpy or torch in (torch on a GPU travels by DLPack); numpy out, or torch where the
@@ -23,6 +27,7 @@ class BlsEngine:
         contract = BY_NAME[model]
         request = self.pb.InferenceRequest(
             model_name=model,
+            model_version=self.version,
             requested_output_names=contract.output_names,
             inputs=[to_pb(self.pb, name, inputs[name]) for name in contract.input_names],
         )

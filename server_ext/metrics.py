@@ -10,6 +10,11 @@ metrics endpoint next to its nv_inference_* series.
     freshrec_fallbacks_total{model,kind}          counter: non-personal answers (popular, query)
     freshrec_cancelled_total{model,stage}         counter: requests dropped because the client gave up,
                                                   by the last stage done ("start": none)
+    freshrec_model_version{model}                 gauge: the model version this model last loaded
+    freshrec_model_created_timestamp_seconds{model}  gauge: when that version was made (build or update)
+    freshrec_model_data_cutoff_timestamp_seconds{model}  gauge: newest event timestamp it learned from
+    freshrec_model_update_seconds{model}          gauge: how long the update that made it took
+    freshrec_model_gate_ndcg10{model,version}     gauge: the gate's NDCG@10, version "candidate" / "parent"
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ _KEEP_ALIVE: list["TritonStats"] = []
 class TritonStats(Stats):
     def __init__(self, pb, model: str) -> None:
         _KEEP_ALIVE.append(self)  # first: even a half-built one must never be collected
+        self.pb = pb
+        self._card_metrics: list = []
         F = pb.MetricFamily
         labels = {"model": model}
         # The families must outlive their metrics: Triton refuses updates once a family is gone.
@@ -98,3 +105,31 @@ class TritonStats(Stats):
 
     def cancelled(self, stage: str) -> None:
         self._cancelled[stage].increment(1)
+
+    def model_card(self, version: int, card: dict | None) -> None:
+        """The loaded version and what its card says (the newest load sets them: after a
+        rollout or rollback they describe the version that serves)."""
+        F, labels = self.pb.MetricFamily, self._labels
+        gauge = lambda name, text: F(name, text, F.GAUGE)  # noqa: E731
+        families = {
+            "version": gauge("freshrec_model_version", "Model version this model last loaded"),
+            "created": gauge("freshrec_model_created_timestamp_seconds", "When the loaded version was made (build or update)"),
+            "cutoff": gauge("freshrec_model_data_cutoff_timestamp_seconds", "Newest event timestamp the loaded version learned from"),
+            "seconds": gauge("freshrec_model_update_seconds", "Duration of the update that made the loaded version"),
+            "gate": gauge("freshrec_model_gate_ndcg10", "The loaded version's gate: NDCG@10 of the candidate and its parent"),
+        }
+        self._families.update({f"card_{k}": f for k, f in families.items()})
+        values = {"version": version}
+        if card:
+            values.update(created=card.get("created"), cutoff=card.get("data", {}).get("until"), seconds=card.get("seconds"))
+        for key, value in values.items():
+            if value is not None:
+                metric = families[key].Metric(labels=labels)
+                metric.set(float(value))
+                self._card_metrics.append(metric)
+        gate = (card or {}).get("gate", {})
+        for which in ("candidate", "parent"):
+            if which in gate:
+                metric = families["gate"].Metric(labels={**labels, "version": which})
+                metric.set(float(gate[which]["ndcg10"]))
+                self._card_metrics.append(metric)

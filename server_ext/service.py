@@ -3,6 +3,7 @@ convert back. A bad request gets its own error response; it never fails the othe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from freshrec.server_ext.metrics import TritonStats
 from threadpoolctl import threadpool_limits
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.contract import DEFAULT_K, PIPELINE_RUNS, SETTINGS_FILE, TOKENIZER_FILE
+from freshrec.contract import CARD_FILE, DEFAULT_K, PIPELINE_RUNS, SETTINGS_FILE, TOKENIZER_FILE
 from freshrec.serving.engines import OnnxEngine
 from freshrec.serving.pipeline import Cancelled, InvalidInput, Recommender
 from freshrec.store import Event, StoreUnavailable, open_store
@@ -54,6 +55,8 @@ class Service:
         # per stage, or onnxruntime in this process), the graph cache and the thread count are
         # per deployment: the FRESHREC_* environment overrides what the build wrote.
         deploy = DeployConfig.served(settings["deploy"], os.environ)
+        # The version folder Triton loaded is the version (its item vectors, its tower graphs).
+        deploy = dataclasses.replace(deploy, version=int(args["model_version"]))
         if deploy.threads > 0:  # the instances share the cores: one pool each, not one per core each
             threadpool_limits(limits=deploy.threads, user_api="blas")
             torch.set_num_threads(deploy.threads)
@@ -63,13 +66,15 @@ class Service:
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
         self.stats = TritonStats(pb, self.name)
+        card = Path(args["model_repository"]).parent / "recommend" / args["model_version"] / CARD_FILE
+        self.stats.model_card(deploy.version, json.loads(card.read_text()) if card.exists() else None)
         device = device_of(args)
         if deploy.resolved_engine() == "inprocess":
             cuda = device.index if device.type == "cuda" else None
             engine = OnnxEngine(Path(args["model_repository"]).parent, args["model_version"], deploy.ort_threads, cuda)
             engine.load(*PIPELINE_RUNS[self.name])  # at model load, not on the first request
         else:
-            engine = BlsEngine(pb)
+            engine = BlsEngine(pb, deploy.version)
         # A graph index is built once per catalog and shared through the graph cache (freshrec.index).
         self.recommender = Recommender(open_store(deploy.state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
                                        graph_cache=deploy.graph_cache())  # fmt: skip

@@ -24,8 +24,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "freshrec.client": (),
     "freshrec.server_ext": ("freshrec.store", "freshrec.models", "freshrec.index", "freshrec.serving"),
     "freshrec.training": ("freshrec.store", "freshrec.models", "freshrec.index", "freshrec.serving", "freshrec.export"),
+    "freshrec.lifecycle": ("freshrec.store", "freshrec.models", "freshrec.index", "freshrec.serving", "freshrec.export",
+                           "freshrec.training"),  # fmt: skip
     "freshrec.offline": ("freshrec.store", "freshrec.models", "freshrec.index", "freshrec.serving", "freshrec.export",
-                         "freshrec.server_ext", "freshrec.client", "freshrec.training"),  # fmt: skip
+                         "freshrec.server_ext", "freshrec.client", "freshrec.training", "freshrec.lifecycle"),  # fmt: skip
 }
 ENTRY_POINTS = ("freshrec.cli", "freshrec.demo")  # commands: may reach every area
 

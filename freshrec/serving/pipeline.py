@@ -138,24 +138,72 @@ class Recommender:
         # `catalog_since` block): the short-term and query channels search and score here.
         self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, graph_cache=graph_cache)
         self.stats = stats or Stats()
+        # The item vectors this pipeline reads and writes: those of its own model version (the
+        # store keeps one vector space per version, so two versions loaded side by side during
+        # a rollout never mix vectors).
+        self.space = deploy.version
+        self.unservable: set[int] = set()  # index rows without a vector of this space (fill_missing)
         self.popular_ttl_s = popular_ttl_s
         self._popular: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
 
     def refresh_index(self) -> None:
         """Applies catalog writes since the last refresh to both indexes and reports the size, and
         the item index's recall whenever its approximate structure was (re)built (ItemIndex.self_check)."""
-        block = self.store.catalog_since(self.index.version)
+        block = self.store.catalog_since(self.index.version, space=self.space)
         if block.item_ids:
             contents = block.contents
             if contents.shape[1] != self.content.dim:  # items stored without content vectors
                 contents = np.zeros((len(block.item_ids), self.content.dim), np.float32)
-            self.index.apply_vectors(block.item_ids, block.vectors)
+            vectors = block.vectors
+            missing = np.flatnonzero(block.missing) if block.missing is not None else np.zeros(0, np.int64)
+            if len(missing) and vectors.shape[1] != self.index.dim:
+                vectors = np.zeros((len(block.item_ids), self.index.dim), np.float32)
+            self.index.apply_vectors(block.item_ids, vectors)
             self.content.apply_vectors(block.item_ids, contents)
+            if self.unservable:
+                self.unservable -= {self.index.rows[block.item_ids[j]] for j in np.flatnonzero(~block.missing).tolist()}
+            if len(missing):
+                self.fill_missing([block.item_ids[j] for j in missing.tolist()], contents[missing])
         self.index.version = self.content.version = block.version
         if block.item_ids:
             self.stats.index_size(len(self.index))
             if self.index.recall is None:  # first load, or the graph / int8 scan was rebuilt
                 self.stats.index_recall(self.index.self_check())
+
+    def fill_missing(self, item_ids: list[str], contents: np.ndarray, batch: int = 64) -> int:
+        """Computes this version's vectors of items the store holds none for (written by another
+        version's `upsert_items` during a rollout, or a whole new space) from their stored text
+        embeddings and id rows, the way `upsert` makes them, and applies them to the index.
+        Items stored without a text embedding cannot be computed: they keep a zero row and are
+        never recommended (`unservable`) until a version's vectors for them are stored. Returns
+        how many were computed."""
+        xp = self.xp
+        id_rows, embeddings = self.store.item_inputs(item_ids)
+        has = np.abs(embeddings).sum(1) > 0 if embeddings.size else np.zeros(len(item_ids), bool)
+        self.unservable.update(self.index.rows[i] for i, ok in zip(item_ids, has.tolist()) if not ok)
+        keep = np.flatnonzero(has)
+        if not len(keep):
+            return 0
+        ids = [item_ids[j] for j in keep.tolist()]
+        rows = self.known_rows(id_rows[keep])
+        parts = []
+        for s in range(0, len(ids), batch):  # the towers' max_batch_size
+            parts.append(xp.numpy(self.engine.run("item_tower", {
+                "text_embedding": xp.asarray(np.ascontiguousarray(embeddings[keep[s : s + batch]], np.float32)),
+                "id_index": xp.asarray(rows[s : s + batch, None])})["item_vector"]))  # fmt: skip
+        vectors = np.concatenate(parts).astype(np.float32)
+        self.index.apply_vectors(ids, vectors)  # the neighbours of the new items below are in the index now
+        new = rows == 0
+        if new.any():
+            mixed = self._new_item_vectors(xp.asarray(vectors), xp.asarray(contents[keep]), new, set(ids))
+            self.index.apply_vectors(ids, xp.numpy(mixed).astype(np.float32))
+        return len(ids)
+
+    def known_rows(self, id_rows) -> np.ndarray:
+        """Learned id rows as this version knows them: rows given by a later version (the id
+        tables grow at each `freshrec update`) are beyond this item tower's table, so 0 (text only)."""
+        rows = np.asarray(id_rows, np.int64)
+        return np.where(rows <= self.cfg.item.id_vocab, rows, 0)
 
     # -- recommend --------------------------------------------------------------------------
     def recommend(
@@ -189,7 +237,7 @@ class Recommender:
             self.refresh_index()
             history = self.store.user_history(user_id, self.cfg.user.max_history + HISTORY_CONTEXT)
         checkpoint("store")
-        banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows})
+        banned = sorted({self.index.rows[i] for i in (*history.seen, *exclude) if i in self.index.rows} | self.unservable)
 
         hist = self.history_tensors(history)
         user_vec = None
@@ -400,11 +448,16 @@ class Recommender:
 
     def _embed(self, texts: Sequence[str], id_indices: Sequence[int]):
         """Texts -> (N, D) item vectors and (N, Ec) content vectors (one text encoder run)."""
+        vectors, contents, _ = self._embed_all(texts, id_indices)
+        return vectors, contents
+
+    def _embed_all(self, texts: Sequence[str], id_indices: Sequence[int]):
+        """`_embed` and the text embeddings (N, E) it started from (stored with the items)."""
         xp = self.xp
         out = self._encode(texts)
-        id_index = xp.asarray(np.asarray(id_indices, np.int64)[:, None])
+        id_index = xp.asarray(self.known_rows(id_indices)[:, None])
         vectors = xp.asarray(self.engine.run("item_tower", {"text_embedding": xp.asarray(out["text_embedding"]), "id_index": id_index})["item_vector"])
-        return vectors, xp.asarray(out["content_vector"])
+        return vectors, xp.asarray(out["content_vector"]), out["text_embedding"]
 
     def _new_item_vectors(self, vectors, contents, new: np.ndarray, exclude: set[str]):
         """A new item's (no learned id row) collaborative vector: `new_item_mix` of the
@@ -440,10 +493,12 @@ class Recommender:
         known = self.store.item_id_indices(item_ids)
         id_indices = [known.get(i, 0) for i in item_ids]
         with self.stats.stage("embed"):
-            vectors, contents = self._embed(texts, id_indices)
+            vectors, contents, embeddings = self._embed_all(texts, id_indices)
             self.refresh_index()  # the neighbours a new item's vector is drawn from
-            vectors = self._new_item_vectors(vectors, contents, np.array(id_indices) == 0, set(item_ids))
+            vectors = self._new_item_vectors(vectors, contents, self.known_rows(id_indices) == 0, set(item_ids))
         xp = self.xp
-        items = [Item(i, t, v, m, x, c) for i, t, v, m, x, c in zip(item_ids, texts, xp.numpy(vectors), metas, id_indices, xp.numpy(contents))]
+        embeddings = xp.numpy(xp.asarray(embeddings)).astype(np.float32)
+        items = [Item(i, t, v, m, x, c, e) for i, t, v, m, x, c, e in
+                 zip(item_ids, texts, xp.numpy(vectors), metas, id_indices, xp.numpy(contents), embeddings)]  # fmt: skip
         with self.stats.stage("store"):
-            return self.store.upsert_items(items)
+            return self.store.upsert_items(items, space=self.space)

@@ -139,6 +139,7 @@ def fit(p: Prepared, cfg: ModelConfig | None = None, catalog: Catalog | None = N
 
 def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     from freshrec.export.pipeline import export_build
+    from freshrec.export.repository import version_checksums, write_card
     from freshrec.store import Item, open_store
     from freshrec.store.base import Event
 
@@ -172,8 +173,9 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     with torch.no_grad():
         vectors = all_item_vectors(item_tower.eval(), catalog).numpy()
         contents = content(torch.from_numpy(catalog.text_embedding)).numpy()
-    store.upsert_items([Item(i, t, v, m, int(x), c) for i, t, v, m, x, c in
-                        zip(catalog.item_ids, catalog.texts, vectors, catalog.metadata, catalog.id_index, contents)])  # fmt: skip
+    store.upsert_items([Item(i, t, v, m, int(x), c, emb) for i, t, v, m, x, c, emb in
+                        zip(catalog.item_ids, catalog.texts, vectors, catalog.metadata, catalog.id_index, contents,
+                            catalog.text_embedding)])  # fmt: skip
     if opts.serve_state == "eval":
         keep = np.sort(np.asarray([j for u in split.train for j in split.history(u, "test")], np.int64))
     elif opts.serve_state == "all":
@@ -182,8 +184,21 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
         raise ValueError(f"serve_state must be 'eval' or 'all', got {opts.serve_state!r}")
     ids = e.event_id if e.event_id is not None else np.array([f"{ds.name or 'data'}:{o}" for o in e.order], dtype=object)
     store.add_events([Event(e.user_id[j], e.item_id[j], e.event_type[j], float(e.timestamp[j]), float(e.value[j]), str(ids[j])) for j in keep])
-    log(f"state: {len(catalog.item_ids)} items, {store.count_events()} events in {state_path} ({opts.serve_state})")
+    n_events = store.count_events()
+    log(f"state: {len(catalog.item_ids)} items, {n_events} events in {state_path} ({opts.serve_state})")
     store.close()
+    # Version 1's card: the events a later `freshrec update` starts after are those stored now.
+    card = {
+        "version": 1, "parent": None, "created": time.time(), "kind": "build",
+        "data": {"dataset": ds.name, "cutoff_seq": n_events, "until": float(e.timestamp[keep].max()) if len(keep) else None,
+                 "events": int(len(keep)), "train_events": int(split.n_train), "items": len(catalog.item_ids)},
+        "id_rows": int(cfg.item.id_vocab),
+        "metrics": {"test": metrics},
+        "gate": {"passed": True, "reason": "the build (leave-one-out test metrics above)"},
+        "training": {"seconds": logs.get("seconds")},
+    }  # fmt: skip
+    for repo in exported["repositories"].values():
+        write_card(Path(repo), {**card, "checksums": version_checksums(Path(repo), 1)})
 
     report = {
         "dataset": ds.name,

@@ -13,6 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from freshrec.export.repository import pin_versions
 from tests.faults.conftest import private_repository, status
 from tests.faults.traffic import Load
 
@@ -22,6 +23,7 @@ def _break_new_version(repo: Path, attempt: int) -> None:
     raises FileNotFoundError after the Service built its metrics (the crashing path)."""
     if not (repo / "recommend" / "2").exists():
         shutil.copytree(repo / "recommend" / "1", repo / "recommend" / "2")
+        pin_versions(repo, "recommend", [2])  # what `freshrec rollout` does before the load
 
 
 def _break_reload(repo: Path, attempt: int) -> None:

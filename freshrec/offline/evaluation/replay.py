@@ -85,15 +85,19 @@ class ReplayResult:
 
 def run_replay(
     name: str, stream: list[ReplayEvent], target: Target, *, k: int = 50, realtime: bool = True,
-    log: Callable[[str], None] = print, every: int = 2000,
+    log: Callable[[str], None] = print, every: int = 2000, clock: Callable[[float], None] | None = None,
 ) -> ReplayResult:  # fmt: skip
     """Asks `target` for each event's user before applying the event. `realtime=False` is the
-    frozen variant: nothing is applied, so the answers are those of the state at T0."""
+    frozen variant: nothing is applied, so the answers are those of the state at T0. `clock` is
+    told each event's timestamp before its request (a target that updates its model on a
+    schedule of event time)."""
     ranks = np.full(len(stream), MISS, np.int64)
     top10, latency = [], np.full(len(stream), np.nan)  # NaN: answered from the frozen cache
     frozen_cache: dict[str, list[str]] = {}  # frozen state: a user's answer never changes
     t_start = time.time()
     for n, ev in enumerate(stream):
+        if clock is not None:
+            clock(ev.timestamp)
         if realtime and ev.new_item:
             target.upsert(ev)
         if realtime or ev.user_id not in frozen_cache:

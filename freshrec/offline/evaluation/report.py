@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 # Published anchors (EVALUATION.md): (data, model, HR@10, NDCG@10, protocol note)
 ANCHORS = [
     ("ML-100K, unfiltered", "GRU4Rec (RecBole demo, untuned)", 0.1103, 0.0513, "LOO, full ranking, seen masked, history 50"),
@@ -93,6 +95,24 @@ def _plots(s: dict, out: Path) -> list[str]:
         fig.savefig(out / "replay_windows.png", dpi=110)
         plt.close(fig)
         made.append("replay_windows.png")
+    up = s.get("updates")
+    if up:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        colours = {"frozen_state": "#999999", "frozen_weights": "#4c72b0", "daily": "#dd8452", "weekly": "#55a868"}
+        for name, colour in colours.items():
+            per_seed = [up["seeds"][k]["runs"][name]["windows"] for k in up["seeds"] if name in up["seeds"][k]["runs"]]
+            if not per_seed:
+                continue
+            days = [(w["end"] - up["t0"]) / 86400 for w in per_seed[0]]
+            ax.plot(days, np.mean([[w["ndcg"] for w in ws] for ws in per_seed], axis=0), marker="o", color=colour, label=name)
+        ax.set_xlabel("days after T0 (end of window)")
+        ax.set_ylabel(f"windowed NDCG@10 (mean of {len(up['seeds'])} seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "updates_windows.png", dpi=110)
+        plt.close(fig)
+        made.append("updates_windows.png")
     rs = s.get("responsiveness")
     if rs and any("shift" in m for m in rs["models"].values()):
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -279,6 +299,35 @@ def _responsiveness_lines(rs: dict) -> list[str]:
     return lines
 
 
+def _updates_lines(up: dict) -> list[str]:
+    names = ("frozen_state", "frozen_weights", "daily", "weekly")
+    seeds = list(up["seeds"])
+    lines = ["## Replay with model updates (the feedback loop)", "",
+             f"`freshrec eval --parts updates`: the prequential replay above ({up['events']} events over {up['days']:.1f} days "
+             f"after T0), each seed from its own T0 build, four ways: frozen state (T0's), frozen weights with real-time state "
+             "(events and items ingested, no retraining), and the model fine-tuned through `freshrec update` itself every "
+             "simulated day and every simulated week (the events stored since the served version's cut-off, its gate on the "
+             "newest 20% held out; a passed version serves from the next request, reading its own item vectors from the "
+             "store). Code: `freshrec/offline/evaluation/updates.py`.", "",
+             "| seed | " + " | ".join(f"{n} NDCG@10" for n in names) + " | daily / frozen weights | weekly / frozen weights |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for k in seeds:
+        runs = up["seeds"][k]["runs"]
+        fw = runs["frozen_weights"]["ndcg@10"]
+        lines.append(f"| {k} | " + " | ".join(f"{runs[n]['ndcg@10']:.4f}" for n in names)
+                     + f" | {runs['daily']['ndcg@10'] / fw:.3f}x | {runs['weekly']['ndcg@10'] / fw:.3f}x |")
+    mean = up["mean_ndcg@10"]
+    lines.append("| mean | " + " | ".join(f"{mean[n]:.4f}" for n in names)
+                 + f" | {mean['daily'] / mean['frozen_weights']:.3f}x | {mean['weekly'] / mean['frozen_weights']:.3f}x |")
+    lines += ["", "| seed | schedule | updates | passed the gate | seconds per update (mean) | replay wall (s) |", "|---|---|---|---|---|---|"]
+    for k in seeds:
+        for n in ("daily", "weekly"):
+            r = up["seeds"][k]["runs"][n]
+            lines.append(f"| {k} | {n} | {r['updates']} | {r['passed']} | {r['update_seconds_mean']:.1f} | {r['seconds']:.0f} |")
+    lines += ["", "![windowed NDCG@10 with and without model updates](updates_windows.png)", ""]
+    return lines
+
+
 def write_report(s: dict, out: Path) -> Path:
     out = Path(out)
     _plots(s, out)
@@ -322,7 +371,7 @@ def write_report(s: dict, out: Path) -> Path:
                   "recommendations and the event's item is scored; in real time the event is then ingested (no retraining). "
                   f"{rp['new_items']} items first appear after T0 ({rp['cold_events']} events): each enters through `upsert_items`, "
                   "by its text alone, just before the request of its first event. Frozen = user state and catalog as of T0. "
-                  "Periodic model updates are not part of this replay yet. A frozen user's answer cannot change, so it is asked "
+                  "Periodic model updates: the next section. A frozen user's answer cannot change, so it is asked "
                   "once per user. Popularity counts every event before the request; recent popularity only the latest "
                   "10,000 (as the served fallback does).", "",
                   "| variant | HR@10 | NDCG@10 | HR@50 | recommend calls | recommend p50 (ms) | wall (s) |", "|---|---|---|---|---|---|---|"]
@@ -351,6 +400,8 @@ def write_report(s: dict, out: Path) -> Path:
 
     if "responsiveness" in s:
         lines += _responsiveness_lines(s["responsiveness"])
+    if "updates" in s:
+        lines += _updates_lines(s["updates"])
 
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in s["targets"]:

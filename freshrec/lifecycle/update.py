@@ -1,0 +1,323 @@
+"""`freshrec update`: the serving version fine-tuned on the events stored since its data cut-off,
+checked by a gate, and written as the next version of the model repository.
+
+1. **Data**: the state store's events in arrival order (through its interface); those after the
+   parent version's `cutoff_seq` are the new window. The window is split in time: its newest
+   `holdout` share is held out for the gate, the rest are the fine-tuning targets (with as many
+   older events replayed beside them, `rehearsal`, so the models do not forget the rest).
+   Histories are the users' whole stored sequences (the same recipe serving reads).
+2. **Id rows**: items with a new-window event and no learned id row get one; the item tower's id
+   table grows (old rows kept, new rows start at zero like the build's).
+3. **Fine-tuning**: both towers warm-started from the parent's checkpoints, full softmax over the
+   catalog, `epochs` passes or `budget_s` seconds; the reranker is kept.
+4. **Gate**: parent and candidate rank the held-out events (full catalog, seen items masked,
+   retrieval + reranker as served); the candidate passes when its NDCG@10 is at least the
+   parent's minus `tolerance`. A refused candidate's card goes to `recommend/rejected/`.
+5. **Version N+1** (a passed candidate): graphs exported and checked against PyTorch (unchanged
+   models hard-linked), checkpoints and card beside recommend's version folder, in every flavour;
+   the new id rows assigned in the store, and the whole catalog's item vectors of the new
+   version computed from the stored text embeddings (MiniLM is not re-run) by the serving
+   pipeline's own code (`Recommender.fill_missing`) and stored as its vector space, so an
+   instance of N+1 reads them at load while instances of N keep reading N's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from freshrec.config import DeployConfig, ModelConfig
+from freshrec.contract import ONNX_FILE
+from freshrec.models.features import event_type_index
+from freshrec.models.towers import ItemTower
+from freshrec.training.metrics import rank_metrics
+from freshrec.training.train import Catalog, Sequence, clone_state, history_inputs, log, make_sequence, pad_batch, rank_users
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    repository: Path = Path("model_repository")  # the root (one folder per flavour) or one flavour's folder
+    state: str | None = None  # state store URL; default: the one the parent version's settings name
+    parent: int | None = None  # the version to fine-tune; default: the one recommend serves (its pin)
+    epochs: int = 3
+    budget_s: float | None = None  # stop fine-tuning after this many seconds (at a batch boundary)
+    lr: float | None = None  # default: a third of the build's tower learning rate
+    holdout: float = 0.2  # newest share of the new window held out for the gate
+    rehearsal: float = 1.0  # older events replayed per new training target
+    tolerance: float = 0.01  # the candidate may be this much below the parent's NDCG@10 and pass
+    min_events: int = 20  # fewer new events than this: nothing to learn, no new version
+    seed: int = 0
+
+
+class NothingToLearn(Exception):
+    """Too few events since the parent's cut-off."""
+
+
+def flavour_dirs(repository: Path) -> list[Path]:
+    """The flavour folders of a repository root (or the one folder given), embedded first."""
+    repository = Path(repository)
+    if (repository / "recommend").is_dir():
+        return [repository]
+    found = sorted((d for d in repository.iterdir() if (d / "recommend").is_dir()), key=lambda d: (d.name != "embedded", d.name))
+    if not found:
+        raise FileNotFoundError(f"{repository}: no freshrec model repository (run `freshrec build`)")
+    return found
+
+
+@dataclass
+class Window:
+    """The stored events as user sequences, and which positions train and which the gate holds."""
+
+    seqs: list[Sequence]
+    train: list[tuple[int, int]]  # (sequence, position) of new-window training targets
+    rehearse: list[tuple[int, int]]  # older positions that may be replayed
+    holdout: list[tuple[int, int]]
+    new_items: set[str]  # items with a new training event
+    n_new: int
+    span: tuple[float, float, float]  # window start, holdout start, window end (event timestamps)
+    cutoff_seq: int  # where the next update's window starts (arrival order): the first held-out event
+
+
+def read_window(store, row: dict[str, int], cutoff: int, holdout: float) -> Window:
+    events = list(store.events())  # arrival order; ML-100K: 100k events, a few MB
+    new = list(range(cutoff, len(events)))
+    if not new:
+        return Window([], [], [], [], set(), 0, (0.0, 0.0, 0.0), len(events))
+    order = sorted(new, key=lambda j: (events[j].timestamp, j))
+    n_hold = int(round(len(order) * holdout))
+    held = set(order[len(order) - n_hold :]) if n_hold else set()
+    by_user: dict[str, list[int]] = {}
+    for j, e in enumerate(events):
+        if e.item_id in row:
+            by_user.setdefault(e.user_id, []).append(j)
+    seqs, train, rehearse, hold, new_items = [], [], [], [], set()
+    for user, idx in by_user.items():
+        idx.sort(key=lambda j: (events[j].timestamp, j))
+        s = len(seqs)
+        seqs.append(make_sequence(
+            user, [row[events[j].item_id] for j in idx], [event_type_index(events[j].event_type) for j in idx],
+            [events[j].timestamp for j in idx], [events[j].value for j in idx],
+        ))  # fmt: skip
+        for p, j in enumerate(idx):
+            if p == 0:
+                continue  # a target needs a history
+            if j in held:
+                hold.append((s, p))
+            elif j >= cutoff:
+                train.append((s, p))
+                new_items.add(events[j].item_id)
+            else:
+                rehearse.append((s, p))
+    ts = [events[j].timestamp for j in order]
+    start_hold = events[order[len(order) - n_hold]].timestamp if n_hold else ts[-1]
+    # The held-out events were not learned from: the next update's window starts with them.
+    return Window(seqs, train, rehearse, hold, new_items, len(new), (ts[0], start_hold, ts[-1]), min(held) if held else len(events))
+
+
+def grow_item_tower(tower: ItemTower, cfg: ModelConfig, id_vocab: int) -> tuple[ItemTower, ModelConfig]:
+    """The parent's item tower with an id table of `id_vocab` rows (+ the zero row): old rows
+    kept, new rows zero (text carries a new item until its row learns)."""
+    cfg = dataclasses.replace(cfg, item=dataclasses.replace(cfg.item, id_vocab=id_vocab))
+    grown = ItemTower(cfg.item)
+    state = tower.state_dict()
+    old = state["ids.weight"]
+    new = grown.state_dict()["ids.weight"].clone()
+    new[: old.shape[0]] = old
+    state["ids.weight"] = new
+    grown.load_state_dict(state)
+    return grown, cfg
+
+
+def finetune_towers(cfg, item_tower, user_tower, catalog: Catalog, seqs: list[Sequence], targets: list[tuple[int, int]],
+                    epochs: int, lr: float, budget_s: float | None, rng: np.random.Generator) -> dict:  # fmt: skip
+    """A few passes of the build's tower objective (full softmax) over `targets` only."""
+    tc, L = cfg.train, cfg.user.max_history
+    params = list(item_tower.parameters()) + list(user_tower.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
+    text = torch.from_numpy(catalog.text_embedding)
+    ids = torch.from_numpy(catalog.id_index)[:, None]
+    t0, history, steps = time.time(), [], 0
+    for epoch in range(1, epochs + 1):
+        item_tower.train(), user_tower.train()
+        total, count = 0.0, 0
+        order = rng.permutation(len(targets))
+        for i in range(0, len(targets), tc.batch_size):
+            if budget_s is not None and time.time() - t0 > budget_s:
+                break
+            chunk = [targets[j] for j in order[i : i + tc.batch_size]]
+            batch = pad_batch([seqs[s] for s, _ in chunk], [p for _, p in chunk], L)  # the events before each target
+            goal = torch.from_numpy(np.array([seqs[s].rows[p] for s, p in chunk], np.int64))
+            items = item_tower(text, ids)
+            u = user_tower(**history_inputs(batch, items))
+            loss = F.cross_entropy(u @ items.T / tc.temperature, goal)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, count, steps = total + loss.item() * len(chunk), count + len(chunk), steps + 1
+        history.append({"epoch": epoch, "loss": total / max(count, 1)})
+        log(f"update: epoch {epoch}/{epochs} loss {total / max(count, 1):.4f} over {count} targets ({time.time() - t0:.1f}s)")
+        if budget_s is not None and time.time() - t0 > budget_s:
+            log(f"update: time budget of {budget_s:.0f}s reached")
+            break
+    item_tower.eval(), user_tower.eval()
+    return {"epochs": history, "steps": steps, "seconds": round(time.time() - t0, 1), "lr": lr}
+
+
+def gate_metrics(cfg, modules: dict, catalog: Catalog, seqs: list[Sequence], holdout: list[tuple[int, int]]) -> dict:
+    """NDCG/HR@10 of retrieval and of retrieval + reranker on the held-out events."""
+    hist = [Sequence(seqs[s].user_id, seqs[s].rows[:p], seqs[s].types[:p], seqs[s].features[:p]) for s, p in holdout]
+    targets = np.array([seqs[s].rows[p] for s, p in holdout], np.int64)
+    r = rank_users(cfg, modules["item_tower"], modules["user_tower"], modules["reranker"], catalog, hist, targets)
+    ret, rr = rank_metrics(r.retrieval_ranks, (10,))[10], rank_metrics(r.rerank_ranks, (10,))[10]
+    return {"events": len(holdout), "ndcg10": rr["ndcg"], "hr10": rr["hr"], "retrieval_ndcg10": ret["ndcg"], "retrieval_hr10": ret["hr"]}
+
+
+def update(opts: UpdateOptions) -> dict:
+    """Runs one update (module docstring) -> the candidate's card (`gate.passed` says whether it
+    became a version). Raises NothingToLearn when the window is too small."""
+    from freshrec.export.onnx_export import check_parity, export_onnx
+    from freshrec.export.repository import read_card, read_settings, served_versions, version_checksums, versions, write_card, write_version
+    from freshrec.contract import BY_NAME, ONNX_MODELS, Sizes
+    from freshrec.models.checkpoints import load_models, save_models
+    from freshrec.store import open_store
+
+    t_start = time.time()
+    repos = flavour_dirs(opts.repository)
+    main = repos[0]
+    parent = opts.parent or served_versions(main)[-1]
+    parent_card = read_card(main, parent)
+    version = max(max(versions(r)) for r in repos) + 1
+    settings = read_settings(main, parent)
+    state = opts.state or settings["deploy"]["state"]
+    cfg, modules, minilm = load_models(main / "recommend" / str(parent))
+    store = open_store(state)
+    try:
+        items, _ = store.items_since(0)
+        row = {it.item_id: j for j, it in enumerate(items)}
+        cutoff = int(parent_card["data"]["cutoff_seq"])
+        w = read_window(store, row, cutoff, opts.holdout)
+        log(f"update: version {parent} -> {version}: {w.n_new} events since the cut-off ({cutoff} stored before), "
+            f"{len(w.train)} training targets, {len(w.holdout)} held out for the gate, state {state.split('@')[-1]}")  # fmt: skip
+        if w.n_new < opts.min_events or not w.train or not w.holdout:
+            raise NothingToLearn(f"{w.n_new} new events since version {parent}'s cut-off; an update needs at least "
+                                 f"{opts.min_events} (with training targets and held-out events)")  # fmt: skip
+
+        id_rows, embeddings = store.item_inputs([it.item_id for it in items])
+        if embeddings.shape[1] != cfg.text.dim:  # none stored at all
+            embeddings = np.zeros((len(items), cfg.text.dim), np.float32)
+        missing_text = np.abs(embeddings).sum(1) == 0
+        if missing_text.any():  # items stored before text embeddings were kept: embedded once here
+            from freshrec.assets import cache_root
+            from freshrec.training.train import text_embeddings
+
+            idx = np.flatnonzero(missing_text)
+            log(f"update: {len(idx)} items have no stored text embedding; embedding them with MiniLM")
+            embeddings[idx] = text_embeddings([items[j].text for j in idx], minilm, cfg.text.max_tokens, cache_root() / "embeddings")
+        parent_rows = np.where(id_rows <= cfg.item.id_vocab, id_rows, 0)
+        parent_catalog = Catalog([it.item_id for it in items], [it.text for it in items], [it.metadata for it in items], embeddings, parent_rows)
+        # New id rows for the items the window trains, after every row already given out.
+        give = sorted(i for i in w.new_items if id_rows[row[i]] == 0)
+        first = max(int(cfg.item.id_vocab), int(id_rows.max(initial=0))) + 1
+        assigned = {item_id: first + k for k, item_id in enumerate(give)}
+        cand_rows = id_rows.copy()
+        for item_id, r in assigned.items():
+            cand_rows[row[item_id]] = r
+        item_tower, cand_cfg = grow_item_tower(modules["item_tower"], cfg, int(cand_rows.max(initial=0)))
+        cand_catalog = dataclasses.replace(parent_catalog, id_index=cand_rows)
+        user_tower = type(modules["user_tower"])(cfg.user)
+        user_tower.load_state_dict(clone_state(modules["user_tower"]))
+        cand = {**modules, "item_tower": item_tower, "user_tower": user_tower}
+
+        rng = np.random.default_rng(opts.seed)
+        torch.manual_seed(opts.seed)
+        n_old = min(len(w.rehearse), int(round(opts.rehearsal * len(w.train))))
+        old = [w.rehearse[j] for j in rng.choice(len(w.rehearse), n_old, replace=False)] if n_old else []
+        lr = opts.lr if opts.lr is not None else cfg.train.lr / 3
+        training = finetune_towers(cand_cfg, item_tower, user_tower, cand_catalog, w.seqs, w.train + old, opts.epochs, lr, opts.budget_s, rng)
+        training.update(new_targets=len(w.train), rehearsed=len(old), new_id_rows=len(assigned))
+
+        with torch.no_grad():
+            before = gate_metrics(cfg, modules, parent_catalog, w.seqs, w.holdout)
+            after = gate_metrics(cand_cfg, cand, cand_catalog, w.seqs, w.holdout)
+        passed = after["ndcg10"] >= before["ndcg10"] - opts.tolerance
+        log(f"update: gate on {len(w.holdout)} held-out events: NDCG@10 {before['ndcg10']:.4f} (version {parent}) -> "
+            f"{after['ndcg10']:.4f} (candidate); tolerance {opts.tolerance}: {'passed' if passed else 'REFUSED'}")  # fmt: skip
+        card = {
+            "version": version, "parent": parent, "created": time.time(), "kind": "update",
+            "data": {"state": state.split("@")[-1], "cutoff_seq": w.cutoff_seq, "from_seq": cutoff, "events": w.n_new,
+                     "window": {"start": w.span[0], "holdout_start": w.span[1], "end": w.span[2]}, "until": w.span[1],
+                     "train_targets": len(w.train), "holdout_events": len(w.holdout)},
+            "id_rows": int(cand_cfg.item.id_vocab),
+            "training": training,
+            "gate": {"metric": "NDCG@10 (retrieval + reranker) on the newest held-out events", "parent": before, "candidate": after,
+                     "tolerance": opts.tolerance, "passed": bool(passed)},
+        }  # fmt: skip
+        if not passed:
+            card["seconds"] = round(time.time() - t_start, 1)
+            for r in repos:
+                write_card(r, card)
+            return card
+
+        # -- version N+1 ------------------------------------------------------------------
+        sizes = Sizes.of(cand_cfg)
+        changed = {"item_tower", "user_tower"}
+        with tempfile.TemporaryDirectory(prefix="freshrec-update-") as tmp:
+            files, parity = {}, {}
+            for contract in ONNX_MODELS:
+                if contract.name in changed:
+                    path = export_onnx(contract, cand[contract.name], sizes, cand_cfg, Path(tmp) / f"{contract.name}.onnx")
+                    parity[contract.name] = check_parity(contract, cand[contract.name], path, sizes, cand_cfg)
+                    files[contract.name] = path
+                else:
+                    files[contract.name] = main / contract.name / str(parent) / ONNX_FILE
+            for r in repos:
+                prev = read_settings(r, parent)
+                deploy = dataclasses.replace(DeployConfig.from_dict(prev["deploy"]), version=version)
+                write_version(r, {m: (p if m in changed else r / m / str(parent) / ONNX_FILE) for m, p in files.items()},
+                              cand_cfg, deploy, minilm)  # fmt: skip
+                save_models(r / "recommend" / str(version), cand_cfg, item_tower, user_tower, cand["reranker"], cand["text_encoder"].content)
+        card["export"] = {m: {"max_abs_diff": d, "tolerance": BY_NAME[m].tolerance} for m, d in parity.items()}
+        store.assign_id_rows(assigned)
+        card["vectors"] = store_vectors(store, cand, cand_cfg, version, main)
+        card["seconds"] = round(time.time() - t_start, 1)
+        for r in repos:
+            write_card(r, {**card, "checksums": version_checksums(r, version)})
+        log(f"update: version {version} written to {', '.join(str(r) for r in repos)} in {card['seconds']}s "
+            f"({len(assigned)} new id rows); `freshrec rollout` serves it")  # fmt: skip
+        return card
+    finally:
+        store.close()
+
+
+def store_vectors(store, modules: dict, cfg: ModelConfig, version: int, repository: Path) -> dict:
+    """The whole catalog's item vectors of `version`, computed by the serving pipeline's own code
+    (`Recommender.fill_missing`, PyTorch modules) and stored as the version's vector space."""
+    from freshrec.serving.engines import TorchEngine
+    from freshrec.serving.pipeline import Recommender
+
+    t0 = time.time()
+    store.drop_vectors(version)  # a leftover of an interrupted update of the same number
+    deploy = DeployConfig(version=version, index="exact", index_cache="off")
+    rec = Recommender(store, TorchEngine(modules), None, cfg, deploy)
+    rec.refresh_index()
+    n = len(rec.index)
+    written = store.put_vectors(version, rec.index.item_ids, np.asarray(rec.index.matrix[:n], np.float32))
+    log(f"update: {written} item vectors of version {version} stored ({time.time() - t0:.1f}s)")
+    return {"items": written, "seconds": round(time.time() - t0, 1), "unservable": len(rec.unservable)}
+
+
+def describe(card: dict) -> str:
+    g = card["gate"]
+    if "candidate" in g:
+        gate = f"gate {'passed' if g['passed'] else 'REFUSED'}: NDCG@10 {g['parent']['ndcg10']:.4f} -> {g['candidate']['ndcg10']:.4f}"
+    else:
+        gate = g.get("reason", "")
+    return json.dumps({"version": card["version"], "parent": card["parent"], "gate": gate}, sort_keys=True)

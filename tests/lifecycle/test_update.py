@@ -1,0 +1,84 @@
+"""`freshrec update` on the tiny build: a new version with its card, graphs, checkpoints, id rows
+and item vectors; the gate refuses a candidate; nothing to learn without new events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freshrec.export.repository import read_card, read_settings, served_versions, versions
+from freshrec.lifecycle.update import NothingToLearn, UpdateOptions, update
+from freshrec.models.checkpoints import load_models
+from freshrec.store import open_store
+from tests.lifecycle.conftest import NEW_ITEM
+
+
+def test_update_writes_the_next_version_with_its_card(updated):
+    repo, card = updated["repo"], updated["card"]
+    assert card["version"] == 2 and card["parent"] == 1 and card["gate"]["passed"]
+    assert versions(repo) == [1, 2] and served_versions(repo) == [1]  # written, not yet served
+    assert read_card(repo, 2)["checksums"] and read_card(repo, 2)["data"]["from_seq"] == read_card(repo, 1)["data"]["cutoff_seq"]
+    data = card["data"]
+    assert data["events"] == updated["events"] and data["train_targets"] + data["holdout_events"] <= data["events"]
+    assert data["holdout_events"] > 0 and data["window"]["holdout_start"] >= data["window"]["start"]
+    for model in ("item_tower", "user_tower", "reranker", "text_encoder"):
+        assert (repo / model / "2" / "model.onnx").exists()
+    assert read_settings(repo, 2)["deploy"]["version"] == 2
+    # the unchanged graphs are their parent's files (hard links), the fine-tuned ones new
+    same = lambda m: (repo / m / "2" / "model.onnx").stat().st_ino == (repo / m / "1" / "model.onnx").stat().st_ino  # noqa: E731
+    assert same("text_encoder") and same("reranker") and not same("user_tower") and not same("item_tower")
+    assert set(card["export"]) == {"item_tower", "user_tower"}
+
+
+def test_an_item_added_after_the_build_gets_a_learned_row(updated):
+    store = open_store(updated["url"])
+    try:
+        row = store.item_id_indices([NEW_ITEM])[NEW_ITEM]
+    finally:
+        store.close()
+    cfg1, _, _ = load_models(updated["repo"] / "recommend" / "1")
+    cfg2, modules2, _ = load_models(updated["repo"] / "recommend" / "2")
+    assert row > cfg1.item.id_vocab and row <= cfg2.item.id_vocab == updated["card"]["id_rows"]
+    learned = modules2["item_tower"].ids.weight[row].detach().numpy()
+    assert np.abs(learned).sum() > 0  # trained from zero by the new week's clicks
+
+
+def test_the_new_version_has_its_own_item_vectors(updated):
+    store = open_store(updated["url"])
+    try:
+        spaces = store.vector_spaces()
+        one, two = store.catalog_since(0, space=1), store.catalog_since(0, space=2)
+    finally:
+        store.close()
+    assert spaces[2] == spaces[1] == len(one.item_ids)
+    assert not two.missing.any() and two.item_ids == one.item_ids
+    assert not np.allclose(one.vectors, two.vectors, atol=1e-3)  # another item tower, another space
+    np.testing.assert_allclose(np.linalg.norm(two.vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_the_gate_refuses_a_candidate_that_is_not_better(lifecycle_root, copy_of):
+    own = copy_of(lifecycle_root)
+    card = update(UpdateOptions(repository=own["repo"], state=own["url"], tolerance=-1.0, epochs=1))
+    assert not card["gate"]["passed"]
+    assert versions(own["repo"]) == [1]  # no version folder for a refused candidate
+    rejected = list((own["repo"] / "recommend" / "rejected").glob("*.json"))
+    assert len(rejected) == 1 and json.loads(rejected[0].read_text())["gate"]["candidate"]["events"] > 0
+    store = open_store(own["url"])
+    try:
+        assert 2 not in store.vector_spaces() and store.item_id_indices([NEW_ITEM])[NEW_ITEM] == 0
+    finally:
+        store.close()
+
+
+def test_nothing_to_learn_without_new_events(tiny_build, tmp_path):
+    from freshrec.store.sqlite import copy_sqlite
+    from tests.faults.conftest import private_repository
+
+    repo = private_repository(Path(tiny_build["repositories"]["embedded"]), tmp_path / "repo")
+    copy_sqlite(tiny_build["build_dir"] / "state.db", tmp_path / "state.db")
+    with pytest.raises(NothingToLearn, match="0 new events"):
+        update(UpdateOptions(repository=repo, state=f"sqlite:///{tmp_path / 'state.db'}"))
+    assert versions(repo) == [1]
