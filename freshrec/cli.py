@@ -77,8 +77,18 @@ def _cmd_serve(args) -> int:
         host=args.host, metrics_host=args.metrics_host, env=env, exit_timeout_s=args.exit_timeout_s,
         log_verbose=args.log_verbose, admin_key=key, extra_args=tuple(args.triton_arg or ()),
     )  # fmt: skip
+    on_ready = None
+    if args.follow_versions:
+        import threading
+
+        from freshrec.lifecycle.rollout import Triton, follow
+        from freshrec.server_ext.launcher import ADMIN_HEADER
+
+        def on_ready(server, stop: threading.Event) -> None:
+            triton = Triton(server.http_url, key, header=ADMIN_HEADER)
+            threading.Thread(target=follow, args=(repo, triton, stop, args.follow_versions), name="freshrec-follow", daemon=True).start()
     return serve_forever(opts, models, health_port=args.health_port, health_host=args.health_host, admin_key_file=key_file,
-                         server_root=args.server_root and Path(args.server_root), work_dir=work)  # fmt: skip
+                         server_root=args.server_root and Path(args.server_root), work_dir=work, on_ready=on_ready)  # fmt: skip
 
 
 def _cmd_copy_state(args) -> int:
@@ -180,13 +190,16 @@ def _cmd_update(args) -> int:
 
 
 def _cmd_rollout(args) -> int:
-    from freshrec.lifecycle.rollout import RolloutError, rollback, rollout
+    from freshrec.lifecycle.rollout import RolloutError, pin_only, rollback, rollout
 
     try:
+        triton = None if args.pin_only else _triton(args)
         if args.command == "rollback":
-            result = rollback(Path(args.repository), _triton(args), state=args.state)
+            result = rollback(Path(args.repository), triton, state=args.state)
+        elif triton is None:
+            result = pin_only(Path(args.repository), args.version, state=args.state, force=args.force)
         else:
-            result = rollout(Path(args.repository), _triton(args), args.version, force=args.force, state=args.state)
+            result = rollout(Path(args.repository), triton, args.version, force=args.force, state=args.state)
     except RolloutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -267,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-root", help="a tritonserver installation to run instead of the embedded one "
                    "(bin/tritonserver, backends/), e.g. /opt/tritonserver in the NGC image")
     s.add_argument("--triton-arg", action="append", help="an extra tritonserver flag (repeatable), e.g. --triton-arg=--log-verbose=1")
+    s.add_argument("--follow-versions", type=_duration, metavar="INTERVAL",
+                   help="every INTERVAL (e.g. 30s), roll out the model version the repository pins when it is not the one "
+                        "served (`freshrec rollout --pin-only` / an update job pin it): several servers on one repository follow it")  # fmt: skip
     s.set_defaults(func=_cmd_serve)
 
     def server_args(s) -> None:
@@ -300,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rollout":
             s.add_argument("--version", type=int, help="default: the newest")
             s.add_argument("--force", action="store_true", help="serve it even if its gate refused it")
+        s.add_argument("--pin-only", action="store_true", help="only pin the version in the repository's configs (no server): "
+                       "servers run with `freshrec serve --follow-versions` roll it out themselves")
         server_args(s)
         s.set_defaults(func=_cmd_rollout)
 

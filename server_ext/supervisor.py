@@ -483,11 +483,13 @@ def serve_forever(
     ready_timeout: float = 300.0,
     work_dir: Path | None = None,
     out: TextIO | None = None,
+    on_ready: Callable[[TritonServer, threading.Event], None] | None = None,
 ) -> int:
     """Run a supervised server in the foreground until SIGINT/SIGTERM, then drain it.
 
     Must run in the main thread (it installs signal handlers). Returns a process exit code: 0
-    after a drain, 1 if the server failed to start or died by itself.
+    after a drain, 1 if the server failed to start or died by itself. `on_ready(server, stop)` is
+    called once every model is ready (`stop` is set when the supervisor stops).
     """
     out = out or sys.stdout
     supervisor = Supervisor(options, models, health_port=health_port, health_host=health_host, work_dir=work_dir,
@@ -514,6 +516,8 @@ def serve_forever(
             if supervisor.health_url:
                 print(f"health  {supervisor.health_url}/ready {supervisor.health_url}/live", file=out)
             print(f"metrics {server.metrics_url}", file=out, flush=True)
+            if on_ready is not None:  # e.g. the version follower; stopped with the supervisor
+                on_ready(server, supervisor._stop)
             while server.is_alive():
                 time.sleep(0.5)
             print(f"tritonserver exited unexpectedly with code {server.returncode}:\n{server.log_tail()}", file=sys.stderr)

@@ -2,17 +2,21 @@
 through its repository API (explicit model-control mode, the admin key), with no failed request.
 
 For each served model, in order (the towers first when they are served themselves, the public
-models last, `recommend` at the end): the version policy in config.pbtxt is pinned to the new
-version and the model is loaded. Triton 2.51 loads the new version while the old one serves, and
-unloads the old one once the new one is ready; requests in flight finish on the version they
-started on. A load that fails (a corrupt graph, an initialize that raises, out of memory) leaves
-the old version serving: every model already switched is pinned back and loaded again, and the
-rollout reports the failure. Towers served under Triton (the BLS engine) keep both versions
-loaded until every pipeline model has switched: a pipeline model of version N calls the towers
-of version N by number.
+models last, `recommend` at the end), the model is loaded with its own config and the version
+policy set to the new version (a config given with the load request). Triton 2.51 loads the new
+version while the old one serves, and unloads the old one once the new one is ready; requests in
+flight finish on the version they started on. A load that fails (a corrupt graph, an initialize
+that raises, out of memory) leaves the old version serving: every model already switched is
+loaded again at its old version, and the rollout reports the failure. Towers served under Triton
+(the BLS engine) keep both versions loaded until every pipeline model has switched: a pipeline
+model of version N calls the towers of version N by number.
 
-After a rollout, the item vectors of versions neither served nor the rollback target are
-removed from the store.
+Once every model serves the new version, its number is pinned in each config.pbtxt of the
+repository (version_policy specific), so a restart serves it too; `--pin-only` pins without a
+server, and a server run with `freshrec serve --follow-versions` (`follow`) rolls out whatever
+version its repository pins: the way several pods sharing one repository volume all move to a
+version an update job pinned. After a rollout the item vectors of versions neither served nor
+the rollback target are removed from the store.
 """
 
 from __future__ import annotations
@@ -71,8 +75,18 @@ class Triton:
                 out.setdefault(m["name"], set()).add(int(m["version"]))
         return out
 
-    def load(self, model: str) -> None:
-        code, text = self._call("POST", f"/v2/repository/models/{model}/load")
+    def load(self, model: str, versions: list[int] | None = None) -> None:
+        """Loads `model`; with `versions`, its loaded config with the version policy set to them
+        (the repository's config.pbtxt is not read)."""
+        body = None
+        if versions is not None:
+            code, text = self._call("GET", f"/v2/models/{model}/config", timeout=10)
+            if code != 200:
+                raise RolloutError(f"config of {model}: HTTP {code}: {text[:300]}")
+            config = json.loads(text)
+            config["version_policy"] = {"specific": {"versions": [int(v) for v in sorted(set(versions))]}}
+            body = {"parameters": {"config": json.dumps(config)}}
+        code, text = self._call("POST", f"/v2/repository/models/{model}/load", body)
         if code != 200:
             try:
                 text = json.loads(text).get("error", text)
@@ -84,70 +98,105 @@ class Triton:
         return self._call("GET", f"/v2/models/{model}/versions/{version}/ready", timeout=5)[0] == 200
 
 
-def _switch(triton: Triton, repo: Path, model: str, pinned: list[int], done: list[tuple[str, bool]]) -> None:
-    """Pins and loads one model, noting in `done` what must be undone: (model, whether Triton
-    switched it; a failed load left the old version serving, and only its pin is restored)."""
-    pin_versions(repo, model, pinned)
-    done.append((model, False))
-    triton.load(model)
-    done[-1] = (model, True)
-
-
 def rollout(repository: Path, triton: Triton, version: int | None = None, *, force: bool = False, state: str | None = None,
-            keep_vectors: int = 1) -> dict:  # fmt: skip
-    """Serves `version` (default: the newest in the repository) on `triton` (module docstring)."""
+            keep_vectors: int = 1, pin: bool = True, prune: bool = True) -> dict:  # fmt: skip
+    """Serves `version` (default: the newest in the repository) on `triton` (module docstring).
+    `pin`: write the served version into the repository's configs afterwards; `prune`: remove
+    the vectors of versions no longer needed from the store."""
     repo = Path(repository)
     version = version or versions(repo)[-1]
     card = read_card(repo, version)
     if not card["gate"].get("passed", False) and not force:
         raise RolloutError(f"version {version} did not pass its gate ({card['gate']}); --force serves it anyway")
-    old = served_versions(repo)
     t0 = time.time()
     loaded = triton.loaded()
     towers = [m for m in TOWERS if m in loaded]
     pipeline = [m for m in PIPELINE_ORDER if m in loaded]
     if not pipeline:
         raise RolloutError(f"the server at {triton.url} serves none of {', '.join(PIPELINE_ORDER)}")
-    before = {m: served_versions(repo, m) for m in towers + pipeline}
-    done: list[tuple[str, bool]] = []
+    before = {m: sorted(loaded[m]) for m in towers + pipeline}
+    old = before["recommend"] if "recommend" in before else before[pipeline[0]]
+    switched: list[str] = []
     try:
         for m in towers:  # both versions while pipeline models of either may call them
-            _switch(triton, repo, m, sorted(set(before[m]) | {version}), done)
+            triton.load(m, sorted(set(before[m]) | {version}))
+            switched.append(m)
         for m in pipeline:
-            _switch(triton, repo, m, [version], done)
+            triton.load(m, [version])
+            switched.append(m)
             if not triton.ready(m, version):
                 raise RolloutError(f"{m} version {version} loaded but not ready")
         for m in towers:
-            _switch(triton, repo, m, [version], done)
+            triton.load(m, [version])
     except Exception as exc:
         log(f"rollout: {exc}; serving version {old} again")
-        undone: list[tuple[str, bool]] = []
-        for m, switched in reversed(done):
-            if (m, True) in undone or (m, False) in undone:
-                continue
+        for m in reversed(list(dict.fromkeys(switched))):
             try:
-                if switched:
-                    _switch(triton, repo, m, before[m], undone)
-                else:
-                    pin_versions(repo, m, before[m])
-                    undone.append((m, False))
+                triton.load(m, before[m])
             except Exception as again:  # noqa: BLE001 - report both, keep restoring
                 log(f"rollout: restoring {m}: {again}")
         raise RolloutError(f"version {version} was not served: {exc}") from exc
     seconds = round(time.time() - t0, 2)
+    if pin:
+        pin_all(repo, version)
     log(f"rollout: version {version} serves {', '.join(pipeline + towers)} (was {old}) in {seconds}s")
-    pruned = prune_vectors(repo, state, keep=[version, *old], keep_count=keep_vectors)
+    pruned = prune_vectors(repo, state, keep=[version, *old], keep_count=keep_vectors) if prune else []
     return {"version": version, "previous": old, "models": pipeline + towers, "seconds": seconds, "pruned_vector_spaces": pruned}
 
 
-def rollback(repository: Path, triton: Triton, state: str | None = None) -> dict:
-    """Serves the served version's parent again (its gate is not asked again)."""
+def pin_all(repository: Path, version: int) -> None:
+    """Pins `version` in the config of every model of the repository that has it."""
     repo = Path(repository)
-    current = served_versions(repo)[-1]
+    for m in (*TOWERS, *PIPELINE_ORDER):
+        if (repo / m / str(version)).is_dir():
+            pin_versions(repo, m, [version])
+
+
+def follow(repository: Path, triton: Triton, stop, poll_s: float = 30.0) -> None:
+    """Until `stop` (a threading.Event) is set: every `poll_s`, when the version the repository
+    pins differs from the one `triton` serves, roll it out (a version whose rollout failed is not
+    tried again until the pin changes)."""
+    repo = Path(repository)
+    failed: set[int] = set()
+    while not stop.wait(poll_s):
+        try:
+            pinned = served_versions(repo)[-1]
+            serving = triton.loaded().get("recommend", set())
+            if serving and serving != {pinned} and pinned not in failed:
+                log(f"follow: the repository pins version {pinned}, the server serves {sorted(serving)}: rolling out")
+                rollout(repo, triton, pinned, force=True, pin=False, prune=False)
+        except RolloutError as exc:
+            failed.add(pinned)
+            log(f"follow: {exc}; version {pinned} is not tried again")
+        except Exception as exc:  # noqa: BLE001 - the follower outlives one bad poll
+            log(f"follow: {exc!r}")
+
+
+def rollback(repository: Path, triton: Triton | None, state: str | None = None) -> dict:
+    """Serves the served version's parent again (its gate is not asked again); with no server,
+    pins it (`freshrec rollback --pin-only`)."""
+    repo = Path(repository)
+    current = max(triton.loaded().get("recommend", set()) or served_versions(repo)) if triton else served_versions(repo)[-1]
     parent = read_card(repo, current).get("parent")
     if parent is None:
         raise RolloutError(f"version {current} has no parent to roll back to")
+    if triton is None:
+        return pin_only(repo, parent, state=state, force=True)
     return rollout(repo, triton, parent, force=True, state=state)
+
+
+def pin_only(repository: Path, version: int | None = None, *, state: str | None = None, force: bool = False) -> dict:
+    """Pins `version` in the repository without a server (servers that follow the repository
+    roll it out themselves) and prunes the store's vectors as a rollout does."""
+    repo = Path(repository)
+    version = version or versions(repo)[-1]
+    card = read_card(repo, version)
+    if not card["gate"].get("passed", False) and not force:
+        raise RolloutError(f"version {version} did not pass its gate ({card['gate']}); --force pins it anyway")
+    old = served_versions(repo)
+    pin_all(repo, version)
+    log(f"pinned version {version} (was {old}); servers following the repository roll it out")
+    return {"version": version, "previous": old, "pinned": True, "pruned_vector_spaces": prune_vectors(repo, state, keep=[version, *old])}
 
 
 def prune_vectors(repo: Path, state: str | None, keep: list[int], keep_count: int = 1) -> list[int]:

@@ -213,14 +213,10 @@ def update(opts: UpdateOptions) -> dict:
         id_rows, embeddings = store.item_inputs([it.item_id for it in items])
         if embeddings.shape[1] != cfg.text.dim:  # none stored at all
             embeddings = np.zeros((len(items), cfg.text.dim), np.float32)
-        missing_text = np.abs(embeddings).sum(1) == 0
-        if missing_text.any():  # items stored before text embeddings were kept: embedded once here
-            from freshrec.assets import cache_root
-            from freshrec.training.train import text_embeddings
-
-            idx = np.flatnonzero(missing_text)
-            log(f"update: {len(idx)} items have no stored text embedding; embedding them with MiniLM")
-            embeddings[idx] = text_embeddings([items[j].text for j in idx], minilm, cfg.text.max_tokens, cache_root() / "embeddings")
+        if (np.abs(embeddings).sum(1) == 0).any():
+            n = int((np.abs(embeddings).sum(1) == 0).sum())
+            raise ValueError(f"{n} items in the state store have no stored text embedding (a state written before "
+                             "embeddings were kept): run `freshrec build` again to update from it")  # fmt: skip
         parent_rows = np.where(id_rows <= cfg.item.id_vocab, id_rows, 0)
         parent_catalog = Catalog([it.item_id for it in items], [it.text for it in items], [it.metadata for it in items], embeddings, parent_rows)
         # New id rows for the items the window trains, after every row already given out.

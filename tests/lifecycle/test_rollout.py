@@ -152,3 +152,40 @@ def test_a_refused_candidate_is_not_rolled_out(updated, copy_of):
     (own["repo"] / "recommend" / "2" / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(RolloutError, match="did not pass its gate"):
         rollout(own["repo"], Triton("127.0.0.1:1", "x"), 2)  # refused before any call to a server
+
+
+def test_a_server_following_the_repository_serves_the_pinned_version(updated, copy_of, supervised):
+    """`freshrec rollout --pin-only` (an update job) pins; `freshrec serve --follow-versions`'
+    follower rolls the pinned version out on its own server, and back after a pinned rollback."""
+    from freshrec.lifecycle.rollout import follow, pin_only
+
+    own = copy_of(updated)
+    sup, triton = start(supervised, own)
+    stop = threading.Event()
+    thread = threading.Thread(target=follow, args=(own["repo"], triton, stop, 0.3), daemon=True)
+    thread.start()
+    try:
+        pin_only(own["repo"], 2, state=own["url"])
+        deadline = time.monotonic() + 120
+        while triton.loaded().get("recommend") != {2} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert triton.loaded()["recommend"] == {2}
+        rollback(own["repo"], None, state=own["url"])  # --pin-only: the parent is pinned again
+        assert served_versions(own["repo"]) == [1]
+        deadline = time.monotonic() + 120
+        while triton.loaded().get("recommend") != {1} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert triton.loaded()["recommend"] == {1}
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_versions_command_lists_the_cards(updated, capsys):
+    from freshrec.cli import main
+
+    assert main(["versions", "--repository", str(updated["repo"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["version", "parent"]
+    assert out[1].split()[0] == "1" and out[1].rstrip().endswith("*")  # served
+    assert out[2].split()[:2] == ["2", "1"] and "passed" in out[2]

@@ -13,6 +13,7 @@ own (`tests/lifecycle`, `freshrec bench rollout`). Each seed has its own T0 buil
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def updates_section(ds, cfg: ModelConfig, opts, work: Path, build_once) -> dict:
     seeds = {}
     for seed in opts.seeds:
         base = work / f"updates_seed{seed}"
+        done = base / f"result-{opts.replay_limit or 'all'}.json"
+        if done.exists():  # a seed finished by an earlier run of this part (a long part resumes)
+            seeds[seed] = json.loads(done.read_text())
+            log(f"updates seed {seed}: reusing {done}")
+            continue
         cfg_s = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
         report = build_once(BuildOptions(out=base / "build", repository=base / "repo", max_users=opts.max_users, until=t0,
                                          serve_state="all"), cfg_s)  # fmt: skip
@@ -120,6 +126,7 @@ def updates_section(ds, cfg: ModelConfig, opts, work: Path, build_once) -> dict:
                                   update_seconds_mean=float(np.mean([u["seconds"] for u in target.updates if "version" in u] or [0.0])))
             log(f"updates seed {seed} {name}: NDCG@10 {m['ndcg']:.4f} HR@10 {m['hr']:.4f} ({result.seconds:.0f}s)")
         seeds[seed] = {"runs": runs, "updates": updates, "build_test_metrics": report["test_metrics"]}
+        done.write_text(json.dumps(seeds[seed], default=float))
     names = ("frozen_state", "frozen_weights", *SCHEDULES)
     mean = {n: float(np.mean([seeds[s]["runs"][n]["ndcg@10"] for s in seeds])) for n in names}
     ratio = {n: [seeds[s]["runs"][n]["ndcg@10"] / seeds[s]["runs"]["frozen_weights"]["ndcg@10"] for s in seeds] for n in SCHEDULES}
