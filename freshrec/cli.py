@@ -174,6 +174,11 @@ def _cmd_update(args) -> int:
             card = update(opts)
             print(describe(card), flush=True)
             rc = 0 if card["gate"]["passed"] else 3
+            if args.pin and card["gate"]["passed"]:
+                from freshrec.lifecycle.rollout import pin_only
+
+                for r in flavour_dirs(Path(args.repository)):
+                    print(json.dumps(pin_only(r, card["version"], state=args.state)), flush=True)
             if triton is not None and card["gate"]["passed"]:
                 served = flavour_dirs(Path(args.repository))[0] if not args.served_repository else Path(args.served_repository)
                 print(json.dumps(rollout(served, triton, card["version"], state=args.state)), flush=True)
@@ -305,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=_duration, help="run again at this interval (e.g. 1d), forever")
     s.add_argument("--rollout", action="store_true", help="serve each version that passes on the server at --url")
     s.add_argument("--served-repository", help="the flavour folder the server runs (default: the repository's first flavour)")
+    s.add_argument("--pin", action="store_true", help="pin each version that passes in the repository (no server): servers run "
+                   "with `freshrec serve --follow-versions` roll it out themselves")
     server_args(s)
     s.set_defaults(func=_cmd_update)
 

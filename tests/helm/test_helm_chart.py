@@ -35,6 +35,7 @@ Manifest = dict[str, Any]
 #: The value combinations a release is installed with; each is rendered and schema-validated.
 COMBINATIONS: dict[str, tuple[str, ...]] = {
     "default-cpu-pvc-bundled-redis": (),
+    "update-cronjob": ("update.enabled=true",),
     "gpu-tensorrt": ("resourceProfile=gpu", "tensorrt.enabled=true"),
     "bundled-redis-autoscaled": ("redis.enabled=true", "autoscaling.enabled=true", "autoscaling.maxReplicas=8"),
     "external-redis": ("redis.enabled=false", "state.redisUrl=redis://redis.data.svc.cluster.local:6380/2"),
@@ -592,7 +593,42 @@ def test_service_monitor_and_dashboard(helm: Helm) -> None:
         (("triton.extraArgs={--grpc-address=0.0.0.0}",), "triton.extraArgs may not set --grpc-address"),
         (("triton.extraArgs={--exit-timeout-secs=600}",), "triton.extraArgs may not set --exit-timeout-secs"),
         (("autoscaling.enabled=true", "autoscaling.minReplicas=5"), "minReplicas must not exceed"),
+        (("update.enabled=true", "modelRepository.source=image", "modelRepository.image.repository=r", "modelRepository.image.tag=1"),
+         "update.enabled needs modelRepository.source=pvc"),
+        (("update.enabled=true", "resourceProfile=gpu", "tensorrt.enabled=true"), "update.enabled needs modelRepository.source=pvc"),
     ],
 )
 def test_inconsistent_values_are_refused(helm: Helm, sets: tuple[str, ...], message: str) -> None:
     assert message in refused(helm, *sets)
+
+
+# --------------------------------------------------------------------------------------------
+# The update job (the feedback loop)
+# --------------------------------------------------------------------------------------------
+
+
+def test_update_cronjob_writes_versions_the_pods_follow(helm: Helm) -> None:
+    assert ("CronJob", "freshrec-update") not in render(helm)  # off by default
+    manifests = render(helm, "update.enabled=true", "update.schedule=0 */6 * * *")
+    job = manifests[("CronJob", "freshrec-update")]
+    assert job["spec"]["schedule"] == "0 */6 * * *" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    assert c["command"] == ["freshrec", "update"] and "--repository=/models" in c["args"] and "--pin" in c["args"]
+    assert env(c)["FRESHREC_STATE"]["value"].startswith("redis://freshrec-redis:")
+    assert_restricted_security(c)
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "model-repository")
+    assert not mount.get("readOnly")  # the job writes new versions into the volume
+    volume = next(v for v in spec["volumes"] if v["name"] == "model-repository")
+    assert not volume["persistentVolumeClaim"].get("readOnly")
+    # its pods are not Triton's: the Service never routes to them, the bundled Redis lets them in
+    service_selector = manifests[("Service", "freshrec")]["spec"]["selector"]
+    assert not set(service_selector.items()) <= set(pod["metadata"]["labels"].items())
+    redis_policy = manifests[("NetworkPolicy", "freshrec-redis")]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": pod["metadata"]["labels"]}} in redis_policy
+    # and every Triton pod follows the versions the job pins
+    triton = next(x for x in pod_spec(manifests)["containers"] if x["name"] == "tritonserver")
+    assert "--follow-versions=30s" in triton["args"]
+    triton_default = next(x for x in pod_spec(render(helm))["containers"] if x["name"] == "tritonserver")
+    assert not any(a.startswith("--follow-versions") for a in triton_default["args"])

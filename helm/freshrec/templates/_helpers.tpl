@@ -31,6 +31,12 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* Labels of the update job's pods (distinct from Triton's: the Service never routes to them). */}}
+{{- define "freshrec.updateSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "freshrec.name" . }}-update
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
 {{/* Selector labels of the bundled Redis pod (distinct from Triton's, so Services never mix them). */}}
 {{- define "freshrec.redisSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "freshrec.name" . }}-redis
