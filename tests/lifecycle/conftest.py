@@ -57,13 +57,18 @@ def lifecycle_root(tiny_build: dict[str, Any], tmp_path_factory: pytest.TempPath
 def copy_of(tmp_path: Path):
     """copy_of(lifecycle_root) -> a test's own copy of the repository and state."""
 
+    made: list[Path] = []
+
     def make(root: dict[str, Any]) -> dict[str, Any]:
-        repo = private_repository(root["repo"], tmp_path / "repo")
-        copy_sqlite(root["state"], tmp_path / "state.db")
-        return {**root, "repo": repo, "state": tmp_path / "state.db", "url": f"sqlite:///{tmp_path / 'state.db'}"}
+        d = tmp_path / f"copy{len(made)}"
+        made.append(d)
+        repo = private_repository(root["repo"], d / "repo")
+        copy_sqlite(root["state"], d / "state.db")
+        return {**root, "repo": repo, "state": d / "state.db", "url": f"sqlite:///{d / 'state.db'}"}
 
     yield make
-    shutil.rmtree(tmp_path / "repo", ignore_errors=True)
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,18 @@ def test_nothing_to_learn_without_new_events(tiny_build, tmp_path):
     with pytest.raises(NothingToLearn, match="0 new events"):
         update(UpdateOptions(repository=repo, state=f"sqlite:///{tmp_path / 'state.db'}"))
     assert versions(repo) == [1]
+
+
+def test_update_command_pins_a_passed_version(lifecycle_root, copy_of, capsys):
+    from freshrec.cli import main
+
+    own = copy_of(lifecycle_root)
+    rc = main(["update", "--repository", str(own["repo"]), "--state", own["url"], "--tolerance", "1", "--epochs", "1", "--pin"])
+    assert rc == 0
+    assert versions(own["repo"]) == [1, 2] and served_versions(own["repo"]) == [2]
+    assert all(served_versions(own["repo"], m) == [2] for m in ("ingest_events", "upsert_items", "user_tower", "item_tower"))
+    assert '"version": 2' in capsys.readouterr().out
+    # a refused candidate: exit code 3, nothing pinned
+    own2 = copy_of(lifecycle_root)
+    assert main(["update", "--repository", str(own2["repo"]), "--state", own2["url"], "--tolerance", "-1", "--epochs", "1", "--pin"]) == 3
+    assert served_versions(own2["repo"]) == [1]
