@@ -563,6 +563,11 @@ def test_service_monitor_and_dashboard(helm: Helm) -> None:
         "freshrec_items_added_total",
         "freshrec_store_errors_total",
         "freshrec_fallbacks_total",
+        "freshrec_model_version",
+        "freshrec_model_created_timestamp_seconds",
+        "freshrec_model_data_cutoff_timestamp_seconds",
+        "freshrec_model_gate_ndcg10",
+        "freshrec_model_update_seconds",
     ):
         assert metric in exprs, f"dashboard has no panel on {metric}"
     assert 'quantile="0.99"' in exprs and "histogram_quantile(0.99" in exprs
