@@ -88,6 +88,11 @@ def updates_section(ds, cfg: ModelConfig, opts, work: Path, build_once) -> dict:
     from freshrec.training.build import BuildOptions
     from freshrec.training.data import global_time_split
 
+    import torch
+
+    # One intra-op thread, as each served pipeline instance runs (DeployConfig.threads): the
+    # replay's small per-request ops are 16x slower with two spinning threads on a busy 2-core machine.
+    torch.set_num_threads(1)
     t0 = global_time_split(ds, opts.quantile)
     stream: list[ReplayEvent] = replay_stream(ds, t0, opts.replay_limit)
     days = (stream[-1].timestamp - stream[0].timestamp) / DAY if stream else 0.0
