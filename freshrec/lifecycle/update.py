@@ -183,10 +183,8 @@ def gate_metrics(cfg, modules: dict, catalog: Catalog, seqs: list[Sequence], hol
 def update(opts: UpdateOptions) -> dict:
     """Runs one update (module docstring) -> the candidate's card (`gate.passed` says whether it
     became a version). Raises NothingToLearn when the window is too small."""
-    from freshrec.export.onnx_export import check_parity, export_onnx
-    from freshrec.export.repository import read_card, read_settings, served_versions, version_checksums, versions, write_card, write_version
-    from freshrec.contract import BY_NAME, ONNX_MODELS, Sizes
-    from freshrec.models.checkpoints import load_models, save_models
+    from freshrec.export.repository import read_card, read_settings, remove_version, served_versions, version_checksums, versions, write_card
+    from freshrec.models.checkpoints import load_models
     from freshrec.store import open_store
 
     t_start = time.time()
@@ -262,27 +260,14 @@ def update(opts: UpdateOptions) -> dict:
                 write_card(r, card)
             return card
 
-        # -- version N+1 ------------------------------------------------------------------
-        sizes = Sizes.of(cand_cfg)
-        changed = {"item_tower", "user_tower"}
-        with tempfile.TemporaryDirectory(prefix="freshrec-update-") as tmp:
-            files, parity = {}, {}
-            for contract in ONNX_MODELS:
-                if contract.name in changed:
-                    path = export_onnx(contract, cand[contract.name], sizes, cand_cfg, Path(tmp) / f"{contract.name}.onnx")
-                    parity[contract.name] = check_parity(contract, cand[contract.name], path, sizes, cand_cfg)
-                    files[contract.name] = path
-                else:
-                    files[contract.name] = main / contract.name / str(parent) / ONNX_FILE
+        # -- version N+1 (removed again if anything below fails: no version without its card) --
+        try:
+            card = _write_version(store, repos, parent, version, card, cand, cand_cfg, minilm, assigned)
+        except BaseException:
             for r in repos:
-                prev = read_settings(r, parent)
-                deploy = dataclasses.replace(DeployConfig.from_dict(prev["deploy"]), version=version)
-                write_version(r, {m: (p if m in changed else r / m / str(parent) / ONNX_FILE) for m, p in files.items()},
-                              cand_cfg, deploy, minilm)  # fmt: skip
-                save_models(r / "recommend" / str(version), cand_cfg, item_tower, user_tower, cand["reranker"], cand["text_encoder"].content)
-        card["export"] = {m: {"max_abs_diff": d, "tolerance": BY_NAME[m].tolerance} for m, d in parity.items()}
-        store.assign_id_rows(assigned)
-        card["vectors"] = store_vectors(store, cand, cand_cfg, version, main)
+                remove_version(r, version)
+            store.drop_vectors(version)
+            raise
         card["seconds"] = round(time.time() - t_start, 1)
         for r in repos:
             write_card(r, {**card, "checksums": version_checksums(r, version)})
@@ -293,7 +278,40 @@ def update(opts: UpdateOptions) -> dict:
         store.close()
 
 
-def store_vectors(store, modules: dict, cfg: ModelConfig, version: int, repository: Path) -> dict:
+def _write_version(store, repos: list[Path], parent: int, version: int, card: dict, cand: dict, cand_cfg: ModelConfig, minilm: Path,
+                   assigned: dict[str, int]) -> dict:  # fmt: skip
+    """Graphs, settings and checkpoints of `version` in every flavour, its id rows and vectors in the store."""
+    from freshrec.contract import BY_NAME, ONNX_MODELS, Sizes
+    from freshrec.export.onnx_export import check_parity, export_onnx
+    from freshrec.export.repository import read_settings, write_version
+    from freshrec.models.checkpoints import save_models
+
+    main = repos[0]
+    sizes = Sizes.of(cand_cfg)
+    changed = {"item_tower", "user_tower"}
+    item_tower, user_tower = cand["item_tower"], cand["user_tower"]
+    with tempfile.TemporaryDirectory(prefix="freshrec-update-") as tmp:
+        files, parity = {}, {}
+        for contract in ONNX_MODELS:
+            if contract.name in changed:
+                path = export_onnx(contract, cand[contract.name], sizes, cand_cfg, Path(tmp) / f"{contract.name}.onnx")
+                parity[contract.name] = check_parity(contract, cand[contract.name], path, sizes, cand_cfg)
+                files[contract.name] = path
+            else:
+                files[contract.name] = main / contract.name / str(parent) / ONNX_FILE
+        for r in repos:
+            prev = read_settings(r, parent)
+            deploy = dataclasses.replace(DeployConfig.from_dict(prev["deploy"]), version=version)
+            write_version(r, {m: (p if m in changed else r / m / str(parent) / ONNX_FILE) for m, p in files.items()},
+                          cand_cfg, deploy, minilm)  # fmt: skip
+            save_models(r / "recommend" / str(version), cand_cfg, item_tower, user_tower, cand["reranker"], cand["text_encoder"].content)
+    card["export"] = {m: {"max_abs_diff": d, "tolerance": BY_NAME[m].tolerance} for m, d in parity.items()}
+    store.assign_id_rows(assigned)
+    card["vectors"] = store_vectors(store, cand, cand_cfg, version)
+    return card
+
+
+def store_vectors(store, modules: dict, cfg: ModelConfig, version: int) -> dict:
     """The whole catalog's item vectors of `version`, computed by the serving pipeline's own code
     (`Recommender.fill_missing`, PyTorch modules) and stored as the version's vector space."""
     from freshrec.serving.engines import TorchEngine
