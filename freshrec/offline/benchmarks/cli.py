@@ -74,7 +74,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     s.add_argument("--concurrency", type=int, default=4)
     s.add_argument("--smoke", action="store_true", help="small counts, one rollout and the failing one (the test)")
     s.add_argument("--requests", type=int, help="steady-state requests (default 3000; smoke 200)")
-    s.add_argument("--traffic-seconds", type=float, help="the rollout run covers this long at the steady throughput (default 60; smoke 20)")
+    s.add_argument("--run-seconds", type=float, help="each perf_analyzer run under rollouts lasts about this long (default 5; smoke 3): "
+                   "perf_analyzer aborts a run at its first failed request, losing the run's latencies")
     s.add_argument("--gap", type=float, help="seconds between rollout steps (default 5; smoke 1)")
     s.add_argument("--epochs", type=int, help="the update's fine-tuning passes (default 3; smoke 1)")
     s.add_argument("--tolerance", type=float, default=0.01, help="the update's gate tolerance (the update's default)")
@@ -187,7 +188,7 @@ def _rollout(a: argparse.Namespace) -> int:
     from freshrec.offline.benchmarks.rollout import RolloutBenchOptions, main_print, run
 
     opts = RolloutBenchOptions(build=a.build, repository=a.repository, work=a.work, out=a.out, concurrency=a.concurrency, smoke=a.smoke,
-                               requests=a.requests, traffic_s=a.traffic_seconds, gap_s=a.gap, epochs=a.epochs, tolerance=a.tolerance)  # fmt: skip
+                               requests=a.requests, run_s=a.run_seconds, gap_s=a.gap, epochs=a.epochs, tolerance=a.tolerance)  # fmt: skip
     try:
         report = run(opts)
     except PerfAnalyzerUnavailable as e:

@@ -13,15 +13,17 @@
 4. **Update**: `freshrec update` on the private repository and state while the server serves
    version 1 (timed); version 3, a copy of version 2 in every model with a corrupt user_tower graph
    and a card whose gate passed, is written beside it for the failing rollout.
-5. **Steady state**: perf_analyzer on `recommend` at `--concurrency`, a fixed request count,
-   profile export on.
-6. **Under rollouts**: perf_analyzer again, sized to cover the rollouts, while a thread does, a few
-   seconds apart: rollout to 2, rollback to 1, rollout to 2 again, and the failing rollout to 3
+5. **Steady state**: perf_analyzer on `recommend` at `--concurrency` until a fixed number of
+   requests is measured (profile export on), as a chain of runs (see 6); again after the rollouts.
+6. **Under rollouts**: perf_analyzer again, for as long as the rollouts take, while a thread does, a
+   few seconds apart: rollout to 2, rollback to 1, rollout to 2 again, and the failing rollout to 3
    (which must raise RolloutError and leave version 2 serving); each step's start and end are kept
    in monotonic and wall-clock time (the latter aligns with perf_analyzer's per-request
-   timestamps). perf_analyzer 2.60 aborts at a failed request (exit 99, no CSV, no profile export):
-   it is then started again at once while rollouts remain, and the failures are counted from its
-   error lines and from Triton's statistics.
+   timestamps). perf_analyzer 2.60 aborts a run at its first failed request (exit 99, no CSV, no
+   profile export: the run's latencies are lost), so the traffic is a chain of short runs (a few
+   seconds each at the steady throughput), the next started as soon as one ends; failures are
+   counted from perf_analyzer's error lines and from Triton's statistics. `--smoke`: the rollout
+   to 2 and the failing rollout only.
 7. **Report**: docs/benchmarks/rollout.md and rollout.json (`render_md`).
 
 Triton 2.51 keeps inference statistics per loaded version and drops a version's at its unload (a
@@ -63,7 +65,7 @@ class RolloutBenchOptions:
     concurrency: int = 4
     smoke: bool = False
     requests: int | None = None  # steady-state requests (default 3000; smoke 200)
-    traffic_s: float | None = None  # the rollout run's request count covers this long at the steady throughput (60; smoke 20)
+    run_s: float | None = None  # each perf_analyzer run under rollouts: this long at the steady throughput (5; smoke 3)
     gap_s: float | None = None  # seconds between rollout steps (5; smoke 1)
     epochs: int | None = None  # the update's fine-tuning passes (default the update's own 3; smoke 1)
     tolerance: float = 0.01  # the update's gate tolerance (the update's default)
@@ -81,8 +83,8 @@ class RolloutBenchOptions:
         return 20 if self.smoke else 100
 
     @property
-    def traffic_seconds(self) -> float:
-        return self.traffic_s or (20.0 if self.smoke else 60.0)
+    def run_seconds(self) -> float:
+        return self.run_s or (3.0 if self.smoke else 5.0)
 
     @property
     def gap_seconds(self) -> float:
@@ -196,7 +198,8 @@ class StatsWatch:
 
     def __init__(self, grpc_url: str, model: str = "recommend", every_s: float = STATS_EVERY_S) -> None:
         self.grpc_url, self.model, self.every_s = grpc_url, model, every_s
-        self.samples: list[tuple[float, int, int]] = []  # (monotonic, successes, failures), cumulative
+        # (monotonic before the call, monotonic after it, successes, failures), cumulative
+        self.samples: list[tuple[float, float, int, int]] = []
         self.errors = 0
         self._done = [0, 0]
         self._current: dict[str, tuple[int, int]] = {}
@@ -240,22 +243,31 @@ class StatsWatch:
                     self._done[1] += bad
             self._current = now
             total = self.total()
-            self.samples.append((t, *total))
+            self.samples.append((t, time.monotonic(), *total))
             return total
 
     def total(self) -> tuple[int, int]:
         return self._done[0] + sum(c[0] for c in self._current.values()), self._done[1] + sum(c[1] for c in self._current.values())
 
-    def at(self, t: float) -> tuple[int, int]:
-        """The counts of the first sample taken at or after monotonic time `t` (else the last)."""
+    def before(self, t: float) -> tuple[int, int]:
+        """The counts of the last sample whose call had returned by monotonic time `t` (no later state)."""
+        found = self.samples[0]
+        for s in self.samples:
+            if s[1] <= t:
+                found = s
+        return found[2], found[3]
+
+    def after(self, t: float) -> tuple[int, int]:
+        """The counts of the first sample whose call began at or after monotonic time `t` (no earlier state)."""
         for s in self.samples:
             if s[0] >= t:
-                return s[1], s[2]
-        return self.samples[-1][1], self.samples[-1][2]
+                return s[2], s[3]
+        return self.samples[-1][2], self.samples[-1][3]
 
     def between(self, t0: float, t1: float) -> dict[str, int]:
-        """Successes and failures counted from `t0` to `t1` (monotonic)."""
-        a, b = self.at(t0), self.at(t1)
+        """Successes and failures counted from `t0` to `t1` (monotonic): a window that holds the
+        whole span (and at most a sampling interval more on either side)."""
+        a, b = self.before(t0), self.after(t1)
         return {"success": b[0] - a[0], "failures": b[1] - a[1]}
 
 
@@ -454,27 +466,35 @@ def run(opts: RolloutBenchOptions, log: Callable[[str], None] = print) -> dict[s
                     "perf_analyzer_failed_requests": len(seg.errors or []), "segments": [seg.summary()]}  # fmt: skip
             log(f"bench rollout: {seg.name}: {seg.outcome}, {seg.measured} requests measured; Triton: {warm['triton']['failures']} failed")
             # -- steady state ---------------------------------------------------------------------
-            steady_segments, steady_lat = [], []
-            timeout = RUN_TIMEOUT_S + 0.25 * (opts.steady_requests + opts.warmup)
-            for attempt in (1, 2):
-                csv_path = raw / f"steady.{attempt}.csv"
-                seg = Segment(f"steady state (attempt {attempt})", opts.steady_requests, opts.warmup,
-                              _pa_command(grpc_url, opts.concurrency, opts.steady_requests, opts.warmup, input_data, csv_path))  # fmt: skip
-                steady_lat = [lat for _, lat in run_pa(pa, seg, csv_path, watch, timeout)]
-                steady_segments.append(seg)
-                log(f"bench rollout: {seg.name}: {seg.outcome}, {seg.measured} requests measured")
-                if steady_lat:
-                    break
-            steady_window = (steady_segments[0].start_mono, steady_segments[-1].end_mono + 2 * STATS_EVERY_S)
-            time.sleep(2 * STATS_EVERY_S)
-            steady_triton = watch.between(*steady_window)
-            steady_tp = steady_segments[-1].throughput or 50.0
-            steady = {**_latency(steady_lat), "throughput": round(steady_tp, 1), "triton": steady_triton,
-                      "perf_analyzer_failed_requests": sum(len(s.errors or []) for s in steady_segments),
-                      "segments": [s.summary() for s in steady_segments]}  # fmt: skip
-            note("steady state")
-            log(f"bench rollout: steady state p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, {steady['throughput']}/s, "
-                f"Triton: {steady_triton['failures']} failed")  # fmt: skip
+            def steady_state(name: str, stem: str) -> tuple[dict[str, Any], list[Segment]]:
+                """perf_analyzer at the concurrency until `steady_requests` are measured, as a chain of
+                runs of a sixth of that each (one that aborts at a failed request loses only its own
+                latencies; every run's failures count), at most three times the runs needed."""
+                segs, lat_ms = [], []
+                per_run = max(50, opts.steady_requests // 6)
+                timeout = RUN_TIMEOUT_S + 0.25 * (per_run + opts.warmup)
+                while len(lat_ms) < opts.steady_requests and len(segs) < 18:
+                    n = len(segs) + 1
+                    csv_path = raw / f"{stem}.{n}.csv"
+                    warmup = opts.warmup if n == 1 else 0
+                    seg = Segment(f"{name}, run {n}", per_run, warmup,
+                                  _pa_command(grpc_url, opts.concurrency, per_run, warmup, input_data, csv_path))  # fmt: skip
+                    lat_ms += [ms for _, ms in run_pa(pa, seg, csv_path, watch, timeout)]
+                    segs.append(seg)
+                    log(f"bench rollout: {seg.name}: {seg.outcome}, {seg.measured} requests measured")
+                time.sleep(2 * STATS_EVERY_S)
+                counts = watch.between(segs[0].start_mono, segs[-1].end_mono + 2 * STATS_EVERY_S)
+                done = [x for x in segs if x.throughput]
+                tp = round(sum(x.measured for x in done) / sum(x.measured / x.throughput for x in done), 1) if done else None
+                res = {**_latency(lat_ms), "throughput": tp, "triton": counts, "runs": len(segs), "aborted_runs": sum(1 for x in segs if x.errors),
+                       "perf_analyzer_failed_requests": sum(len(x.errors or []) for x in segs), "segments": [x.summary() for x in segs]}  # fmt: skip
+                note(name)
+                log(f"bench rollout: {name}: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, {res['throughput']}/s, "
+                    f"Triton: {counts['failures']} failed")  # fmt: skip
+                return res, segs
+
+            steady, steady_segments = steady_state("steady state", "steady")
+            steady_tp = steady["throughput"] or 50.0
 
             # -- under rollouts -------------------------------------------------------------------
             steps = [Step(f"rollout to {new}", new, "served", lambda: rollout(repo, triton, new, state=url))]
@@ -511,8 +531,7 @@ def run(opts: RolloutBenchOptions, log: Callable[[str], None] = print) -> dict[s
                     log(f"bench rollout: {step.name}: {r['outcome']} in {r['seconds']}s; recommend serves {r['served_after']}")
                 time.sleep(opts.gap_seconds)
 
-            first_requests = max(100, int(steady_tp * opts.traffic_seconds))
-            more_requests = max(50, int(steady_tp * (5.0 if opts.smoke else 10.0)))
+            run_requests = max(50, int(steady_tp * opts.run_seconds))
             roller = threading.Thread(target=do_steps, name="freshrec-bench-rollouts", daemon=True)
             roller.start()
             segments: list[Segment] = []
@@ -520,7 +539,7 @@ def run(opts: RolloutBenchOptions, log: Callable[[str], None] = print) -> dict[s
             phase_start = time.monotonic()
             while True:
                 n = len(segments) + 1
-                requests, warmup = (first_requests, opts.warmup) if n == 1 else (more_requests, 0)
+                requests, warmup = run_requests, (opts.warmup if n == 1 else 0)
                 csv_path = raw / f"rollouts.{n}.csv"
                 seg = Segment(f"under rollouts, run {n}", requests, warmup,
                               _pa_command(grpc_url, opts.concurrency, requests, warmup, input_data, csv_path))  # fmt: skip
@@ -528,12 +547,14 @@ def run(opts: RolloutBenchOptions, log: Callable[[str], None] = print) -> dict[s
                 lat += run_pa(pa, seg, csv_path, watch, RUN_TIMEOUT_S + 0.25 * (requests + warmup) + 600)
                 segments.append(seg)
                 log(f"bench rollout: {seg.name}: {seg.outcome}, {seg.measured} requests measured" + (f"; {seg.errors}" if seg.errors else ""))
-                if not roller.is_alive() or n >= 50:
+                if not roller.is_alive() or n >= 1000:
                     break
             roller.join()
             time.sleep(2 * STATS_EVERY_S)
             phase_end = time.monotonic()
             phase_triton = watch.between(phase_start, phase_end)
+            # -- steady state again, version 2 serving: did the machine itself change meanwhile? ----
+            steady_after, _ = steady_state(f"steady state after the rollouts (version {new})", "steady_after")
             stats_errors = watch.errors
         note("end")
 
@@ -543,26 +564,43 @@ def run(opts: RolloutBenchOptions, log: Callable[[str], None] = print) -> dict[s
         def ratio(p99: float | None) -> float | None:
             return round(p99 / steady_p99, 2) if p99 is not None and steady_p99 else None
 
+        # A step's window: from its start until the next step starts (the phase's end after the last),
+        # so what a switch causes just after the call returns (new instances' first requests, the
+        # old ones unloading) counts against it; the step's own span is reported beside it.
         windows_lat: list[float] = []
-        for r in records:
-            inside = [ms for t, ms in lat if r["start_wall_ns"] <= t <= r["end_wall_ns"]]
+        for i, r in enumerate(records):
+            nxt = records[i + 1] if i + 1 < len(records) else None
+            r["window_end_mono"] = nxt["start_mono"] if nxt else phase_end
+            r["window_end_wall_ns"] = nxt["start_wall_ns"] if nxt else time.time_ns() - int((time.monotonic() - phase_end) * 1e9)
+            inside = [ms for t, ms in lat if r["start_wall_ns"] <= t < r["window_end_wall_ns"]]
             windows_lat += inside
             r.update(_latency(inside))
             r["p99_ratio"] = ratio(r["p99_ms"])
-            r["triton"] = watch.between(r["start_mono"], r["end_mono"] + STATS_EVERY_S)
-            # perf_analyzer's errors: the runs that aborted while this step ran
+            r["during_call"] = _latency([ms for t, ms in lat if r["start_wall_ns"] <= t <= r["end_wall_ns"]])
+            r["during_call"]["p99_ratio"] = ratio(r["during_call"]["p99_ms"])
+            r["triton"] = watch.between(r["start_mono"], r["window_end_mono"])
+            # perf_analyzer's errors: the runs that aborted inside this window
             r["perf_analyzer_failed_requests"] = sum(len(s.errors or []) for s in segments
-                                                     if s.errors and r["start_mono"] <= s.end_mono <= r["end_mono"] + 1.0)  # fmt: skip
-            r["lost_to_aborts"] = any(s.errors and s.start_mono <= r["end_mono"] and s.end_mono >= r["start_mono"] for s in segments)
+                                                     if s.errors and r["start_mono"] <= s.end_mono < r["window_end_mono"])  # fmt: skip
+            r["failed_requests"] = max(r["triton"]["failures"], r["perf_analyzer_failed_requests"])
+            r["lost_to_aborts"] = sum(1 for s in segments if s.errors and s.start_mono < r["window_end_mono"] and s.end_mono >= r["start_mono"])
         all_windows = {**_latency(windows_lat), "triton_failures": sum(r["triton"]["failures"] for r in records),
-                       "perf_analyzer_failed_requests": sum(r["perf_analyzer_failed_requests"] for r in records)}  # fmt: skip
+                       "perf_analyzer_failed_requests": sum(r["perf_analyzer_failed_requests"] for r in records),
+                       "failed_requests": sum(r["failed_requests"] for r in records)}  # fmt: skip
         all_windows["p99_ratio"] = ratio(all_windows["p99_ms"])
+        all_windows["triton_success"] = sum(r["triton"]["success"] for r in records)
+        # the phase before the first step and any time no window covers: failures with no rollout going on
+        outside = {"success": phase_triton["success"] - all_windows["triton_success"],
+                   "failures": phase_triton["failures"] - all_windows["triton_failures"],
+                   "seconds": round((records[0]["start_mono"] - phase_start) if records else phase_end - phase_start, 1)}  # fmt: skip
+        # perf_analyzer's restarts leave short gaps without traffic: how much of the phase had a run going
+        covered = sum(s.end_mono - s.start_mono for s in segments)
         sends = [t for t, _ in lat]
         phase_tp = round(len(lat) / ((max(t + ms * 1e6 for t, ms in lat) - min(sends)) / 1e9), 1) if len(lat) > 1 else None
         phase = {**_latency([ms for _, ms in lat]), "throughput": phase_tp, "triton": phase_triton, "seconds": round(phase_end - phase_start, 1),
                  "perf_analyzer_failed_requests": sum(len(s.errors or []) for s in segments),
                  "perf_analyzer_aborts": sum(1 for s in segments if s.errors), "segments": [s.summary() for s in segments],
-                 "first_run_requests": first_requests, "continuation_requests": more_requests}  # fmt: skip
+                 "outside_windows": outside, "run_requests": run_requests, "perf_analyzer_running_share": round(covered / max(phase_end - phase_start, 1e-3), 3)}  # fmt: skip
         first = next((r for r in records if r["target"] == new and r["outcome"] == "served"), None)
         update_to_serving = round(update_s + first["seconds"], 1) if first else None
     finally:
@@ -588,6 +626,7 @@ def run(opts: RolloutBenchOptions, log: Callable[[str], None] = print) -> dict[s
         "first_rollout_s": first["seconds"] if first else None,
         "warmup": warm,
         "steady": steady,
+        "steady_after": steady_after,
         "rollout_phase": phase,
         "rollouts": [{k: v for k, v in r.items()} for r in records],
         "all_rollout_windows": all_windows,
@@ -609,8 +648,9 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets beside the measured figures (None: unmeasured, never met)."""
     out = []
     for x in r["rollouts"]:
-        failed = x["triton"]["failures"] + x["perf_analyzer_failed_requests"]
-        out.append({"target": f"0 failed requests during '{x['step']}' (Triton's count + perf_analyzer's)", "measured": failed, "met": failed == 0})
+        failed = x["failed_requests"]
+        out.append({"target": f"0 failed requests during '{x['step']}' (the larger of Triton's and perf_analyzer's counts)", "measured": failed,
+                    "met": failed == 0})  # fmt: skip
     for x in r["rollouts"]:
         out.append({"target": f"p99 during '{x['step']}' <= {TARGET_P99_RATIO:g}x steady state (ratio)", "measured": x["p99_ratio"],
                     "met": x["p99_ratio"] is not None and x["p99_ratio"] <= TARGET_P99_RATIO})  # fmt: skip
@@ -659,12 +699,18 @@ def _f(x: Any, nd: int = 2) -> str:
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
+def _per_k(c: dict[str, int]) -> str:
+    total = c["success"] + c["failures"]
+    return f"{c['failures']} of {total} ({1000 * c['failures'] / total:.2f}/1000)" if total else "-"
+
+
 def _first_line(text: str, n: int = 300) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return (line[:n] + " ...") if len(line) > n or "\n" in text.strip() else line
 
 
 def render_md(r: dict[str, Any]) -> str:
+    sa, out = r["steady_after"], r["rollout_phase"]["outside_windows"]
     m, wu, st, ph, aw, up = r["machine"], r["warmup"], r["steady"], r["rollout_phase"], r["all_rollout_windows"], r["update"]
     gate = up["gate"]
     gate_text = (f"gate {'passed' if gate.get('passed') else 'refused'}: NDCG@10 {gate['parent']['ndcg10']:.4f} (version {up['parent']}) -> "
@@ -704,7 +750,10 @@ def render_md(r: dict[str, Any]) -> str:
         f"perf_analyzer on `recommend`, gRPC, concurrency {r['concurrency']}, synchronous clients, per-request timestamps and "
         "latencies from its profile export. Failed requests are counted twice: by perf_analyzer (each of its threads stops at its "
         "first failed request; perf_analyzer 2.60 then aborts the run, exit 99, with no CSV or profile export, so the benchmark "
-        "starts it again at once while rollouts remain) and by Triton's own statistics of `recommend` (summed over versions, "
+        "starts it again at once; each phase is therefore a chain of short runs, so that an abort loses few latencies: in steady "
+        "state runs of a sixth of its request count until that many are measured, under rollouts runs sized to "
+        f"{r['options']['run_s'] or ('3' if r['smoke'] else '5')} s at the steady throughput for as long as the rollouts go on) "
+        "and by Triton's own statistics of `recommend` (summed over versions, "
         f"sampled every {STATS_EVERY_S} s: Triton 2.51 drops a version's statistics when it unloads). Triton counts the requests it "
         "refuses itself (queue timeout, full queue); an error a model answers counts as a success there, so both counts are shown.",
         "",
@@ -715,23 +764,42 @@ def render_md(r: dict[str, Any]) -> str:
         f"{wu['triton']['failures']} | {'; '.join(s['outcome'] for s in wu['segments'])} |",
         f"| steady state | {st['requests']} | {_f(st['throughput'], 1)} | {_f(st['p50_ms'])} | {_f(st['p99_ms'])} | "
         f"{st['perf_analyzer_failed_requests']} | {st['triton']['success']} | {st['triton']['failures']} | "
-        f"{'; '.join(s['outcome'] for s in st['segments'])} |",
+        f"{st['runs']} run(s), {st['aborted_runs']} aborted at a failed request |",
+        f"| steady state after the rollouts | {sa['requests']} | {_f(sa['throughput'], 1)} | {_f(sa['p50_ms'])} | {_f(sa['p99_ms'])} | "
+        f"{sa['perf_analyzer_failed_requests']} | {sa['triton']['success']} | {sa['triton']['failures']} | "
+        f"{sa['runs']} run(s), {sa['aborted_runs']} aborted at a failed request |",
         f"| under rollouts ({ph['seconds']:.0f} s) | {ph['requests']} | {_f(ph['throughput'], 1)} | {_f(ph['p50_ms'])} | {_f(ph['p99_ms'])} | "
         f"{ph['perf_analyzer_failed_requests']} | {ph['triton']['success']} | {ph['triton']['failures']} | "
         f"{len(ph['segments'])} run(s), {aborts} aborted at a failed request |",
         "",
-        f"Rollout steps, {r['options']['gap_s'] if r['options']['gap_s'] is not None else ('1' if r['smoke'] else '5')} s apart, "
-        "during the second phase. A window is a step's start to end; its requests are those perf_analyzer *sent* inside it "
-        f"(latencies of perf_analyzer runs that aborted are lost: marked). Ratio: window p99 / steady-state p99 ({_f(st['p99_ms'])} ms).",
+        "Requests Triton refused, per 1000 it answered (its own counts): "
+        + "; ".join(f"{name} {_per_k(p['triton'])}" for name, p in (("warm-up", wu), ("steady state", st), ("steady state after", sa)))
+        + f"; under rollouts, inside the steps' windows {_per_k({'success': aw['triton_success'], 'failures': aw['triton_failures']})}, "
+        f"outside them (the {out['seconds']} s before the first step) {_per_k(out)}. "
+        + ("Refusals with no rollout going on mean the machine itself stalls the server now and then (another job shares these "
+           "2 cores: see the load average); the windows' refusals are not all the rollouts' doing."
+           if out["failures"] or st["triton"]["failures"] or sa["triton"]["failures"] else
+           "No request was refused with no rollout going on: the windows' refusals came with the rollouts."),
         "",
-        "| step | outcome | s | recommend serves after | requests started | p50 ms | p99 ms | max ms | p99 ratio | failed (perf_analyzer) | Triton failures | as expected |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {x['step']} | {x['outcome']} | {_f(x['seconds'])} | {x['served_after']} | {x['requests']}"
-          f"{' (an aborted run lost some)' if x['lost_to_aborts'] else ''} | {_f(x['p50_ms'])} | {_f(x['p99_ms'])} | {_f(x['max_ms'])} | "
-          f"{_f(x['p99_ratio'])} | {x['perf_analyzer_failed_requests']} | {x['triton']['failures']} | {'yes' if x['as_expected'] else '**NO**'} |"
+        f"Under rollouts a perf_analyzer process was running {100 * ph['perf_analyzer_running_share']:.1f}% of the phase (the rest: "
+        "between one run's exit and the next one's start).",
+        "",
+        f"Rollout steps, {r['options']['gap_s'] if r['options']['gap_s'] is not None else ('1' if r['smoke'] else '5')} s apart, "
+        "during the second phase. A step's window runs from its start until the next step starts (the phase's end after the last): "
+        "what a switch causes just after the call returns (the new instances' first requests, the old ones unloading) counts "
+        "against it. Its requests are those perf_analyzer *sent* inside the window; the latencies of perf_analyzer runs that "
+        "aborted are lost (the number of such runs is shown). Ratio: p99 / steady-state p99 "
+        f"({_f(st['p99_ms'])} ms); *call*: the requests sent while the rollout call itself ran.",
+        "",
+        "| step | outcome | call s | window s | recommend serves after | requests sent | p50 ms | p99 ms | max ms | p99 ratio | call p99 ms (ratio) | failed (perf_analyzer) | Triton failures | aborted runs | as expected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {x['step']} | {x['outcome']} | {_f(x['seconds'])} | {_f(x['window_end_mono'] - x['start_mono'], 1)} | {x['served_after']} | "
+          f"{x['requests']} | {_f(x['p50_ms'])} | {_f(x['p99_ms'])} | {_f(x['max_ms'])} | {_f(x['p99_ratio'])} | "
+          f"{_f(x['during_call']['p99_ms'])} ({_f(x['during_call']['p99_ratio'])}) | {x['perf_analyzer_failed_requests']} | "
+          f"{x['triton']['failures']} | {x['lost_to_aborts']} | {'yes' if x['as_expected'] else '**NO**'} |"
           for x in r["rollouts"]],  # fmt: skip
-        f"| **all rollout windows** | | | | {aw['requests']} | {_f(aw['p50_ms'])} | {_f(aw['p99_ms'])} | {_f(aw['max_ms'])} | "
-        f"{_f(aw['p99_ratio'])} | {aw['perf_analyzer_failed_requests']} | {aw['triton_failures']} | |",
+        f"| **all rollout windows** | | | | | {aw['requests']} | {_f(aw['p50_ms'])} | {_f(aw['p99_ms'])} | {_f(aw['max_ms'])} | "
+        f"{_f(aw['p99_ratio'])} | | {aw['perf_analyzer_failed_requests']} | {aw['triton_failures']} | | |",
         "",
     ]
     errs = [x for x in r["rollouts"] if x.get("error")]
@@ -739,7 +807,7 @@ def render_md(r: dict[str, Any]) -> str:
         L += ["The rollouts' errors (RolloutError: the version was not served, the old one still is):", ""]
         L += [f"- {x['step']}: `{_first_line(x['error'])}`" for x in errs]
         L.append("")
-    pa_errors = [(s["name"], e) for s in wu["segments"] + st["segments"] + ph["segments"] for e in (s["errors"] or [])]
+    pa_errors = [(s["name"], e) for s in wu["segments"] + st["segments"] + sa["segments"] + ph["segments"] for e in (s["errors"] or [])]
     if pa_errors:
         L += ["perf_analyzer's failed requests (it aborts the run at the first one per thread):", ""]
         L += [f"- {name}: `{e[:300]}`" for name, e in pa_errors]
@@ -755,7 +823,7 @@ def render_md(r: dict[str, Any]) -> str:
         "",
         *[f"- {s['name']}: {s['requests']} requests (+{s['warmup']} warm-up), {s['outcome']}, {s['measured']} measured, {s['seconds']} s"
           + (f", {s['throughput']}/s" if s["throughput"] else "")
-          for s in wu["segments"] + st["segments"] + ph["segments"]],  # fmt: skip
+          for s in wu["segments"] + st["segments"] + sa["segments"] + ph["segments"]],  # fmt: skip
         "",
     ]
     if r["server"]["supervisor_log"]:

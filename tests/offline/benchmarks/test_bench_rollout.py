@@ -33,7 +33,7 @@ def test_bench_rollout_smoke_writes_its_report(tiny_build, tmp_path: Path) -> No
     assert _number(r["update"]["seconds"]) and _number(r["update_to_serving_s"]) and _number(r["first_rollout_s"])
 
     # every phase measured, with both failure counts
-    for phase in ("warmup", "steady", "rollout_phase"):
+    for phase in ("warmup", "steady", "steady_after", "rollout_phase"):
         p = r[phase]
         assert p["requests"] > 0 and _number(p["p50_ms"]) and _number(p["p99_ms"]) and _number(p["throughput"]), phase
         assert _number(p["triton"]["success"]) and _number(p["triton"]["failures"]) and _number(p["perf_analyzer_failed_requests"]), phase
@@ -47,10 +47,15 @@ def test_bench_rollout_smoke_writes_its_report(tiny_build, tmp_path: Path) -> No
     assert "was not served" in steps[1]["error"]
     for s in steps:
         assert s["end_wall_ns"] > s["start_wall_ns"] and s["end_mono"] > s["start_mono"]
-        assert s["requests"] > 0 and _number(s["p99_ms"]) and _number(s["p99_ratio"])
+        assert s["window_end_mono"] >= s["end_mono"] and _number(s["lost_to_aborts"]) and "during_call" in s
+        # latencies are there unless every perf_analyzer run of the window aborted (its latencies are lost; counted)
+        assert (s["requests"] > 0 and _number(s["p99_ms"]) and _number(s["p99_ratio"])) or s["lost_to_aborts"] > 0
         assert _number(s["triton"]["failures"]) and _number(s["perf_analyzer_failed_requests"])
+        assert s["failed_requests"] == max(s["triton"]["failures"], s["perf_analyzer_failed_requests"])
     aw = r["all_rollout_windows"]
-    assert aw["requests"] >= sum(s["requests"] for s in steps) and _number(aw["p99_ratio"]) and _number(aw["triton_failures"])
+    assert aw["requests"] == sum(s["requests"] for s in steps) > 0 and _number(aw["p99_ratio"]) and _number(aw["triton_failures"])
+    assert 0 < r["rollout_phase"]["perf_analyzer_running_share"] <= 1
+    assert _number(r["rollout_phase"]["outside_windows"]["failures"]) and _number(aw["triton_success"])
 
     # targets, machine, the commands that rerun it
     assert len(r["targets"]) == 2 * len(steps) + 2 and all(isinstance(t["met"], bool) for t in r["targets"])
