@@ -16,6 +16,7 @@ BENCHMARKS = {
     "serving": "perf_analyzer over gRPC against the served build -> docs/benchmarks (serving.md, summary.json, plots)",
     "index": "exact vs approximate retrieval at 10k/100k/1M items -> docs/benchmarks (index.md, index.json, plot)",
     "stores": "SQLite vs Redis state store through the served gRPC API -> docs/benchmarks (state_stores.md/.json)",
+    "rollout": "update, rollout, rollback and a failing rollout under perf_analyzer load -> docs/benchmarks (rollout.md/.json)",
     "gpu": "the prepared GPU check (H100/H200): GPU repository, 1M-item catalog, path check, recommend sweep",
     "jitter": "the machine's own slow bursts, sampled for a while and printed",
     "perf-analyzer": "fetch and verify perf_analyzer 2.60.0 and print the command prefix that runs it here",
@@ -29,7 +30,7 @@ test that `freshrec bench [options]` used to run is `freshrec bench serving [opt
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Registers `bench` and its benchmarks on the main CLI's subparsers."""
     p = subparsers.add_parser(
-        "bench", help="benchmarks: serving (perf_analyzer), index, stores, gpu, jitter, perf-analyzer",
+        "bench", help="benchmarks: serving (perf_analyzer), index, stores, rollout, gpu, jitter, perf-analyzer",
         description="Benchmarks of the served system and its parts, and the tools they use.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -61,6 +62,24 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     s.add_argument("--calls", type=int, default=200)
     s.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     s.set_defaults(func=_stores)
+
+    s = what.add_parser("rollout", help=BENCHMARKS["rollout"],
+                        description="Failed requests and latency of recommend while versions are rolled out, rolled back and a "
+                                    "broken one refused, and the update's time to serving "
+                                    "(freshrec.offline.benchmarks.rollout says what each step does).")  # fmt: skip
+    s.add_argument("--build", type=Path, default=Path("build"), help="a `freshrec build` output (state.db, build.json)")
+    s.add_argument("--repository", type=Path, help="the served repository (default: the build's embedded one)")
+    s.add_argument("--work", type=Path, default=Path("build/bench/rollout"), help="private copies, inputs, perf_analyzer's logs (kept)")
+    s.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="where rollout.md and rollout.json go")
+    s.add_argument("--concurrency", type=int, default=4)
+    s.add_argument("--smoke", action="store_true", help="small counts, one rollout and the failing one (the test)")
+    s.add_argument("--requests", type=int, help="steady-state requests (default 3000; smoke 200)")
+    s.add_argument("--run-seconds", type=float, help="each perf_analyzer run under rollouts lasts about this long (default 5; smoke 3): "
+                   "perf_analyzer aborts a run at its first failed request, losing the run's latencies")
+    s.add_argument("--gap", type=float, help="seconds between rollout steps (default 5; smoke 1)")
+    s.add_argument("--epochs", type=int, help="the update's fine-tuning passes (default 3; smoke 1)")
+    s.add_argument("--tolerance", type=float, default=0.01, help="the update's gate tolerance (the update's default)")
+    s.set_defaults(func=_rollout)
 
     s = what.add_parser("gpu", help=BENCHMARKS["gpu"],
                         description="The prepared GPU check: one script, under 10 minutes on one H100/H200 host "
@@ -162,6 +181,21 @@ def _stores(a: argparse.Namespace) -> int:
 
     run(a.build, a.repository, a.calls, a.out)
     return 0
+
+
+def _rollout(a: argparse.Namespace) -> int:
+    from freshrec.offline.benchmarks.perf_analyzer import PerfAnalyzerUnavailable
+    from freshrec.offline.benchmarks.rollout import RolloutBenchOptions, main_print, run
+
+    opts = RolloutBenchOptions(build=a.build, repository=a.repository, work=a.work, out=a.out, concurrency=a.concurrency, smoke=a.smoke,
+                               requests=a.requests, run_s=a.run_seconds, gap_s=a.gap, epochs=a.epochs, tolerance=a.tolerance)  # fmt: skip
+    try:
+        report = run(opts)
+    except PerfAnalyzerUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    main_print(report)
+    return 0 if report["as_expected"] else 1
 
 
 def _gpu(a: argparse.Namespace) -> int:
