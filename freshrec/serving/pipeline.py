@@ -155,7 +155,7 @@ class Recommender:
             if contents.shape[1] != self.content.dim:  # items stored without content vectors
                 contents = np.zeros((len(block.item_ids), self.content.dim), np.float32)
             vectors = block.vectors
-            missing = np.flatnonzero(block.missing) if block.missing is not None else np.zeros(0, np.int64)
+            missing = np.flatnonzero(block.missing)
             if len(missing) and vectors.shape[1] != self.index.dim:
                 vectors = np.zeros((len(block.item_ids), self.index.dim), np.float32)
             self.index.apply_vectors(block.item_ids, vectors)
@@ -447,12 +447,8 @@ class Recommender:
         return self.engine.run("text_encoder", {"input_ids": self.xp.asarray(ids), "attention_mask": self.xp.asarray(mask)})
 
     def _embed(self, texts: Sequence[str], id_indices: Sequence[int]):
-        """Texts -> (N, D) item vectors and (N, Ec) content vectors (one text encoder run)."""
-        vectors, contents, _ = self._embed_all(texts, id_indices)
-        return vectors, contents
-
-    def _embed_all(self, texts: Sequence[str], id_indices: Sequence[int]):
-        """`_embed` and the text embeddings (N, E) it started from (stored with the items)."""
+        """Texts -> (N, D) item vectors, (N, Ec) content vectors and the (N, E) text embeddings
+        they came from (stored with the items), one text encoder run."""
         xp = self.xp
         out = self._encode(texts)
         id_index = xp.asarray(self.known_rows(id_indices)[:, None])
@@ -493,7 +489,7 @@ class Recommender:
         known = self.store.item_id_indices(item_ids)
         id_indices = [known.get(i, 0) for i in item_ids]
         with self.stats.stage("embed"):
-            vectors, contents, embeddings = self._embed_all(texts, id_indices)
+            vectors, contents, embeddings = self._embed(texts, id_indices)
             self.refresh_index()  # the neighbours a new item's vector is drawn from
             vectors = self._new_item_vectors(vectors, contents, self.known_rows(id_indices) == 0, set(item_ids))
         xp = self.xp

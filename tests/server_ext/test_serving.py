@@ -42,7 +42,7 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, 
     assert upsert(client, [f"engine-{engine}"], [text]) == 1
     stored = {it.item_id: it for it in ref.store.items_since(0)[0]}[f"engine-{engine}"]
     ref.refresh_index()
-    vectors, contents = ref._embed([text], [0])
+    vectors, contents, _ = ref._embed([text], [0])
     expected = ref._new_item_vectors(vectors, contents, np.array([True]), {f"engine-{engine}"})
     np.testing.assert_allclose(stored.vector, ref.xp.numpy(expected)[0], atol=2e-4)
     np.testing.assert_allclose(stored.content, ref.xp.numpy(contents)[0], atol=2e-4)

@@ -61,6 +61,16 @@ def _loo_tables(section: dict) -> list[str]:
     return lines
 
 
+def _save(fig, path: Path, made: list[str]) -> None:
+    """Lays out, writes and closes one figure; notes its file name in `made`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path.name)
+
+
 def _plots(s: dict, out: Path) -> list[str]:
     import matplotlib
 
@@ -75,10 +85,7 @@ def _plots(s: dict, out: Path) -> list[str]:
         ax.barh([NAMES.get(k, k) for k in keys], [rows[k]["ndcg@10"]["mean"] for k in keys], xerr=[rows[k]["ndcg@10"]["std"] for k in keys], color="#4c72b0")
         ax.set_xlabel("NDCG@10 (test, full ranking, seen masked)")
         ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out / "loo_ndcg10.png", dpi=110)
-        plt.close(fig)
-        made.append("loo_ndcg10.png")
+        _save(fig, out / "loo_ndcg10.png", made)
     rp = s.get("replay")
     if rp:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -91,10 +98,7 @@ def _plots(s: dict, out: Path) -> list[str]:
             ax.set_ylabel(f"windowed {metric}")
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "replay_windows.png", dpi=110)
-        plt.close(fig)
-        made.append("replay_windows.png")
+        _save(fig, out / "replay_windows.png", made)
     up = s.get("updates")
     if up:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -109,10 +113,7 @@ def _plots(s: dict, out: Path) -> list[str]:
         ax.set_ylabel(f"windowed NDCG@10 (mean of {len(up['seeds'])} seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "updates_windows.png", dpi=110)
-        plt.close(fig)
-        made.append("updates_windows.png")
+        _save(fig, out / "updates_windows.png", made)
     rs = s.get("responsiveness")
     if rs and any("shift" in m for m in rs["models"].values()):
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -126,10 +127,7 @@ def _plots(s: dict, out: Path) -> list[str]:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "responsiveness_shift.png", dpi=110)
-        plt.close(fig)
-        made.append("responsiveness_shift.png")
+        _save(fig, out / "responsiveness_shift.png", made)
     return made
 
 
