@@ -165,7 +165,8 @@ def _cmd_update(args) -> int:
     from freshrec.lifecycle.update import NothingToLearn, UpdateOptions, describe, flavour_dirs, update
 
     opts = UpdateOptions(repository=Path(args.repository), state=args.state, parent=args.parent, epochs=args.epochs,
-                         budget_s=args.budget, holdout=args.holdout, tolerance=args.tolerance, min_events=args.min_events)  # fmt: skip
+                         rerank_epochs=args.rerank_epochs, budget_s=args.budget, holdout=args.holdout, tolerance=args.tolerance,
+                         min_events=args.min_events)  # fmt: skip
     triton = _triton(args) if args.rollout else None
     while True:
         t0 = time.time()
@@ -302,11 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default="model_repository", help="repository root (every flavour is updated) or one flavour")
     s.add_argument("--state", help="state store URL (default: the one in the served version's settings)")
     s.add_argument("--parent", type=int, help="version to fine-tune (default: the one recommend serves)")
-    s.add_argument("--epochs", type=int, default=3)
+    from freshrec.config import UpdateOptions
+
+    d = UpdateOptions()
+    s.add_argument("--epochs", type=int, default=d.epochs, help="passes of the towers over the new events (default %(default)s)")
+    s.add_argument("--rerank-epochs", type=int, default=d.rerank_epochs,
+                   help="passes of the reranker after the towers; 0 keeps the served reranker (default %(default)s)")
     s.add_argument("--budget", type=_duration, help="time budget of the fine-tuning, e.g. 5m")
-    s.add_argument("--holdout", type=float, default=0.2, help="newest share of the new events held out for the gate")
-    s.add_argument("--tolerance", type=float, default=0.01, help="how far below the served version's NDCG@10 still passes")
-    s.add_argument("--min-events", type=int, default=20, help="fewer new events than this: no update")
+    s.add_argument("--holdout", type=float, default=d.holdout, help="newest share of the new events held out for the gate")
+    s.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help="share below the served version's NDCG@10 that still passes (default %(default)s: 5%%)")
+    s.add_argument("--min-events", type=int, default=d.min_events, help="fewer new events than this: no update")
     s.add_argument("--every", type=_duration, help="run again at this interval (e.g. 1d), forever")
     s.add_argument("--rollout", action="store_true", help="serve each version that passes on the server at --url")
     s.add_argument("--served-repository", help="the flavour folder the server runs (default: the repository's first flavour)")

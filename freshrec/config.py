@@ -298,3 +298,22 @@ DEPLOY_ENV = {
     "index_cache": "FRESHREC_INDEX_CACHE",
     "threads": "FRESHREC_THREADS",
 }
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """`freshrec update` (freshrec/lifecycle/update.py): what it reads, how it fine-tunes, its gate."""
+
+    repository: Path = Path("model_repository")  # the root (one folder per flavour) or one flavour's folder
+    state: str | None = None  # state store URL; default: the one the parent version's settings name
+    parent: int | None = None  # the version to fine-tune; default: the one recommend serves (its pin)
+    epochs: int = 5  # tower passes over the targets
+    rerank_epochs: int = 2  # reranker passes after the towers (0: keep the parent's reranker)
+    budget_s: float | None = None  # stop fine-tuning after this many seconds (at a batch boundary)
+    lr: float | None = None  # towers; default: a tenth of the build's tower learning rate
+    rerank_lr: float | None = None  # default: 0.3x the build's reranker learning rate
+    holdout: float = 0.2  # newest share of the new window held out for the gate
+    rehearsal: float = 3.0  # older events replayed per new training target
+    tolerance: float = 0.05  # the candidate may be this share below the parent's NDCG@10 and pass
+    min_events: int = 20  # fewer new events than this: nothing to learn, no new version
+    seed: int = 0

@@ -9,10 +9,13 @@ checked by a gate, and written as the next version of the model repository.
 2. **Id rows**: items with a new-window event and no learned id row get one; the item tower's id
    table grows (old rows kept, new rows start at zero like the build's).
 3. **Fine-tuning**: both towers warm-started from the parent's checkpoints, full softmax over the
-   catalog, `epochs` passes or `budget_s` seconds; the reranker is kept.
+   catalog, `epochs` passes at a tenth of the build's rate; then the reranker, warm-started too,
+   `rerank_epochs` passes over the same targets with the new towers' candidates (their top C-1
+   and the target, as the build trains it), so that it learns the item vectors the towers moved.
+   `budget_s` bounds both stages.
 4. **Gate**: parent and candidate rank the held-out events (full catalog, seen items masked,
    retrieval + reranker as served); the candidate passes when its NDCG@10 is at least the
-   parent's minus `tolerance`. A refused candidate's card goes to `recommend/rejected/`.
+   parent's times (1 - `tolerance`). A refused candidate's card goes to `recommend/rejected/`.
 5. **Version N+1** (a passed candidate): graphs exported and checked against PyTorch (unchanged
    models hard-linked), checkpoints and card beside recommend's version folder, in every flavour;
    the new id rows assigned in the store, and the whole catalog's item vectors of the new
@@ -34,27 +37,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from freshrec.config import DeployConfig, ModelConfig
+from freshrec.config import DeployConfig, ModelConfig, UpdateOptions
 from freshrec.contract import ONNX_FILE
 from freshrec.models.features import event_type_index
 from freshrec.models.towers import ItemTower
 from freshrec.training.metrics import rank_metrics
-from freshrec.training.train import Catalog, Sequence, clone_state, history_inputs, log, make_sequence, pad_batch, rank_users
-
-
-@dataclass(frozen=True)
-class UpdateOptions:
-    repository: Path = Path("model_repository")  # the root (one folder per flavour) or one flavour's folder
-    state: str | None = None  # state store URL; default: the one the parent version's settings name
-    parent: int | None = None  # the version to fine-tune; default: the one recommend serves (its pin)
-    epochs: int = 3
-    budget_s: float | None = None  # stop fine-tuning after this many seconds (at a batch boundary)
-    lr: float | None = None  # default: a third of the build's tower learning rate
-    holdout: float = 0.2  # newest share of the new window held out for the gate
-    rehearsal: float = 1.0  # older events replayed per new training target
-    tolerance: float = 0.01  # the candidate may be this much below the parent's NDCG@10 and pass
-    min_events: int = 20  # fewer new events than this: nothing to learn, no new version
-    seed: int = 0
+from freshrec.training.train import (
+    Catalog, Sequence, all_item_vectors, clone_state, history_inputs, log, make_sequence, pad_batch, rank_users, rerank_candidates,
+    reranker_epoch,
+)  # fmt: skip
 
 
 class NothingToLearn(Exception):
@@ -171,6 +162,25 @@ def finetune_towers(cfg, item_tower, user_tower, catalog: Catalog, seqs: list[Se
     return {"epochs": history, "steps": steps, "seconds": round(time.time() - t0, 1), "lr": lr}
 
 
+def finetune_reranker(cfg, reranker, item_tower, user_tower, catalog: Catalog, seqs: list[Sequence], targets: list[tuple[int, int]],
+                       epochs: int, lr: float, budget_s: float | None, rng: np.random.Generator) -> dict:  # fmt: skip
+    """The build's reranker objective over `targets`, candidates from the (fine-tuned) towers."""
+    opt = torch.optim.AdamW(reranker.parameters(), lr=lr, weight_decay=cfg.train.weight_decay)
+    with torch.no_grad():
+        items = all_item_vectors(item_tower, catalog)
+    prefixes = [(seqs[s], p) for s, p in targets]
+    t0, history = time.time(), []
+    for epoch in range(1, epochs + 1):
+        if budget_s is not None and time.time() - t0 > budget_s:
+            log(f"update: time budget reached; reranker kept after {epoch - 1} passes")
+            break
+        cands, labels = rerank_candidates(cfg, items, user_tower, prefixes, rng)
+        loss = reranker_epoch(cfg, reranker, opt, items, user_tower, prefixes, cands, labels, rng)
+        history.append({"epoch": epoch, "loss": loss})
+        log(f"update: reranker epoch {epoch}/{epochs} loss {loss:.4f} over {len(prefixes)} targets ({time.time() - t0:.1f}s)")
+    return {"epochs": history, "seconds": round(time.time() - t0, 1), "lr": lr}
+
+
 def gate_metrics(cfg, modules: dict, catalog: Catalog, seqs: list[Sequence], holdout: list[tuple[int, int]]) -> dict:
     """NDCG/HR@10 of retrieval and of retrieval + reranker on the held-out events."""
     hist = [Sequence(seqs[s].user_id, seqs[s].rows[:p], seqs[s].types[:p], seqs[s].features[:p]) for s, p in holdout]
@@ -228,22 +238,30 @@ def update(opts: UpdateOptions) -> dict:
         cand_catalog = dataclasses.replace(parent_catalog, id_index=cand_rows)
         user_tower = type(modules["user_tower"])(cfg.user)
         user_tower.load_state_dict(clone_state(modules["user_tower"]))
-        cand = {**modules, "item_tower": item_tower, "user_tower": user_tower}
+        reranker = type(modules["reranker"])(cfg.reranker)
+        reranker.load_state_dict(clone_state(modules["reranker"]))
+        cand = {**modules, "item_tower": item_tower, "user_tower": user_tower, "reranker": reranker}
 
         rng = np.random.default_rng(opts.seed)
         torch.manual_seed(opts.seed)
         n_old = min(len(w.rehearse), int(round(opts.rehearsal * len(w.train))))
         old = [w.rehearse[j] for j in rng.choice(len(w.rehearse), n_old, replace=False)] if n_old else []
-        lr = opts.lr if opts.lr is not None else cfg.train.lr / 3
+        lr = opts.lr if opts.lr is not None else cfg.train.lr / 10
         training = finetune_towers(cand_cfg, item_tower, user_tower, cand_catalog, w.seqs, w.train + old, opts.epochs, lr, opts.budget_s, rng)
         training.update(new_targets=len(w.train), rehearsed=len(old), new_id_rows=len(assigned))
+        if opts.rerank_epochs > 0:
+            left = None if opts.budget_s is None else max(0.0, opts.budget_s - training["seconds"])
+            rlr = opts.rerank_lr if opts.rerank_lr is not None else cfg.train.rerank_lr * 0.3
+            training["reranker"] = finetune_reranker(cand_cfg, reranker, item_tower, user_tower, cand_catalog, w.seqs, w.train + old,
+                                                     opts.rerank_epochs, rlr, left, rng)  # fmt: skip
+        changed = {"item_tower", "user_tower"} | ({"reranker"} if training.get("reranker", {}).get("epochs") else set())
 
         with torch.no_grad():
             before = gate_metrics(cfg, modules, parent_catalog, w.seqs, w.holdout)
             after = gate_metrics(cand_cfg, cand, cand_catalog, w.seqs, w.holdout)
-        passed = after["ndcg10"] >= before["ndcg10"] - opts.tolerance
+        passed = after["ndcg10"] >= before["ndcg10"] * (1 - opts.tolerance)
         log(f"update: gate on {len(w.holdout)} held-out events: NDCG@10 {before['ndcg10']:.4f} (version {parent}) -> "
-            f"{after['ndcg10']:.4f} (candidate); tolerance {opts.tolerance}: {'passed' if passed else 'REFUSED'}")  # fmt: skip
+            f"{after['ndcg10']:.4f} (candidate); tolerance {opts.tolerance:.0%}: {'passed' if passed else 'REFUSED'}")  # fmt: skip
         card = {
             "version": version, "parent": parent, "created": time.time(), "kind": "update",
             "data": {"state": state.split("@")[-1], "cutoff_seq": w.cutoff_seq, "from_seq": cutoff, "events": w.n_new,
@@ -252,7 +270,7 @@ def update(opts: UpdateOptions) -> dict:
             "id_rows": int(cand_cfg.item.id_vocab),
             "training": training,
             "gate": {"metric": "NDCG@10 (retrieval + reranker) on the newest held-out events", "parent": before, "candidate": after,
-                     "tolerance": opts.tolerance, "passed": bool(passed)},
+                     "tolerance": opts.tolerance, "tolerance_kind": "relative", "passed": bool(passed)},
         }  # fmt: skip
         if not passed:
             card["seconds"] = round(time.time() - t_start, 1)
@@ -262,7 +280,7 @@ def update(opts: UpdateOptions) -> dict:
 
         # -- version N+1 (removed again if anything below fails: no version without its card) --
         try:
-            card = _write_version(store, repos, parent, version, card, cand, cand_cfg, minilm, assigned)
+            card = _write_version(store, repos, parent, version, card, cand, cand_cfg, minilm, assigned, changed)
         except BaseException:
             for r in repos:
                 remove_version(r, version)
@@ -279,7 +297,7 @@ def update(opts: UpdateOptions) -> dict:
 
 
 def _write_version(store, repos: list[Path], parent: int, version: int, card: dict, cand: dict, cand_cfg: ModelConfig, minilm: Path,
-                   assigned: dict[str, int]) -> dict:  # fmt: skip
+                   assigned: dict[str, int], changed: set[str]) -> dict:  # fmt: skip
     """Graphs, settings and checkpoints of `version` in every flavour, its id rows and vectors in the store."""
     from freshrec.contract import BY_NAME, ONNX_MODELS, Sizes
     from freshrec.export.onnx_export import check_parity, export_onnx
@@ -288,7 +306,6 @@ def _write_version(store, repos: list[Path], parent: int, version: int, card: di
 
     main = repos[0]
     sizes = Sizes.of(cand_cfg)
-    changed = {"item_tower", "user_tower"}
     item_tower, user_tower = cand["item_tower"], cand["user_tower"]
     with tempfile.TemporaryDirectory(prefix="freshrec-update-") as tmp:
         files, parity = {}, {}

@@ -227,8 +227,6 @@ def clone_state(m: torch.nn.Module) -> dict:
 @torch.no_grad()
 def rerank_samples(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, train: list[Sequence], rng) -> tuple[list, np.ndarray, np.ndarray]:
     """(sequence, end) prefixes with retrieved candidates; the target is put among them."""
-    L, C = cfg.user.max_history, cfg.reranker.num_candidates
-    items = all_item_vectors(item_tower, catalog)
     prefixes = []
     for s in train:
         n = len(s.rows)
@@ -236,6 +234,14 @@ def rerank_samples(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
             continue
         ends = {n - 1} | set(rng.integers(1, n, size=cfg.train.rerank_positions - 1).tolist())
         prefixes += [(s, e) for e in sorted(ends)]
+    return prefixes, *rerank_candidates(cfg, all_item_vectors(item_tower, catalog), user_tower, prefixes, rng)
+
+
+@torch.no_grad()
+def rerank_candidates(cfg: ModelConfig, items: torch.Tensor, user_tower, prefixes: list[tuple[Sequence, int]], rng) -> tuple[np.ndarray, np.ndarray]:
+    """For each (sequence, end) prefix: the towers' top C-1 items (seen ones and the target
+    excluded) with the target put at a random position -> (candidates (N, C), target positions)."""
+    L, C = cfg.user.max_history, cfg.reranker.num_candidates
     cands, labels = np.zeros((len(prefixes), C), np.int64), np.zeros(len(prefixes), np.int64)
     for i in range(0, len(prefixes), 512):
         chunk = prefixes[i : i + 512]
@@ -249,7 +255,30 @@ def rerank_samples(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, t
             pos = rng.integers(0, C)
             row = np.insert(top[b], pos, s.rows[e])
             cands[i + b], labels[i + b] = row, pos
-    return prefixes, cands, labels
+    return cands, labels
+
+
+def reranker_epoch(cfg: ModelConfig, reranker: Reranker, opt, items: torch.Tensor, user_tower, prefixes: list, cands: np.ndarray,
+                   labels: np.ndarray, rng) -> float:  # fmt: skip
+    """One pass of the reranker's objective (softmax over the candidates) -> mean loss."""
+    reranker.train()
+    total, order = 0.0, rng.permutation(len(prefixes))
+    bs = max(1, cfg.train.batch_size // 2)
+    for i in range(0, len(order), bs):
+        idx = order[i : i + bs]
+        batch = pad_batch([prefixes[j][0] for j in idx], [prefixes[j][1] for j in idx], cfg.reranker.max_history)
+        c = torch.from_numpy(cands[idx])
+        scores = reranker(
+            **history_inputs(batch, items), candidate_vectors=items[c], candidate_mask=torch.ones_like(c, dtype=torch.bool),
+            candidate_scores=candidate_scores(user_tower, items, batch, c),
+        )  # fmt: skip
+        loss = F.cross_entropy(scores, torch.from_numpy(labels[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+    reranker.eval()
+    return total / max(len(order), 1)
 
 
 @torch.no_grad()
@@ -261,34 +290,18 @@ def candidate_scores(user_tower, items: torch.Tensor, batch: dict[str, np.ndarra
 
 def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, train: list[Sequence], valid, rng) -> tuple[Reranker, dict]:
     tc = cfg.train
-    L = cfg.reranker.max_history
     reranker = Reranker(cfg.reranker)
     opt = torch.optim.AdamW(reranker.parameters(), lr=tc.rerank_lr, weight_decay=tc.weight_decay)
     with torch.no_grad():
         items = all_item_vectors(item_tower, catalog)
     best, best_state, best_epoch, history = -1.0, None, 0, []
     for epoch in range(1, tc.rerank_epochs + 1):
+        t0 = time.time()
         prefixes, cands, labels = rerank_samples(cfg, item_tower, user_tower, catalog, train, rng)
-        reranker.train()
-        t0, total = time.time(), 0.0
-        order = rng.permutation(len(prefixes))
-        bs = max(1, tc.batch_size // 2)
-        for i in range(0, len(order), bs):
-            idx = order[i : i + bs]
-            batch = pad_batch([prefixes[j][0] for j in idx], [prefixes[j][1] for j in idx], L)
-            c = torch.from_numpy(cands[idx])
-            scores = reranker(
-                **history_inputs(batch, items), candidate_vectors=items[c], candidate_mask=torch.ones_like(c, dtype=torch.bool),
-                candidate_scores=candidate_scores(user_tower, items, batch, c),
-            )  # fmt: skip
-            loss = F.cross_entropy(scores, torch.from_numpy(labels[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+        loss = reranker_epoch(cfg, reranker, opt, items, user_tower, prefixes, cands, labels, rng)
         metrics = evaluate(cfg, item_tower, user_tower, reranker, catalog, *valid, ks=(10,))
-        history.append({"epoch": epoch, "loss": total / len(order), **metrics})
-        log(f"reranker epoch {epoch}/{tc.rerank_epochs} loss {total / len(order):.4f} "
+        history.append({"epoch": epoch, "loss": loss, **metrics})
+        log(f"reranker epoch {epoch}/{tc.rerank_epochs} loss {loss:.4f} "
             f"valid HR@10 {metrics['rerank_10']['hr']:.4f} NDCG@10 {metrics['rerank_10']['ndcg']:.4f} ({time.time() - t0:.1f}s)")
         if metrics["rerank_10"]["ndcg"] > best:
             best, best_state, best_epoch = metrics["rerank_10"]["ndcg"], clone_state(reranker), epoch

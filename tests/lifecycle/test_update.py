@@ -29,8 +29,9 @@ def test_update_writes_the_next_version_with_its_card(updated):
     assert read_settings(repo, 2)["deploy"]["version"] == 2
     # the unchanged graphs are their parent's files (hard links), the fine-tuned ones new
     same = lambda m: (repo / m / "2" / "model.onnx").stat().st_ino == (repo / m / "1" / "model.onnx").stat().st_ino  # noqa: E731
-    assert same("text_encoder") and same("reranker") and not same("user_tower") and not same("item_tower")
-    assert set(card["export"]) == {"item_tower", "user_tower"}
+    assert same("text_encoder") and not same("reranker") and not same("user_tower") and not same("item_tower")
+    assert set(card["export"]) == {"item_tower", "user_tower", "reranker"}
+    assert [e["epoch"] for e in card["training"]["reranker"]["epochs"]] == [1, 2]  # after the towers
 
 
 def test_an_item_added_after_the_build_gets_a_learned_row(updated):
@@ -88,9 +89,12 @@ def test_update_command_pins_a_passed_version(lifecycle_root, copy_of, capsys):
     from freshrec.cli import main
 
     own = copy_of(lifecycle_root)
-    rc = main(["update", "--repository", str(own["repo"]), "--state", own["url"], "--tolerance", "1", "--epochs", "1", "--pin"])
+    rc = main(["update", "--repository", str(own["repo"]), "--state", own["url"], "--tolerance", "1", "--epochs", "1",
+               "--rerank-epochs", "0", "--pin"])  # fmt: skip
     assert rc == 0
     assert versions(own["repo"]) == [1, 2] and served_versions(own["repo"]) == [2]
+    reranker = [own["repo"] / "reranker" / v / "model.onnx" for v in ("1", "2")]
+    assert reranker[0].stat().st_ino == reranker[1].stat().st_ino  # --rerank-epochs 0: the served reranker, hard-linked
     assert all(served_versions(own["repo"], m) == [2] for m in ("ingest_events", "upsert_items", "user_tower", "item_tower"))
     assert '"version": 2' in capsys.readouterr().out
     # a refused candidate: exit code 3, nothing pinned
