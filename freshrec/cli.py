@@ -18,11 +18,20 @@ def _cmd_fetch(args) -> int:
 
 
 def _model_config(args):
-    from freshrec.config import ModelConfig
+    import dataclasses
+
+    from freshrec.config import EventTypeConfig, ModelConfig
 
     if args.config:
-        return ModelConfig.load(Path(args.config))
-    return ModelConfig.tiny() if args.tiny else ModelConfig()
+        cfg = ModelConfig.load(Path(args.config))
+    else:
+        cfg = ModelConfig.tiny() if args.tiny else ModelConfig()
+    if getattr(args, "event_types", None):  # over the config's own aliases, a name given twice: the option wins
+        extra = EventTypeConfig.parse(args.event_types).aliases
+        names = {name for name, _ in extra}
+        aliases = tuple(a for a in cfg.events.aliases if a[0] not in names) + extra
+        cfg = dataclasses.replace(cfg, events=EventTypeConfig(aliases))
+    return cfg
 
 
 def _cmd_build(args) -> int:
@@ -248,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default="model_repository", help="model repository root (one folder per flavour)")
     s.add_argument("--events", help="your events file (CSV/Parquet); MovieLens-100K when absent")
     s.add_argument("--items", help="your items file (CSV/Parquet)")
+    s.add_argument("--event-types", metavar="NAME=TYPE[,...]",
+                   help="your event type names mapped onto the built-in types (view, click, rate, like, add_to_cart, purchase, "
+                        "dislike, skip), which carry their meaning: e.g. return=dislike,stars=rate; saved with the build, so the "
+                        "served ingest accepts them too")
     s.add_argument("--config", help="model config JSON (e.g. written by `freshrec tune`)")
     s.add_argument("--tiny", action="store_true", help="tiny models (seconds; for tests and smoke runs)")
     s.add_argument("--max-users", type=int, help="keep only the first N users")

@@ -6,6 +6,7 @@ Every model config has a `tiny()` used by tests so the CPU suite runs in minutes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,17 @@ from typing import Any, Mapping
 # Event types the towers know. A fixed vocabulary keeps the exported graphs static; index 0 is
 # reserved for padding so a padded history position never looks like a real event.
 EVENT_TYPES: tuple[str, ...] = ("<pad>", "view", "click", "rate", "like", "add_to_cart", "purchase", "dislike", "skip")
+# Common names of event types in users' data and the built-in type each one means, so that files
+# using them load without a mapping (e.g. RetailRocket's view/addtocart/transaction). A name that
+# is neither built in nor here is refused until the build maps it (EventTypeConfig.aliases).
+DEFAULT_EVENT_ALIASES: dict[str, str] = {
+    "rating": "rate", "rated": "rate", "review": "rate",
+    "page_view": "view", "pageview": "view", "detail_view": "view",
+    "addtocart": "add_to_cart", "add-to-cart": "add_to_cart", "cart": "add_to_cart",
+    "transaction": "purchase", "buy": "purchase", "order": "purchase", "checkout": "purchase",
+    "favorite": "like", "favourite": "like", "thumbs_up": "like",
+    "thumbs_down": "dislike", "hide": "dislike", "not_interested": "dislike",
+}  # fmt: skip
 EVENT_FEATURES = 2  # per-event numeric features: log time gap to the previous event, normalised value
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding size
@@ -122,6 +134,65 @@ class ContentConfig:
 
 
 @dataclass(frozen=True)
+class EventTypeConfig:
+    """How the event type names of a dataset map onto the built-in types (EVENT_TYPES).
+
+    The towers embed a fixed vocabulary (the exported graphs stay static), and each built-in type
+    carries its meaning: positive (view, click, like, add_to_cart, purchase), negative (dislike,
+    skip) or a rating whose value decides (rate: 1..5 stars, 3 neutral; CONTENT_EVENT_WEIGHTS).
+    A name in the data is a built-in type, one of DEFAULT_EVENT_ALIASES, or one of `aliases`;
+    anything else is refused, by the build's loader and by the served ingest, with the known names.
+    Saved with the model config, so the served ingest accepts the names the build accepted; events
+    are stored under the built-in name.
+    """
+
+    # (name in the data, built-in type) pairs over DEFAULT_EVENT_ALIASES: `freshrec build
+    # --event-types return=dislike,stars=rate`. Mapping to a type picks its meaning.
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        pairs = tuple((str(a), str(b)) for a, b in self.aliases)  # JSON gives lists
+        object.__setattr__(self, "aliases", pairs)
+        for name, target in pairs:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"event type alias {name!r}: names must be non-empty, without surrounding spaces")
+            if target not in EVENT_TYPES[1:]:
+                raise ValueError(f"event type alias {name}={target}: {target!r} is not a built-in type {list(EVENT_TYPES[1:])}")
+            if name in EVENT_TYPES[1:] and name != target:
+                raise ValueError(f"event type alias {name}={target}: {name!r} is itself a built-in type")
+
+    @classmethod
+    def parse(cls, spec: str) -> "EventTypeConfig":
+        """From "name=type,name=type" (the `--event-types` option)."""
+        pairs = []
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            name, eq, target = part.partition("=")
+            if not eq:
+                raise ValueError(f"--event-types: expected NAME=TYPE, got {part!r}")
+            pairs.append((name.strip(), target.strip()))
+        return cls(tuple(pairs))
+
+    @functools.cached_property
+    def mapping(self) -> dict[str, str]:
+        """Every accepted name -> its built-in type (computed once: ingest looks up every event)."""
+        return {**{t: t for t in EVENT_TYPES[1:]}, **DEFAULT_EVENT_ALIASES, **dict(self.aliases)}
+
+    def unknown_message(self, name: str) -> str:
+        return (f"unknown event_type {name[:64]!r}; known types: {', '.join(EVENT_TYPES[1:])} "
+                f"(also accepted: {', '.join(sorted(set(self.mapping) - set(EVENT_TYPES)))}); "
+                "map other names at build time with --event-types NAME=TYPE")  # fmt: skip
+
+    def canonical(self, name: str) -> str:
+        """The built-in type `name` means; ValueError naming the known types if none."""
+        try:
+            return self.mapping[name]
+        except KeyError:
+            raise ValueError(self.unknown_message(name)) from None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
     retrieval_epochs: int = 30
@@ -149,6 +220,7 @@ class ModelConfig:
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    events: EventTypeConfig = field(default_factory=EventTypeConfig)
 
     @classmethod
     def tiny(cls) -> "ModelConfig":
@@ -172,6 +244,8 @@ class ModelConfig:
         d = self.to_dict()
         d.pop("content")
         d["text"].pop("content_dim")
+        if not self.events.aliases:  # as configs from before the field: evaluation results stay comparable
+            d.pop("events")
         return d
 
     @classmethod
@@ -183,6 +257,7 @@ class ModelConfig:
             reranker=RerankerConfig(**d.get("reranker", {})),
             train=TrainConfig(**d.get("train", {})),
             content=ContentConfig(**d.get("content", {})),
+            events=EventTypeConfig(**d.get("events", {})),
         )
 
     def save(self, path: Path) -> None:

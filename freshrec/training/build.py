@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from freshrec.config import ModelConfig
+from freshrec.config import EventTypeConfig, ModelConfig
 from freshrec.models.checkpoints import save_models
 from freshrec.models.features import event_type_index
 from freshrec.models.text_encoder import ContentProjection
@@ -43,13 +43,15 @@ class BuildOptions:
     until: float | None = None  # keep only events before this unix time and the items they touch (replay's T0)
 
 
-def load_data(opts: BuildOptions) -> Dataset:
+def load_data(opts: BuildOptions, event_types: EventTypeConfig | None = None) -> Dataset:
+    """The build's dataset, every cell of own files checked (event types by `event_types`):
+    a bad file is refused here, before any model or embedding work."""
     from freshrec.training.data import load_dataset, load_movielens_100k
 
     if opts.events is not None:
         if opts.items is None:
             raise ValueError("--events needs --items: items need text to be embedded")
-        return load_dataset(opts.events, opts.items)
+        return load_dataset(opts.events, opts.items, event_types=event_types)
     return load_movielens_100k()
 
 
@@ -106,6 +108,9 @@ def prepare(ds: Dataset, cfg: ModelConfig) -> Prepared:
     from freshrec.assets import cache_root, minilm_dir
 
     split = temporal_leave_one_out(ds)
+    if not split.test:  # checked before the text embeddings: nothing to train or test on
+        raise ValueError(f"{ds.name or 'data'}: no user has 3 or more events; the leave-one-out split needs them "
+                         "(each such user's last event tests, the one before validates)")
     log(f"data: {len(set(ds.events.user_id.tolist()))} users, {len(ds.items)} items, {len(ds.events)} events; "
         f"train {split.n_train}, valid {len(split.valid)}, test {len(split.test)}")
     emb = text_embeddings(list(ds.items.text), minilm_dir(), cfg.text.max_tokens, cache_root() / "embeddings")
@@ -148,12 +153,13 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    ds = load_data(opts)
+    cfg = cfg or ModelConfig()
+    ds = load_data(opts, cfg.events)
     if opts.max_users:
         ds = subsample(ds, opts.max_users)
     if opts.until is not None:
         ds = before(ds, opts.until)
-    p = prepare(ds, cfg or ModelConfig())
+    p = prepare(ds, cfg)
     cfg, catalog, split, e = p.cfg, p.catalog, p.split, ds.events
     modules, logs = fit(p)
     item_tower, user_tower, reranker = modules["item_tower"], modules["user_tower"], modules["reranker"]

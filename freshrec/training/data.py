@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from freshrec import assets
+from freshrec.config import EventTypeConfig
 
 __all__ = [
     "DEFAULT_EVENT_TYPE",
@@ -225,7 +226,11 @@ def load_movielens_100k() -> Dataset:
 
 
 def _read_table(path: Path) -> dict[str, list[Any]]:
-    """Columns of a CSV (all str) or Parquet file (native Python values) as lists."""
+    """Columns of a CSV (all str) or Parquet file (native Python values) as lists.
+
+    A CSV row with fewer cells than the header has its missing trailing cells blank; one with more
+    is refused (usually an unquoted comma inside a cell).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() in (".parquet", ".pq"):
@@ -234,17 +239,21 @@ def _read_table(path: Path) -> dict[str, list[Any]]:
         except ImportError as e:
             raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or use CSV") from e
         table = pq.read_table(path)
-        return {name: table.column(name).to_pylist() for name in table.column_names}
+        return {name.strip(): table.column(name).to_pylist() for name in table.column_names}
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
             raise ValueError(f"{path}: empty file, expected a header row")
-        names = [n.strip() for n in reader.fieldnames]
-        cols: dict[str, list[Any]] = {n: [] for n in names}
-        for row in reader:
-            for raw_name, n in zip(reader.fieldnames, names):
-                cols[n].append(row.get(raw_name))
-    return cols
+        rows = [row for row in reader if row]  # blank lines carry no event
+    names, width = [n.strip() for n in header], len(header)
+    for r, row in enumerate(rows):  # one pass of len(): cheap next to parsing
+        if len(row) != width:
+            if len(row) > width:
+                raise ValueError(f"{path}: row {r + 1}: {len(row)} cells but the header has {width} (an unquoted comma?)")
+            rows[r] = row + [""] * (width - len(row))
+    columns = list(zip(*rows)) if rows else [()] * width
+    return {n: list(c) for n, c in zip(names, columns)}
 
 
 def _require(path: Path, cols: dict[str, list[Any]], names: Sequence[str], what: str) -> None:
@@ -293,46 +302,84 @@ def _parse_timestamp(v: Any) -> float:
     return dt.timestamp()
 
 
-def load_events_file(path: str | Path) -> Events:
+# Column-wise: each column is checked in one pass (numpy parses numbers in bulk; only a column that
+# fails is walked row by row to name its first bad cell), so a million-row file is validated in
+# seconds, before the build embeds anything (README, "Bring your own data").
+
+
+def _ids(path: Path, cols: dict[str, list[Any]], name: str) -> list[str]:
+    out = [v.strip() if isinstance(v, str) else "" if _blank(v) else str(v).strip() for v in cols[name]]
+    if "" in out:
+        r = out.index("")
+        raise _bad(path, r, name, cols[name][r], "empty")
+    return out
+
+
+def _timestamps(path: Path, col: list[Any]) -> np.ndarray:
+    try:
+        ts = np.array(col, dtype=np.float64)  # unix seconds, as numbers or numeric strings
+    except (ValueError, TypeError):
+        ts = np.empty(len(col), dtype=np.float64)
+        for r, v in enumerate(col):  # ISO-8601 strings, datetimes, or a bad cell to name
+            if _blank(v):
+                raise _bad(path, r, "timestamp", v, "empty") from None
+            try:
+                ts[r] = _parse_timestamp(v)
+            except (ValueError, TypeError, OverflowError):
+                raise _bad(path, r, "timestamp", v, "expected unix seconds or an ISO-8601 time") from None
+    bad = np.flatnonzero(~np.isfinite(ts))
+    if len(bad):
+        r = int(bad[0])
+        raise _bad(path, r, "timestamp", col[r], "empty" if _blank(col[r]) else "expected unix seconds or an ISO-8601 time")
+    return ts
+
+
+def _values(path: Path, col: list[Any]) -> np.ndarray:
+    cells = [math.nan if _blank(v) else v for v in col]
+    try:
+        return np.array(cells, dtype=np.float32)
+    except (ValueError, TypeError):
+        for r, v in enumerate(cells):
+            try:
+                float(v)
+            except (ValueError, TypeError):
+                raise _bad(path, r, "value", v, "expected a number") from None
+        raise
+
+
+def _event_types(path: Path, col: list[Any] | None, n: int, event_types: EventTypeConfig) -> list[str]:
+    """Each row's built-in type (EventTypeConfig): blank means DEFAULT_EVENT_TYPE; a name the
+    config does not know is refused with the row and the known names."""
+    if col is None:
+        return [DEFAULT_EVENT_TYPE] * n
+    names = [v.strip() if isinstance(v, str) else "" if _blank(v) else str(v).strip() for v in col]
+    mapping = {"": DEFAULT_EVENT_TYPE, **event_types.mapping}
+    for name in set(names) - set(mapping):  # few distinct names: find the first row of each
+        r = names.index(name)
+        raise ValueError(f"{path}: row {r + 1}, column 'event_type': {event_types.unknown_message(name)}")
+    return [mapping[t] for t in names]
+
+
+def load_events_file(path: str | Path, event_types: EventTypeConfig | None = None) -> Events:
     """Events from CSV or Parquet: user_id, item_id, timestamp, [event_type], [value], [event_id].
 
-    `timestamp` is unix seconds or ISO-8601; `event_type` defaults to "click"; a missing
-    `value` is NaN. Raises ValueError naming the file, row and column of any bad cell.
+    `timestamp` is unix seconds or ISO-8601; `event_type` defaults to "click" and is stored as the
+    built-in type its name means (`event_types`, default: the built-in names and
+    DEFAULT_EVENT_ALIASES); a missing `value` is NaN. Every cell is checked: ValueError names the
+    file, row and column of the first bad one.
     """
     path = Path(path)
+    event_types = event_types or EventTypeConfig()
     cols = _read_table(path)
     _require(path, cols, ("user_id", "item_id", "timestamp"), "events")
     n = len(cols["user_id"])
-    users: list[str] = []
-    items: list[str] = []
-    ts = np.empty(n, dtype=np.float64)
-    types: list[str] = []
-    vals = np.full(n, np.nan, dtype=np.float32)
-    ids: list[str] | None = [] if "event_id" in cols else None
-    for r in range(n):
-        for name, out in (("user_id", users), ("item_id", items)):
-            v = cols[name][r]
-            if _blank(v):
-                raise _bad(path, r, name, v, "empty")
-            out.append(str(v).strip())
-        v = cols["timestamp"][r]
-        if _blank(v):
-            raise _bad(path, r, "timestamp", v, "empty")
-        try:
-            ts[r] = _parse_timestamp(v)
-        except (ValueError, TypeError, OverflowError):
-            raise _bad(path, r, "timestamp", v, "expected unix seconds or an ISO-8601 time") from None
-        v = cols["event_type"][r] if "event_type" in cols else None
-        types.append(DEFAULT_EVENT_TYPE if _blank(v) else str(v).strip())
-        v = cols["value"][r] if "value" in cols else None
-        if not _blank(v):
-            try:
-                vals[r] = float(v)
-            except (ValueError, TypeError):
-                raise _bad(path, r, "value", v, "expected a number") from None
-        if ids is not None:
-            v = cols["event_id"][r]
-            ids.append("" if _blank(v) else str(v).strip())
+    users, items = _ids(path, cols, "user_id"), _ids(path, cols, "item_id")
+    ts = _timestamps(path, cols["timestamp"])
+    types = _event_types(path, cols.get("event_type"), n, event_types)
+    vals = _values(path, cols["value"]) if "value" in cols else np.full(n, np.nan, dtype=np.float32)
+    ids = None
+    if "event_id" in cols:
+        ids = [v.strip() if isinstance(v, str) else "" if _blank(v) else str(v).strip() for v in cols["event_id"]]
     return Events(
         user_id=_str_array(users),
         item_id=_str_array(items),
@@ -414,20 +461,25 @@ def load_items_file(path: str | Path) -> Items:
     return Items(ids, texts, metas)
 
 
-def load_dataset(events_path: str | Path, items_path: str | Path, *, allow_unknown_items: bool = False) -> Dataset:
-    """Events and items from user files; events must only name catalog items unless allowed.
+def load_dataset(
+    events_path: str | Path, items_path: str | Path, *, allow_unknown_items: bool = False, event_types: EventTypeConfig | None = None
+) -> Dataset:
+    """Events and items from user files, every cell checked; events must only name catalog items
+    unless allowed.
 
     Unknown items are an error by default: an item without text cannot be encoded, so
     silently keeping its events would bias every text-based model.
     """
-    events = load_events_file(events_path)
+    events = load_events_file(events_path, event_types)
     items = load_items_file(items_path)
     if not allow_unknown_items:
         known = set(items.item_id)
-        unknown = sorted({i for i in events.item_id if i not in known})
+        unknown = sorted(set(events.item_id.tolist()) - known)
         if unknown:
+            first = next(r for r, i in enumerate(events.item_id) if i == unknown[0])
             raise ValueError(
                 f"{events_path}: {len(unknown)} item id(s) not in {items_path}, e.g. {unknown[:5]} "
+                f"(row {first + 1}, column 'item_id', is the first of {unknown[0]!r}) "
                 "(pass allow_unknown_items=True to keep them)"
             )
     return Dataset(events, items, name=Path(events_path).stem)

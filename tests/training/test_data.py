@@ -6,6 +6,7 @@ The ML-100K checks read the recbole wheel through the normal cache (`$FRESHREC_C
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -302,3 +303,141 @@ def test_parquet_roundtrip(tmp_path: Path) -> None:
     )
     ev = data.load_events_file(tmp_path / "e.parquet")
     assert ev.timestamp[0] == 1_700_000_000.0
+
+
+# --- own data: validated in full before any model work, CSV and Parquet alike --------------
+
+
+def _events_csv(path: Path, n: int, bad_row: int | None = None, bad_type: str = "stars") -> Path:
+    """n generated events (u<k>, i<k>, increasing unix seconds, view/click/rating types); the
+    event_type cell of data row `bad_row` (1-based) set to `bad_type`."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 2_000, n), rng.integers(0, 500, n)
+    kinds = np.array(["view", "click", "rating"])[rng.integers(0, 3, n)]
+    if bad_row is not None:
+        kinds[bad_row - 1] = bad_type
+    stamps = 1_600_000_000 + np.arange(n)
+    lines = [f"u{u},i{i},{t},{k},{'4' if k == 'rating' else ''}" for u, i, t, k in zip(users, items, stamps, kinds)]
+    path.write_text("user_id,item_id,timestamp,event_type,value\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_bad_cell_in_a_large_file_is_refused_before_any_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from freshrec.config import ModelConfig
+    from freshrec.training import build as build_module
+
+    events = _events_csv(tmp_path / "events.csv", 200_000, bad_row=199_990)
+    items = write(tmp_path / "items.csv", "item_id,title\n" + "".join(f"i{j},Item {j}\n" for j in range(500)))
+    calls = []
+    monkeypatch.setattr(build_module, "text_embeddings", lambda *a, **k: calls.append(a))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"events\.csv: row 199990, column 'event_type': unknown event_type 'stars'; known types: view,"):
+        build_module.build(build_module.BuildOptions(out=tmp_path / "b", repository=tmp_path / "r", events=events, items=items),
+                           ModelConfig.tiny())  # fmt: skip
+    assert calls == []  # refused before the text encoder ran
+    assert time.perf_counter() - t0 < 10  # 200k rows: about 1 s on 2 cores
+
+
+def test_too_few_events_per_user_is_refused_before_any_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from freshrec.config import ModelConfig
+    from freshrec.training import build as build_module
+
+    calls = []
+    monkeypatch.setattr(build_module, "text_embeddings", lambda *a, **k: calls.append(a))
+    ds = data.load_dataset(
+        write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,a,1\nu,a,2\nv,a,3\n"),
+        write(tmp_path / "items.csv", "item_id,text\na,A\n"),
+    )
+    with pytest.raises(ValueError, match="no user has 3 or more events"):
+        build_module.prepare(ds, ModelConfig.tiny())
+    assert calls == []
+
+
+def test_event_type_names_map_onto_the_built_in_types(tmp_path: Path) -> None:
+    from freshrec.config import EventTypeConfig
+
+    p = write(
+        tmp_path / "events.csv",
+        "user_id,item_id,timestamp,event_type\nu,i,1,rating\nu,i,2,transaction\nu,i,3,addtocart\nu,i,4,return\nu,i,5,\n",
+    )
+    with pytest.raises(ValueError, match=r"row 4, column 'event_type': unknown event_type 'return'.*--event-types NAME=TYPE"):
+        data.load_events_file(p)
+    ev = data.load_events_file(p, EventTypeConfig.parse("return=dislike"))
+    assert list(ev.event_type) == ["rate", "purchase", "add_to_cart", "dislike", "click"]
+
+
+def test_event_type_config() -> None:
+    import json
+
+    from freshrec.config import EventTypeConfig, ModelConfig
+
+    cfg = ModelConfig(events=EventTypeConfig.parse(" return=dislike, stars = rate ,"))
+    assert cfg.events.aliases == (("return", "dislike"), ("stars", "rate"))
+    back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))  # saved with checkpoints and served settings
+    assert back == cfg and back.events.canonical("stars") == "rate" and back.events.canonical("rating") == "rate"
+    assert "events" in cfg.trained_dict() and "events" not in ModelConfig().trained_dict()
+    assert ModelConfig.from_dict({}).events == EventTypeConfig()  # configs saved before the field
+    for spec, match in [("return", "NAME=TYPE"), ("return=refund", "not a built-in type"), ("like=dislike", "itself a built-in")]:
+        with pytest.raises(ValueError, match=match):
+            EventTypeConfig.parse(spec)
+
+
+def test_build_option_event_types_adds_to_the_config() -> None:
+    from freshrec.cli import _model_config, build_parser
+    from freshrec.config import EventTypeConfig
+
+    args = build_parser().parse_args(["build", "--tiny", "--event-types", "return=dislike,stars=rate"])
+    assert _model_config(args).events == EventTypeConfig((("return", "dislike"), ("stars", "rate")))
+
+
+def test_csv_rows_with_too_many_cells_are_refused(tmp_path: Path) -> None:
+    p = write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,i,1\nu,i,2,oops\n")
+    with pytest.raises(ValueError, match=r"events\.csv: row 2: 4 cells but the header has 3"):
+        data.load_events_file(p)
+
+
+def test_csv_and_parquet_load_the_same_dataset(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 300
+    rng = np.random.default_rng(1)
+    users = [f"u{k}" for k in rng.integers(0, 20, n)]
+    item_ids = [f"i{k}" for k in rng.integers(0, 30, n)]
+    stamps = (1_700_000_000 + np.arange(n) * 37).tolist()
+    kinds = [["view", "rating", "purchase", ""][k] for k in rng.integers(0, 4, n)]
+    values = [float(v) if k == "rating" else None for v, k in zip(rng.integers(1, 6, n), kinds)]
+    ids = [f"e{r}" for r in range(n)]
+    ev_csv = write(
+        tmp_path / "events.csv",
+        "user_id,item_id,timestamp,event_type,value,event_id\n"
+        + "".join(f"{u},{i},{datetime.fromtimestamp(t, timezone.utc).isoformat()},{k},{'' if v is None else v},{e}\n"
+                  for u, i, t, k, v, e in zip(users, item_ids, stamps, kinds, values, ids)),
+    )  # fmt: skip
+    # Parquet with native types: a timestamp column, floats with nulls, nulls for blank types.
+    pq.write_table(
+        pa.table({
+            "user_id": users, "item_id": item_ids, "timestamp": pa.array(stamps, pa.timestamp("s", tz="UTC")),
+            "event_type": [k or None for k in kinds], "value": pa.array(values, pa.float64()), "event_id": ids,
+        }),
+        tmp_path / "events.parquet",
+    )  # fmt: skip
+    titles = [f"Item {j}" for j in range(30)]
+    genres = [["Drama", "Comedy"][: j % 3] for j in range(30)]
+    it_csv = write(
+        tmp_path / "items.csv",
+        "item_id,title,genres,metadata\n" + "".join(f'i{j},{t},{"|".join(g)},"{{""rank"": {j}}}"\n' for j, (t, g) in enumerate(zip(titles, genres))),
+    )
+    pq.write_table(
+        pa.table({"item_id": [f"i{j}" for j in range(30)], "title": titles, "genres": genres,
+                  "metadata": [json.dumps({"rank": j}) for j in range(30)]}),
+        tmp_path / "items.parquet",
+    )  # fmt: skip
+    a = data.load_dataset(ev_csv, it_csv)
+    b = data.load_dataset(tmp_path / "events.parquet", tmp_path / "items.parquet")
+    for name in ("user_id", "item_id", "timestamp", "event_type", "order", "event_id"):
+        assert np.array_equal(getattr(a.events, name), getattr(b.events, name)), name
+    assert np.array_equal(a.events.value, b.events.value, equal_nan=True)
+    assert set(a.events.event_type) == {"view", "rate", "purchase", "click"}
+    assert (a.items.item_id, a.items.text, a.items.metadata) == (b.items.item_id, b.items.text, b.items.metadata)
