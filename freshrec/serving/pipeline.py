@@ -11,6 +11,7 @@ served result can be checked against the reference for the same state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -419,12 +420,16 @@ class Recommender:
 
     # -- ingest -----------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> int:
+        """Checks every event, then stores them all under their built-in type names (the build's
+        EventTypeConfig maps the names its data used); one bad event refuses the request."""
         now = time.time()
+        names = self.cfg.events
+        checked = []
         for e in events:
             check_id("user_id", e.user_id)
             check_id("item_id", e.item_id)
             try:
-                event_type_index(e.event_type)
+                kind = names.canonical(e.event_type)
             except ValueError as err:
                 raise InvalidInput(str(err)) from None
             if not (math.isfinite(e.timestamp) and 0 <= e.timestamp <= now + MAX_FUTURE_S):
@@ -433,8 +438,9 @@ class Recommender:
                 raise InvalidInput("value must be finite (or NaN for none)")
             if e.event_id is not None:
                 check_id("event_id", e.event_id)
+            checked.append(e if kind == e.event_type else dataclasses.replace(e, event_type=kind))
         with self.stats.stage("store"):
-            return self.store.add_events(events)
+            return self.store.add_events(checked)
 
     # -- items ------------------------------------------------------------------------------
     def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]):

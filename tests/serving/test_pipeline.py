@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from freshrec.config import ContentConfig, DeployConfig, ModelConfig
+from freshrec.config import ContentConfig, DeployConfig, EventTypeConfig, ModelConfig
 from freshrec.models.features import HISTORY_CONTEXT, event_features, history_arrays
 from freshrec.models.reranker import Reranker
 from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
@@ -162,6 +162,19 @@ def test_upsert_keeps_the_learned_id_row_of_known_items(rec):
 def test_invalid_requests_are_refused(rec, call, match):
     with pytest.raises(InvalidInput, match=match):
         call(rec)
+
+
+def test_ingest_stores_event_type_names_as_the_builds_types_and_refuses_unknown_ones(tmp_path, minilm):
+    cfg = dataclasses.replace(CFG, events=EventTypeConfig.parse("return=dislike"))  # as `build --event-types` saves it
+    rec = recommender(tmp_path / "s.db", minilm, cfg)
+    now = time.time()
+    assert rec.ingest([Event("u", "i1", "rating", now, 2.0), Event("u", "i2", "return", now + 1), Event("u", "i3", "skip", now + 2)]) == 3
+    assert list(rec.store.user_history("u", 10).event_types) == ["rate", "dislike", "skip"]
+    with pytest.raises(InvalidInput, match=r"unknown event_type 'refund'; known types: view, click, rate.*--event-types"):
+        rec.ingest([Event("u", "i4", "click", now + 3), Event("u", "i4", "refund", now + 4)])
+    assert len(rec.store.user_history("u", 10).event_types) == 3  # one bad event refuses the whole request
+    with pytest.raises(InvalidInput, match="unknown event_type 'return'"):  # a build without the alias
+        recommender(tmp_path / "t.db", minilm).ingest([Event("u", "i1", "return", now)])
 
 
 class _CountingEngine:
