@@ -60,7 +60,8 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(served):
     expect_error(lambda: ingest(c, [user], ["1"], [now + 10 * 86400]), match="timestamp")
     expect_error(lambda: ingest(c, [user], ["1"], [-5.0]), match="timestamp")
     expect_error(lambda: ingest(c, [user], ["1"], [now], values=[float("inf")]), match="value")
-    expect_error(lambda: ingest(c, [user], ["1"], [now], types=["teleport"]), match="event_type")
+    expect_error(lambda: ingest(c, [user], ["1"], [now], types=["teleport"]), match="unknown event_type 'teleport'; known types: view")
+    assert ingest(c, [user], ["1"], [now], types=["rating"], values=[4.0]) == 1  # a common name of a built-in type (rate)
     expect_error(lambda: upsert(c, ["x"], ["   "]), match="empty")
     bad_meta = [_input("item_id", ["x"], "BYTES"), _input("text", ["t"], "BYTES"), _input("metadata", ["[1,2"], "BYTES")]
     expect_error(raw(c, "upsert_items", bad_meta), match="JSON")
