@@ -404,49 +404,54 @@ def _parse_genres(v: Any) -> list[str]:
     return [g.strip() for g in s.split(sep) if g.strip()]
 
 
+def _strings(col: list[Any] | None, n: int) -> list[str]:
+    """A column's cells as stripped strings, "" for blank ones; all "" for a missing column."""
+    if col is None:
+        return [""] * n
+    return [v.strip() if isinstance(v, str) else "" if _blank(v) else str(v).strip() for v in col]
+
+
 def load_items_file(path: str | Path) -> Items:
     """Items from CSV or Parquet: item_id plus either `text` or `title` [+ description, genres].
 
     An optional `metadata` column holds a JSON object per row. With `title`, the text is built
-    by `item_text` and title/genres/description also go into the metadata.
+    by `item_text` and title/genres/description also go into the metadata. Every cell is
+    checked: ValueError names the file, row and column of the first bad one.
     """
     path = Path(path)
     cols = _read_table(path)
     _require(path, cols, ("item_id",), "items")
     if "text" not in cols and "title" not in cols:
         raise ValueError(f"{path}: items file needs a 'text' column or a 'title' column (found: {sorted(cols)})")
-    n = len(cols["item_id"])
-    ids: list[str] = []
+    ids = _ids(path, cols, "item_id")
+    n = len(ids)
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        for r, iid in enumerate(ids):
+            if iid in seen:
+                raise _bad(path, r, "item_id", cols["item_id"][r], "duplicate item id")
+            seen.add(iid)
+    text, title, desc = (_strings(cols.get(c), n) for c in ("text", "title", "description"))
+    genres_col, meta_col = cols.get("genres"), cols.get("metadata")
     texts: list[str] = []
     metas: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for r in range(n):
-        v = cols["item_id"][r]
-        if _blank(v):
-            raise _bad(path, r, "item_id", v, "empty")
-        iid = str(v).strip()
-        if iid in seen:
-            raise _bad(path, r, "item_id", v, "duplicate item id")
-        seen.add(iid)
+    for r in range(n):  # per row: item_text is the one recipe of an item's text
         meta: dict[str, Any] = {}
-        if "text" in cols and not _blank(cols["text"][r]):
-            text = str(cols["text"][r]).strip()
-        elif "title" in cols and not _blank(cols["title"][r]):
-            title = str(cols["title"][r]).strip()
-            desc = cols["description"][r] if "description" in cols else None
-            desc = None if _blank(desc) else str(desc).strip()
+        if text[r]:
+            texts.append(text[r])
+        elif title[r]:
             try:
-                genres = _parse_genres(cols["genres"][r]) if "genres" in cols else []
+                genres = _parse_genres(genres_col[r]) if genres_col is not None else []
             except (ValueError, TypeError):
-                raise _bad(path, r, "genres", cols["genres"][r], "expected a list or 'a|b' string") from None
-            text = item_text(title, None, genres, desc)
-            meta = {"title": title, "genres": genres}
-            if desc is not None:
-                meta["description"] = desc
+                raise _bad(path, r, "genres", genres_col[r], "expected a list or 'a|b' string") from None
+            texts.append(item_text(title[r], None, genres, desc[r] or None))
+            meta = {"title": title[r], "genres": genres}
+            if desc[r]:
+                meta["description"] = desc[r]
         else:
             column = "text" if "text" in cols else "title"
             raise _bad(path, r, column, cols[column][r], "empty: every item needs text to be encoded")
-        raw = cols["metadata"][r] if "metadata" in cols else None
+        raw = meta_col[r] if meta_col is not None else None
         if not _blank(raw):
             try:
                 extra = raw if isinstance(raw, dict) else json.loads(raw)
@@ -455,8 +460,6 @@ def load_items_file(path: str | Path) -> Items:
             if not isinstance(extra, dict):
                 raise _bad(path, r, "metadata", raw, "expected a JSON object")
             meta.update(extra)
-        ids.append(iid)
-        texts.append(text)
         metas.append(meta)
     return Items(ids, texts, metas)
 
