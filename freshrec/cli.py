@@ -116,12 +116,15 @@ def _cmd_copy_state(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from freshrec.config import EventTypeConfig
     from freshrec.offline.evaluation.eval import ALL_BASELINES, EvalOptions, run_eval
 
     seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else ((0,) if args.tiny else (0, 1, 2))
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines is not None else ALL_BASELINES
     opts = EvalOptions(
         out=Path(args.out), work=Path(args.work), seeds=seeds, tiny=args.tiny, max_users=args.max_users,
+        events=args.events and Path(args.events), items=args.items and Path(args.items),
+        event_types=EventTypeConfig.parse(args.event_types).aliases if args.event_types else (),
         config=args.config and Path(args.config), baselines=baselines, parts=tuple(p for p in args.parts.split(",") if p),
         served=not args.no_served, replay_limit=args.replay_limit,
         freshness_trials=args.freshness_trials, resp_users=args.resp_users, resp_negative_users=args.resp_negative_users,
@@ -361,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="offline evaluation, baselines, served check, replay, cold start -> report in --out")
     s.add_argument("--out", default="docs/results", help="report.md, plots and summary.json")
     s.add_argument("--work", default="build/eval", help="builds and state copies made on the way")
+    s.add_argument("--events", help="your events file (CSV/Parquet, as for build); MovieLens-100K when absent")
+    s.add_argument("--items", help="your items file (CSV/Parquet)")
+    s.add_argument("--event-types", metavar="NAME=TYPE[,...]", help="your event type names mapped onto the built-in types (as for build)")
     s.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2; --tiny: 0)")
     s.add_argument("--tiny", action="store_true", help="tiny models and short runs (a smoke test of every path)")
     s.add_argument("--max-users", type=int, help="keep only the first N users")

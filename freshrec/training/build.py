@@ -55,6 +55,13 @@ def load_data(opts: BuildOptions, event_types: EventTypeConfig | None = None) ->
     return load_movielens_100k()
 
 
+def files(opts: BuildOptions) -> dict[str, str] | None:
+    """The own data files of a build (resolved paths), None for MovieLens-100K."""
+    if opts.events is None:
+        return None
+    return {"events": str(Path(opts.events).resolve()), "items": str(Path(opts.items).resolve()) if opts.items else ""}
+
+
 def subsample(ds: Dataset, max_users: int) -> Dataset:
     users = sorted(set(ds.events.user_id.tolist()), key=lambda u: (len(u), u))[:max_users]
     return restrict(ds, np.isin(ds.events.user_id, users), f"{ds.name}[{max_users} users]")
@@ -208,6 +215,7 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
 
     report = {
         "dataset": ds.name,
+        "files": files(opts),
         "users": len(set(e.user_id.tolist())),
         "items": len(ds.items),
         "events": len(e),

@@ -137,6 +137,50 @@ def test_eval_tiny_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, t
     assert (out / "loo_ndcg10.png").stat().st_size > 1000 and (out / "replay_windows.png").stat().st_size > 1000
 
 
+def test_eval_tiny_on_own_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, triton_server_factory) -> None:
+    """`freshrec eval --events --items` on 40 MovieLens users written out as own CSV files (their
+    ratings as `rating` events): the parts that apply run on the files' data, every build is made
+    from them, and the report keeps its layout without the MovieLens-only anchors and targets."""
+    import csv
+
+    from freshrec.offline.evaluation.eval import EvalOptions, run_eval
+    from freshrec.training.build import subsample
+    from freshrec.training.data import load_movielens_100k
+
+    ds = subsample(load_movielens_100k(), 40)
+    e = ds.events
+    with open(tmp_path / "shop_events.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "timestamp", "event_type", "value"])
+        w.writerows(zip(e.user_id, e.item_id, e.timestamp.astype(np.int64), ["rating"] * len(e), e.value.astype(int)))
+    with open(tmp_path / "shop_items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "text", "metadata"])
+        w.writerows((i, t, json.dumps(m)) for i, t, m in zip(ds.items.item_id, ds.items.text, ds.items.metadata))
+
+    monkeypatch.chdir(tmp_path)
+    opts = EvalOptions(out=Path("results"), work=Path("work"), events=Path("shop_events.csv"), items=Path("shop_items.csv"), seeds=(0,),
+                       tiny=True, baselines=("popularity",), parts=("loo", "served", "five_core", "replay", "responsiveness"),
+                       replay_limit=150, freshness_trials=3)  # fmt: skip
+    s = run_eval(opts)
+    saved = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert saved["dataset"] == "shop_events" and saved["files"]["events"] == str(tmp_path / "shop_events.csv")
+    assert set(saved["parts"]) == {"loo", "served", "five_core", "replay"}  # responsiveness: MovieLens scenarios, skipped
+    info = saved["loo"]["info"]
+    assert (info["users"], info["items"], info["events"]) == (40, len(ds.items), len(e))
+    assert saved["served_loo"]["users"] == 40
+    assert saved["replay"]["events"] == 150
+    build = json.loads((tmp_path / "work" / "replay_build" / "build.json").read_text())
+    assert build["dataset"] == "shop_events[before 891350845]" and build["files"] == saved["files"]  # T0 build of the files
+    assert {t["target"] for t in s["targets"]} == {"replay NDCG@10 real-time >= 1.10 x frozen",
+                                                    "cold-start HR@50 >= 3 x popularity (the stronger of all-time and recent)"}  # fmt: skip
+    report = (tmp_path / "results" / "report.md").read_text()
+    for heading in ("## Offline, leave-one-out (unfiltered `shop_events`)", "## 5-core variant", "## The served API",
+                    "## Prequential replay", "## Targets"):  # fmt: skip
+        assert heading in report
+    assert "published anchors" not in report and "ML-100K" not in report
+
+
 def test_tune_tiny_writes_a_config_build_reads(tmp_path: Path) -> None:
     from freshrec.config import ModelConfig
     from freshrec.offline.evaluation.tune import TuneOptions, tune
