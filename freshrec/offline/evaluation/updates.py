@@ -85,7 +85,6 @@ class UpdatingTarget(PipelineTarget):
 
 def updates_section(ds, cfg: ModelConfig, opts, work: Path, build_once) -> dict:
     """`build_once`: eval's build-or-reuse (a T0 build per seed)."""
-    from freshrec.offline.evaluation.eval import data_options
     from freshrec.training.build import BuildOptions
     from freshrec.training.data import global_time_split
 
@@ -107,8 +106,8 @@ def updates_section(ds, cfg: ModelConfig, opts, work: Path, build_once) -> dict:
             log(f"updates seed {seed}: reusing {done}")
             continue
         cfg_s = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-        report = build_once(BuildOptions(out=base / "build", repository=base / "repo", **data_options(opts), until=t0,
-                                         serve_state="all"), cfg_s)  # fmt: skip
+        report = build_once(BuildOptions(out=base / "build", repository=base / "repo", events=opts.events, items=opts.items,
+                                         max_users=opts.max_users, until=t0, serve_state="all"), cfg_s)  # fmt: skip
         build_dir, repo = base / "build", Path(report["repositories"]["embedded"])
         runs, updates = {}, {}
         for name, every in (("frozen_state", None), ("frozen_weights", None), *SCHEDULES.items()):
