@@ -39,9 +39,13 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from freshrec.export.pipeline import export_build
+    from freshrec.export.pipeline import LaterVersions, export_build
 
-    export_build(Path(args.build), Path(args.repository), args.device, args.state)
+    try:
+        export_build(Path(args.build), Path(args.repository), args.device, args.state, replace_versions=args.replace_versions)
+    except LaterVersions as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -261,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default="model_repository")
     s.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     s.add_argument("--state", help="state store URL written into the repository (default: the build's state.db)")
+    s.add_argument("--replace-versions", action="store_true",
+                   help="replace a repository that holds versions written by `freshrec update` (they are deleted)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("serve", help="serve a model repository: tritonserver under freshrec's supervisor (loopback by default)",

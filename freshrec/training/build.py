@@ -167,7 +167,7 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     for suffix in ("", "-wal", "-shm"):
         Path(str(state_path) + suffix).unlink(missing_ok=True)
     state_url = f"sqlite:///{state_path}"
-    exported = export_build(out, opts.repository, opts.device, state_url, log=log)
+    exported = export_build(out, opts.repository, opts.device, state_url, log=log, replace_versions=True)  # a build starts over
 
     store = open_store(state_url)
     with torch.no_grad():

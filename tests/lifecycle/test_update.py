@@ -101,3 +101,17 @@ def test_update_command_pins_a_passed_version(lifecycle_root, copy_of, capsys):
     own2 = copy_of(lifecycle_root)
     assert main(["update", "--repository", str(own2["repo"]), "--state", own2["url"], "--tolerance", "-1", "--epochs", "1", "--pin"]) == 3
     assert served_versions(own2["repo"]) == [1]
+
+
+def test_export_refuses_to_delete_later_versions(tiny_build, updated, tmp_path, capsys):
+    """`freshrec export` writes version 1 alone: over a repository holding updated versions it stops
+    before any work and says so, leaving them as they are."""
+    from freshrec.cli import main
+    from tests.faults.conftest import private_repository
+
+    root = tmp_path / "repository"
+    private_repository(updated["repo"], root / "embedded")
+    rc = main(["export", "--build", str(tiny_build["build_dir"]), "--repository", str(root)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "freshrec update" in err and "embedded: 2" in err and "--replace-versions" in err
+    assert versions(root / "embedded") == [1, 2] and served_versions(root / "embedded") == [1]
