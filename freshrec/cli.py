@@ -76,6 +76,8 @@ def _cmd_serve(args) -> int:
     if key_file is None and not os.environ.get("FRESHREC_ADMIN_KEY"):
         key_file = work / "admin.key"
     key = admin_key_from_file(key_file) if key_file else os.environ["FRESHREC_ADMIN_KEY"]
+    if not os.environ.get("FRESHREC_FORGET_KEY"):  # forget_user takes the admin key unless a key of its own is set
+        env["FRESHREC_FORGET_KEY"] = key
     opts = ServerOptions(
         model_repository=repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
         host=args.host, metrics_host=args.metrics_host, env=env, exit_timeout_s=args.exit_timeout_s,
