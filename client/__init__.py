@@ -1,4 +1,4 @@
-"""Python client for the freshrec Triton models: ``recommend``, ``ingest_events``, ``upsert_items``.
+"""Python client for the freshrec Triton models: ``recommend``, ``ingest_events``, ``upsert_items``, ``forget_user``.
 
     from freshrec.client import EventIn, FreshrecClient
 
@@ -30,6 +30,7 @@ from freshrec.client.grpc_client import (
     ItemIn,
     Recommendation,
     StreamingRecommender,
+    build_forget_inputs,
     build_ingest_inputs,
     build_inputs,
     build_recommend_inputs,
@@ -52,6 +53,7 @@ __all__ = [
     "ServerError",
     "StreamingRecommender",
     "Unavailable",
+    "build_forget_inputs",
     "build_ingest_inputs",
     "build_inputs",
     "build_recommend_inputs",

@@ -1,4 +1,4 @@
-"""``freshrec recommend | ingest | add-item``: the client commands of the main CLI.
+"""``freshrec recommend | ingest | add-item | forget``: the client commands of the main CLI.
 
 The main CLI calls ``add_client_commands(subparsers)``; each subcommand sets ``func``, which
 takes the parsed namespace and returns the process exit code:
@@ -32,6 +32,7 @@ __all__ = ["EVENT_COLUMNS", "ITEM_COLUMNS", "add_client_commands", "exit_code"]
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp", "value", "event_id")
 ITEM_COLUMNS = ("item_id", "text", "metadata")
 _URL_ENV = "FRESHREC_URL"  # default for --url, so scripts need not repeat it
+_FORGET_KEY_ENV, _ADMIN_KEY_ENV = "FRESHREC_FORGET_KEY", "FRESHREC_ADMIN_KEY"  # where `forget` finds its key
 _EVENT_ID_NAMESPACE = uuid.UUID("6f7c2a0e-5d1b-4c43-9a53-2f1e8b1d7c11")  # fixed: ids must not change between runs
 _BATCH = 512  # events or items per request when reading a file: bounded message size
 
@@ -77,6 +78,15 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     p.add_argument("--file", type=Path, help=f"CSV with columns {','.join(ITEM_COLUMNS)} (metadata optional)")
     _common(p)
     p.set_defaults(func=_run(_add_item))
+
+    p = subparsers.add_parser("forget", help="remove every event of a user", description=(
+        "Remove every stored event, seen item and per-user state of a user (durable when it answers; "
+        "repeating it removes nothing more). Trained weights keep what they learned until the next model update."))  # fmt: skip
+    p.add_argument("user_id")
+    p.add_argument("--key-file", type=Path, help="file holding the server's forget key (`freshrec serve`'s --admin-key-file); "
+                   f"default ${_FORGET_KEY_ENV}, else ${_ADMIN_KEY_ENV}")  # fmt: skip
+    _common(p)
+    p.set_defaults(func=_run(_forget))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -150,6 +160,17 @@ def _add_item(ns: argparse.Namespace, client: FreshrecClient) -> dict[str, Any]:
         items = [ItemIn(ns.item_id, ns.text, _metadata(ns.metadata, "--metadata"))]
     accepted = sum(client.upsert_items(chunk) for chunk in _chunks(items))
     return {"sent": len(items), "accepted": accepted, "_table": _table(("sent", "accepted"), [(str(len(items)), str(accepted))])}
+
+
+def _forget(ns: argparse.Namespace, client: FreshrecClient) -> dict[str, Any]:
+    if ns.key_file is not None:
+        key = ns.key_file.read_text().strip()
+    else:
+        key = os.environ.get(_FORGET_KEY_ENV) or os.environ.get(_ADMIN_KEY_ENV, "")
+    if not key:
+        raise InvalidArgument(f"forget needs the server's key: --key-file, ${_FORGET_KEY_ENV} or ${_ADMIN_KEY_ENV}")
+    removed = client.forget_user(ns.user_id, key)
+    return {"user_id": ns.user_id, "removed": removed, "_table": _table(("user_id", "events removed"), [(ns.user_id, str(removed))])}
 
 
 # -- parsing helpers --------------------------------------------------------------------------

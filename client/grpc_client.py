@@ -1,10 +1,11 @@
-"""gRPC clients for the served pipeline models: ``recommend``, ``ingest_events``, ``upsert_items``.
+"""gRPC clients for the served pipeline models: ``recommend``, ``ingest_events``, ``upsert_items``,
+``forget_user``.
 
 Every request is built from ``freshrec.contract`` (input names, TYPE_* dtypes, dims, which inputs
 are optional); nothing here repeats a tensor name or dtype by hand. The pipeline models are not
 batched (``batched=False``), so tensors carry no batch dimension: ``recommend`` takes ``user_id``
 [1], ``k`` [1], ``query`` [1], ``exclude_item_ids`` [n]; ``ingest_events`` and ``upsert_items``
-take one [n] tensor per field.
+take one [n] tensor per field; ``forget_user`` takes ``user_id`` [1] and ``key`` [1].
 
 Three clients share the request building and response parsing below:
 
@@ -20,7 +21,8 @@ by the server's queue policy instead of computed for nobody. Retries: only on ``
 times with jittered exponential backoff: a refused request comes back at once, and clients that
 re-send at once only keep the queue full. That is safe for every call: ``recommend`` only reads,
 every event carries an ``event_id`` fixed when the ``EventIn`` is created (the server stores an id
-once) and an upsert is idempotent by item id. ``InvalidArgument`` is never retried.
+once), an upsert is idempotent by item id and forgetting a user twice removes nothing more.
+``InvalidArgument`` is never retried.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from freshrec.client.errors import (
     from_stream_error,
     from_triton,
 )
-from freshrec.contract import INGEST_EVENTS, RECOMMEND, UPSERT_ITEMS, ModelContract
+from freshrec.contract import FORGET_USER, INGEST_EVENTS, RECOMMEND, UPSERT_ITEMS, ModelContract
 
 __all__ = [
     "DEFAULT_URL",
@@ -246,6 +248,11 @@ def build_upsert_inputs(items: Sequence[ItemIn]) -> dict[str, np.ndarray]:
     )
 
 
+def build_forget_inputs(user_id: str, key: str) -> dict[str, np.ndarray]:
+    """``forget_user`` inputs: the user and the server's forget key."""
+    return build_inputs(FORGET_USER, {"user_id": [user_id], "key": [key]})
+
+
 def to_infer_inputs(contract: ModelContract, arrays: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
     """``InferInput`` objects (shared by the sync and aio clients) with the contract's wire dtypes."""
     inputs = []
@@ -301,6 +308,13 @@ def parse_recommendation(result: grpcclient.InferResult, latency_ms: float) -> R
     except UnicodeDecodeError as exc:
         raise ServerError(f"recommend returned an item id that is not UTF-8: {exc}") from None
     return Recommendation(item_ids=ids, scores=[float(s) for s in scores], latency_ms=latency_ms)
+
+
+def parse_removed(result: grpcclient.InferResult) -> int:
+    removed = _output(result, FORGET_USER, "removed").reshape(-1)
+    if removed.size != 1:
+        raise ServerError(f"forget_user returned {removed.size} values for 'removed', expected 1")
+    return int(removed[0])
 
 
 def parse_accepted(result: grpcclient.InferResult, contract: ModelContract) -> int:
@@ -397,6 +411,13 @@ class FreshrecClient:
         result = self._infer(UPSERT_ITEMS, build_upsert_inputs(items), timeout_s, retry=True)
         return parse_accepted(result, UPSERT_ITEMS)
 
+    def forget_user(self, user_id: str, key: str, timeout_s: float | None = None) -> int:
+        """Remove every event of a user from the store (durable when this returns); returns how
+        many events went (0 when none were left). ``key``: the server's forget key (a wrong one
+        is ``InvalidArgument``)."""
+        result = self._infer(FORGET_USER, build_forget_inputs(user_id, key), timeout_s, retry=True)
+        return parse_removed(result)
+
     def ready(self, models: Iterable[str] = ()) -> bool:
         """Server ready (the launcher runs Triton with strict readiness: all models loaded) and
         each of ``models`` ready. Any failure, including no server, is False."""
@@ -491,6 +512,10 @@ class AsyncFreshrecClient:
             return 0
         result = await self._infer(UPSERT_ITEMS, build_upsert_inputs(items), timeout_s, retry=True)
         return parse_accepted(result, UPSERT_ITEMS)
+
+    async def forget_user(self, user_id: str, key: str, timeout_s: float | None = None) -> int:
+        result = await self._infer(FORGET_USER, build_forget_inputs(user_id, key), timeout_s, retry=True)
+        return parse_removed(result)
 
     async def ready(self, models: Iterable[str] = ()) -> bool:
         try:

@@ -7,21 +7,35 @@ import shutil
 from pathlib import Path
 
 from freshrec.export.onnx_export import export_all
-from freshrec.export.repository import version_dir, write_repository
+from freshrec.export.repository import version_dir, versions, write_repository
 
 from freshrec.config import DeployConfig
 
 FLAVOURS = ("embedded", "ngc")
 
 
-def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_url: str | None = None, log=print) -> dict:
+class LaterVersions(Exception):
+    """The repository holds versions written by `freshrec update` that an export would replace."""
+
+
+def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_url: str | None = None, log=print,
+                 replace_versions: bool = False) -> dict:  # fmt: skip
     """Exports every model of a build and writes `<repository>/<flavour>/` for each flavour.
 
     The state URL defaults to the build's SQLite file; `freshrec serve --state` or the
-    FRESHREC_STATE variable override it per deployment.
+    FRESHREC_STATE variable override it per deployment. A repository that already holds versions
+    after the build's (written by `freshrec update`) is refused unless `replace_versions`: the
+    export writes version 1 alone (a new build starts over with its own state, and passes it).
     """
     from freshrec.models.checkpoints import CHECKPOINTS, load_models
 
+    later = {f: [v for v in versions(Path(repository) / f) if v > 1] for f in FLAVOURS if (Path(repository) / f / "recommend").is_dir()}
+    later = {f: v for f, v in later.items() if v}
+    if later and not replace_versions:
+        found = "; ".join(f"{f}: {', '.join(map(str, v))}" for f, v in later.items())
+        raise LaterVersions(f"{repository} holds model versions written by `freshrec update` ({found}); exporting the "
+                            "build writes version 1 alone and would delete them. Export into another --repository, "
+                            "or pass --replace-versions to start over from the build")  # fmt: skip
     build_dir = Path(build_dir).resolve()
     cfg, modules, minilm = load_models(build_dir)
     report = export_all(modules, cfg, build_dir / "onnx", log=log)

@@ -21,7 +21,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.contract import CARD_FILE, ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, ModelContract, Sizes, TensorSpec
+from freshrec.contract import (CARD_FILE, FORGET_USER, ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, ModelContract,
+                               Sizes, TensorSpec)  # fmt: skip
 
 REJECTED = "rejected"  # recommend/rejected/: cards of candidates the gate refused (never a version)
 
@@ -59,6 +60,8 @@ def model_config(contract: ModelContract, sizes: Sizes, deploy: DeployConfig, ba
             policy.timeout_action = mc.ModelQueuePolicy.REJECT
             policy.default_timeout_microseconds = deploy.queue_timeout_us
             policy.allow_timeout_override = True  # a client's own, shorter deadline wins
+    if contract.name == FORGET_USER.name:  # a rare operator call that touches no tensor: one CPU instance
+        kind, count = mc.ModelInstanceGroup.KIND_CPU, 1
     cfg.instance_group.add(kind=kind, count=count)
     for key, value in sorted(parameters.items()):
         cfg.parameters[key].string_value = value

@@ -48,9 +48,13 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from freshrec.export.pipeline import export_build
+    from freshrec.export.pipeline import LaterVersions, export_build
 
-    export_build(Path(args.build), Path(args.repository), args.device, args.state)
+    try:
+        export_build(Path(args.build), Path(args.repository), args.device, args.state, replace_versions=args.replace_versions)
+    except LaterVersions as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -81,6 +85,8 @@ def _cmd_serve(args) -> int:
     if key_file is None and not os.environ.get("FRESHREC_ADMIN_KEY"):
         key_file = work / "admin.key"
     key = admin_key_from_file(key_file) if key_file else os.environ["FRESHREC_ADMIN_KEY"]
+    if not os.environ.get("FRESHREC_FORGET_KEY"):  # forget_user takes the admin key unless a key of its own is set
+        env["FRESHREC_FORGET_KEY"] = key
     opts = ServerOptions(
         model_repository=repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
         host=args.host, metrics_host=args.metrics_host, env=env, exit_timeout_s=args.exit_timeout_s,
@@ -277,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default="model_repository")
     s.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     s.add_argument("--state", help="state store URL written into the repository (default: the build's state.db)")
+    s.add_argument("--replace-versions", action="store_true",
+                   help="replace a repository that holds versions written by `freshrec update` (they are deleted)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("serve", help="serve a model repository: tritonserver under freshrec's supervisor (loopback by default)",

@@ -198,15 +198,27 @@ UPSERT_ITEMS = ModelContract(
     doc="Embeds items by text (text encoder -> item tower) and adds them to the retrieval index.",
 )
 
+FORGET_USER = ModelContract(
+    name="forget_user",
+    inputs=(
+        _t("user_id", "TYPE_STRING", 1),
+        _t("key", "TYPE_STRING", 1, doc="the server's forget key (FRESHREC_FORGET_KEY; `freshrec serve` uses its admin key)"),
+    ),
+    outputs=(_t("removed", "TYPE_INT64", 1, doc="events removed; 0 when the user has none (already forgotten)"),),
+    batched=False,
+    doc="Removes every event, seen item and derived state of a user from the store, durably, before it answers.",
+)
+
 ONNX_MODELS: tuple[ModelContract, ...] = (TEXT_ENCODER, ITEM_TOWER, USER_TOWER, RERANKER)
 # The exported models each pipeline model runs: recommend embeds free-text queries, upsert_items
-# embeds item texts, ingest_events only writes.
+# embeds item texts, ingest_events and forget_user only write.
 PIPELINE_RUNS: dict[str, tuple[str, ...]] = {
     "recommend": ("user_tower", "reranker", "text_encoder", "item_tower"),
     "ingest_events": (),
     "upsert_items": ("text_encoder", "item_tower"),
+    "forget_user": (),
 }
-PIPELINE_MODELS: tuple[ModelContract, ...] = (RECOMMEND, INGEST_EVENTS, UPSERT_ITEMS)
+PIPELINE_MODELS: tuple[ModelContract, ...] = (RECOMMEND, INGEST_EVENTS, UPSERT_ITEMS, FORGET_USER)
 
 
 def served_models(engine: str) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ convert back. A bad request gets its own error response; it never fails the othe
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import math
 import os
@@ -25,6 +26,25 @@ from freshrec.serving.pipeline import Cancelled, InvalidInput, Recommender
 from freshrec.store import Event, StoreUnavailable, open_store
 
 RECALL_WARN = 0.95  # a self-checked index recall below this is logged as a warning at load
+FORGET_KEY_ENV = "FRESHREC_FORGET_KEY"  # the key forget_user requires (`freshrec serve` sets its admin key)
+
+
+class KeyRefused(Exception):
+    """A forget_user request without the server's forget key. Triton 2.51's Python backend has
+    no PERMISSION_DENIED code: it answers INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400), which a
+    client does not retry."""
+
+
+class Disabled(Exception):
+    """forget_user on a server started without a forget key (UNSUPPORTED: gRPC UNIMPLEMENTED)."""
+
+
+def check_key(sent: str, configured: str) -> None:
+    """Raises unless a forget key is configured and `sent` equals it (constant-time compare)."""
+    if not configured:
+        raise Disabled(f"forget_user is disabled on this server: start it with {FORGET_KEY_ENV} set (`freshrec serve` sets its admin key)")
+    if not hmac.compare_digest(sent.encode(), configured.encode()):
+        raise KeyRefused("forget_user refused: the key is not this server's forget key")
 
 
 def device_of(args: dict) -> torch.device:
@@ -65,6 +85,7 @@ class Service:
             from freshrec.models.text_encoder import Tokenizer
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
+        self.forget_key = os.environ.get(FORGET_KEY_ENV, "") if self.name == "forget_user" else ""
         self.stats = TritonStats(pb, self.name)
         card = Path(args["model_repository"]).parent / "recommend" / args["model_version"] / CARD_FILE
         self.stats.model_card(deploy.version, json.loads(card.read_text()) if card.exists() else None)
@@ -104,8 +125,10 @@ class Service:
         pb = self.pb
         if isinstance(exc, Cancelled):
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.CANCELLED))
-        if isinstance(exc, InvalidInput):
+        if isinstance(exc, (InvalidInput, KeyRefused)):
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
+        if isinstance(exc, Disabled):
+            return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.UNSUPPORTED))
         if isinstance(exc, StoreUnavailable):
             self.stats.store_error()
             pb.Logger.log_warn(f"{self.name}: state store unavailable: {exc}")
@@ -181,3 +204,13 @@ class Service:
         accepted = self.recommender.upsert(ids, texts, metadata)
         self.stats.items_added(accepted)
         return pb.InferenceResponse(output_tensors=[pb.Tensor("accepted", np.array([accepted], dtype=np.int64))])
+
+    def forget_user(self, request):
+        pb = self.pb
+        user_id = T.one_string(pb, request, "user_id")
+        check_key(T.one_string(pb, request, "key"), self.forget_key)
+        t0 = time.perf_counter()
+        removed = self.recommender.forget(user_id)
+        # The id is not logged: the log would keep what the store no longer does.
+        pb.Logger.log_info(f"forget_user: removed {removed} events of one user in {(time.perf_counter() - t0) * 1e3:.1f} ms")
+        return pb.InferenceResponse(output_tensors=[pb.Tensor("removed", np.array([removed], dtype=np.int64))])

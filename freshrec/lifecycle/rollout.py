@@ -35,7 +35,7 @@ from freshrec.training.train import log
 TOWERS = tuple(m.name for m in ONNX_MODELS)
 # Writers before the reader: a new item written by version N+1's upsert_items gets N+1's vector,
 # and N's recommend computes its own from the stored text embedding (Recommender.fill_missing).
-PIPELINE_ORDER = ("upsert_items", "ingest_events", "recommend")
+PIPELINE_ORDER = ("upsert_items", "ingest_events", "forget_user", "recommend")
 assert set(PIPELINE_ORDER) == {m.name for m in PIPELINE_MODELS}
 
 

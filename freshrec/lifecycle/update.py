@@ -1,8 +1,10 @@
 """`freshrec update`: the serving version fine-tuned on the events stored since its data cut-off,
 checked by a gate, and written as the next version of the model repository.
 
-1. **Data**: the state store's events in arrival order (through its interface); those after the
-   parent version's `cutoff_seq` are the new window. The window is split in time: its newest
+1. **Data**: the state store's events in arrival order (through its interface); those whose
+   arrival number is above the parent version's `cutoff_arrival` are the new window (numbers, not
+   positions: a user removed by `forget_user` shifts no cut-off, and their events are not
+   learned from again). The window is split in time: its newest
    `holdout` share is held out for the gate, the rest are the fine-tuning targets (with as many
    older events replayed beside them, `rehearsal`, so the models do not forget the rest).
    Histories are the users' whole stored sequences (the same recipe serving reads).
@@ -74,14 +76,34 @@ class Window:
     new_items: set[str]  # items with a new training event
     n_new: int
     span: tuple[float, float, float]  # window start, holdout start, window end (event timestamps)
-    cutoff_seq: int  # where the next update's window starts (arrival order): the first held-out event
+    cutoff_arrival: int  # the next update's window: events with a higher arrival number (the first held-out one's, less one)
+
+
+def parent_cutoff(card: dict, store) -> int:
+    """The arrival number a parent's window ends at. Cards written before arrival numbers give
+    `cutoff_seq`, a count of events in arrival order: the number of the event at that position
+    (exact while no event before it was removed)."""
+    data = card["data"]
+    if "cutoff_arrival" in data:
+        return int(data["cutoff_arrival"])
+    position = int(data["cutoff_seq"])
+    if position <= 0:
+        return 0
+    for j, (number, _) in enumerate(store.numbered_events()):
+        if j == position - 1:
+            return number
+    return store.last_arrival()
 
 
 def read_window(store, row: dict[str, int], cutoff: int, holdout: float) -> Window:
-    events = list(store.events())  # arrival order; ML-100K: 100k events, a few MB
-    new = list(range(cutoff, len(events)))
+    """The events with an arrival number above `cutoff` are the new window."""
+    numbered = list(store.numbered_events())  # arrival order; ML-100K: 100k events, a few MB
+    numbers = [n for n, _ in numbered]
+    events = [e for _, e in numbered]
+    new = [j for j, n in enumerate(numbers) if n > cutoff]
     if not new:
-        return Window([], [], [], [], set(), 0, (0.0, 0.0, 0.0), len(events))
+        return Window([], [], [], [], set(), 0, (0.0, 0.0, 0.0), max([cutoff] + numbers[-1:]))
+    first_new = new[0]
     order = sorted(new, key=lambda j: (events[j].timestamp, j))
     n_hold = int(round(len(order) * holdout))
     held = set(order[len(order) - n_hold :]) if n_hold else set()
@@ -102,7 +124,7 @@ def read_window(store, row: dict[str, int], cutoff: int, holdout: float) -> Wind
                 continue  # a target needs a history
             if j in held:
                 hold.append((s, p))
-            elif j >= cutoff:
+            elif j >= first_new:
                 train.append((s, p))
                 new_items.add(events[j].item_id)
             else:
@@ -110,7 +132,8 @@ def read_window(store, row: dict[str, int], cutoff: int, holdout: float) -> Wind
     ts = [events[j].timestamp for j in order]
     start_hold = events[order[len(order) - n_hold]].timestamp if n_hold else ts[-1]
     # The held-out events were not learned from: the next update's window starts with them.
-    return Window(seqs, train, rehearse, hold, new_items, len(new), (ts[0], start_hold, ts[-1]), min(held) if held else len(events))
+    end = numbers[min(held)] - 1 if held else numbers[-1]
+    return Window(seqs, train, rehearse, hold, new_items, len(new), (ts[0], start_hold, ts[-1]), end)
 
 
 def grow_item_tower(tower: ItemTower, cfg: ModelConfig, id_vocab: int) -> tuple[ItemTower, ModelConfig]:
@@ -210,9 +233,9 @@ def update(opts: UpdateOptions) -> dict:
     try:
         items, _ = store.items_since(0)
         row = {it.item_id: j for j, it in enumerate(items)}
-        cutoff = int(parent_card["data"]["cutoff_seq"])
+        cutoff = parent_cutoff(parent_card, store)
         w = read_window(store, row, cutoff, opts.holdout)
-        log(f"update: version {parent} -> {version}: {w.n_new} events since the cut-off ({cutoff} stored before), "
+        log(f"update: version {parent} -> {version}: {w.n_new} events since the cut-off (arrival number {cutoff}), "
             f"{len(w.train)} training targets, {len(w.holdout)} held out for the gate, state {state.split('@')[-1]}")  # fmt: skip
         if w.n_new < opts.min_events or not w.train or not w.holdout:
             raise NothingToLearn(f"{w.n_new} new events since version {parent}'s cut-off; an update needs at least "
@@ -264,7 +287,7 @@ def update(opts: UpdateOptions) -> dict:
             f"{after['ndcg10']:.4f} (candidate); tolerance {opts.tolerance:.0%}: {'passed' if passed else 'REFUSED'}")  # fmt: skip
         card = {
             "version": version, "parent": parent, "created": time.time(), "kind": "update",
-            "data": {"state": state.split("@")[-1], "cutoff_seq": w.cutoff_seq, "from_seq": cutoff, "events": w.n_new,
+            "data": {"state": state.split("@")[-1], "cutoff_arrival": w.cutoff_arrival, "from_arrival": cutoff, "events": w.n_new,
                      "window": {"start": w.span[0], "holdout_start": w.span[1], "end": w.span[2]}, "until": w.span[1],
                      "train_targets": len(w.train), "holdout_events": len(w.holdout)},
             "id_rows": int(cand_cfg.item.id_vocab),

@@ -442,6 +442,17 @@ class Recommender:
         with self.stats.stage("store"):
             return self.store.add_events(checked)
 
+    # -- forget -----------------------------------------------------------------------------
+    def forget(self, user_id: str) -> int:
+        """Removes every stored event of a user (durably, before it returns); the next recommend
+        for them is a new user's. The pipeline keeps nothing per user (histories and seen items
+        are read from the store on every request); the popularity list it caches for
+        `popular_ttl_s` is a count per item over everyone's latest events, read again after that.
+        Returns how many events were removed (0: none left, e.g. forgotten before)."""
+        check_id("user_id", user_id)
+        with self.stats.stage("store"):
+            return self.store.forget_user(user_id)
+
     # -- items ------------------------------------------------------------------------------
     def embed_items(self, texts: Sequence[str], id_indices: Sequence[int]):
         """Texts -> (N, D) item vectors through the text encoder and the item tower."""

@@ -11,6 +11,12 @@ Contract every implementation keeps:
   that every loaded version reads its own. Writing an item (`upsert_items`) puts its vector into
   one space and removes its vectors from every other (they were computed from its previous
   text). An empty vector means "missing in that space".
+- Every stored event has an arrival number: increasing in arrival order, never reused (a number
+  may be skipped, e.g. by an ignored retry or a forgotten user). `freshrec update` cuts its data
+  windows by these numbers, never by positions in `events()`, so removing events moves no cut-off.
+- `forget_user` removes a user's events, seen items and first-arrival entry durably; the ids of
+  the events it removes stay behind as bare idempotency keys, so that a client retrying an event
+  acknowledged before the removal cannot bring the user back.
 """
 
 from __future__ import annotations
@@ -149,13 +155,28 @@ class StateStore(Protocol):
     def popular_items(self, limit: int, window: int) -> list[tuple[str, float]]:
         """Most frequent items over the latest `window` events: the cold-start fallback."""
 
-    def count_events(self) -> int: ...
+    def forget_user(self, user_id: str) -> int:
+        """Removes every stored event of `user_id` (with its seen items, its place in `user_ids`
+        and its share of the popularity window) durably before it returns; the removed events'
+        ids are kept, so a retry of one is ignored as a duplicate. Returns how many events were
+        removed: 0 for an unknown or already forgotten user (the call is idempotent)."""
+
+    def count_events(self) -> int:
+        """Stored events (a forgotten user's are no longer counted)."""
 
     def count_items(self) -> int: ...
 
     # -- for tools (copies, benchmarks, the demo); never on a request path ----------------------
     def events(self) -> Iterator[Event]:
         """Every stored event in arrival order, with its event id when it was given one."""
+
+    def numbered_events(self) -> Iterator[tuple[int, Event]]:
+        """`events()` with each event's arrival number (increasing; gaps where events were
+        removed or retries ignored)."""
+
+    def last_arrival(self) -> int:
+        """The arrival number of the newest event ever stored (0: none), removed ones included:
+        every event stored later gets a higher one."""
 
     def user_ids(self) -> list[str]:
         """Every user with an event, in the order of their first event's arrival."""

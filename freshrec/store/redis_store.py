@@ -18,13 +18,15 @@ timeout in seconds; `window` is how many latest events are kept for `popular_ite
 asked for beyond it is served from what is kept). Other query options go to redis-py.
 
 Keys (P = prefix):
-  P ev:seq        counter: arrival sequence of stored events (also `count_events`)
-  P ev:ids        set of stored event ids (idempotency)
+  P ev:seq        counter: arrival number of the newest event ever stored (`last_arrival`)
+  P ev:gone       counter: events removed by `forget_user` (`count_events` = ev:seq - ev:gone)
+  P ev:ids        set of stored event ids (idempotency); a forgotten user's stay (retries stay duplicates)
   P u:<user>:ev   sorted set of a user's events: score = timestamp, member = "<seq 16 digits>|json"
                   (json: [item_id, event_type, timestamp, value or null, event_id or null])
                   (equal timestamps order by arrival seq, as SQLite's ORDER BY ts, seq)
   P u:<user>:seen set of every item the user interacted with
-  P ev:recent     list of the latest `window` events' item ids, newest first
+  P ev:recent     list of the latest `window` events, newest first, as "<seq 16 digits>|item_id"
+                  (entries written before forget_user existed are a bare item_id)
   P users         sorted set user_id -> arrival seq of the user's first event (tools' user list)
   P cat:version   counter: catalog version
   P cat:items     sorted set item_id -> version of its last write
@@ -71,12 +73,43 @@ for i = 1, count do
     local seq = redis.call('INCR', KEYS[2])
     redis.call('ZADD', KEYS[3 + 2 * i], ARGV[a + 4], string.format('%016d', seq) .. '|' .. ARGV[a + 3])
     redis.call('SADD', KEYS[4 + 2 * i], ARGV[a + 2])
-    redis.call('LPUSH', KEYS[3], ARGV[a + 2])
+    redis.call('LPUSH', KEYS[3], string.format('%016d', seq) .. '|' .. ARGV[a + 2])
     redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[a + 5])
     n = n + 1
   end
 end
 if n > 0 then redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1) end
+return n
+"""
+
+# KEYS: u:<user>:ev, u:<user>:seen, users, ev:recent, ev:gone. ARGV: user_id.
+# The user's events, seen set, first-arrival entry and popularity-window entries go; their event
+# ids stay in ev:ids. Returns how many events were removed.
+_FORGET_USER = """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local n = #members
+if n > 0 then
+  local drop = {}
+  for i = 1, n do
+    local m = members[i]
+    local bar = string.find(m, '|', 1, true)
+    drop[string.sub(m, 1, bar) .. cjson.decode(string.sub(m, bar + 1))[1]] = true
+  end
+  local recent = redis.call('LRANGE', KEYS[4], 0, -1)
+  local keep, dropped = {}, false
+  for i = 1, #recent do
+    if drop[recent[i]] then dropped = true else keep[#keep + 1] = recent[i] end
+  end
+  if dropped then
+    redis.call('DEL', KEYS[4])
+    for i = 1, #keep, 1000 do
+      redis.call('RPUSH', KEYS[4], unpack(keep, i, math.min(i + 999, #keep)))
+    end
+  end
+  redis.call('INCRBY', KEYS[5], n)
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return n
 """
 
@@ -164,6 +197,13 @@ def _array(b: bytes | None) -> np.ndarray | None:
     return np.frombuffer(b, dtype=np.float32).copy() if b else None
 
 
+def _recent_item(entry: str) -> str:
+    """The item id of an ev:recent entry ("<seq 16 digits>|item_id", or a bare item id)."""
+    if len(entry) > 17 and entry[16] == "|" and entry[:16].isdigit():
+        return entry[17:]
+    return entry
+
+
 def _vector_field(space: int) -> str:
     """The item-hash field holding the item's vector in `space`."""
     return "vector" if check_space(space) == 1 else f"vector:{int(space)}"
@@ -196,8 +236,10 @@ class RedisStore:
         self._upsert_items = self.db.register_script(_UPSERT_ITEMS)
         self._put_vectors = self.db.register_script(_PUT_VECTORS)
         self._assign_id_rows = self.db.register_script(_ASSIGN_ID_ROWS)
+        self._forget_user = self.db.register_script(_FORGET_USER)
         p = self.prefix
         self.k_ev_ids, self.k_ev_seq, self.k_recent, self.k_users = p + "ev:ids", p + "ev:seq", p + "ev:recent", p + "users"
+        self.k_ev_gone = p + "ev:gone"
         self.k_version, self.k_cat, self.k_idx, self.k_spaces = p + "cat:version", p + "cat:items", p + "cat:idx", p + "cat:spaces"
         try:  # reach the server now so a wrong URL fails at load, not at the first request
             self._call(self.db.ping, retry=True)
@@ -264,6 +306,13 @@ class RedisStore:
         # Retrying is safe only when every event carries an id (the retry is then recognised).
         idempotent = all(e.event_id for e in events)
         return int(self._call(lambda: self._add_events(keys=keys, args=args), retry=idempotent))
+
+    def forget_user(self, user_id: str) -> int:
+        """One script (atomic; durable when it returns on an `appendfsync always` server). The AOF
+        keeps the removed events' earlier commands until Redis rewrites it (BGREWRITEAOF)."""
+        keys = [*self._user_keys(user_id), self.k_users, self.k_recent, self.k_ev_gone]
+        # A repeat removes nothing and changes nothing: safe to retry.
+        return int(self._call(lambda: self._forget_user(keys=keys, args=[user_id]), retry=True))
 
     def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
         space = check_space(space)
@@ -407,12 +456,16 @@ class RedisStore:
         if int(limit) <= 0 or int(window) <= 0:
             return []
         recent = self._call(lambda: self.db.lrange(self.k_recent, 0, min(int(window), self.window) - 1), retry=True)
-        counts = Counter(x.decode() for x in recent)
+        counts = Counter(_recent_item(x.decode()) for x in recent)
         known = self.item_id_indices(list(counts))
         ranked = sorted(((i, n) for i, n in counts.items() if i in known), key=lambda x: (-x[1], x[0]))
         return [(i, float(n)) for i, n in ranked[: int(limit)]]
 
     def count_events(self) -> int:
+        seq, gone = self._call(lambda: self.db.mget(self.k_ev_seq, self.k_ev_gone), retry=True)
+        return int(seq or 0) - int(gone or 0)
+
+    def last_arrival(self) -> int:
         return int(self._call(lambda: self.db.get(self.k_ev_seq), retry=True) or 0)
 
     def count_items(self) -> int:
@@ -438,6 +491,9 @@ class RedisStore:
         return [u.decode() for u in self._call(lambda: self.db.zrange(self.k_users, 0, -1), retry=True)]
 
     def events(self) -> Iterator[Event]:
+        return (e for _, e in self.numbered_events())
+
+    def numbered_events(self) -> Iterator[tuple[int, Event]]:
         """Reads every user's events (1,000 users per round trip) and yields them in arrival order."""
         rows: list[tuple[bytes, str, list]] = []
         users = self.user_ids()
@@ -455,8 +511,8 @@ class RedisStore:
                     seq, payload = m.split(b"|", 1)
                     rows.append((seq, user, json.loads(payload)))
         rows.sort(key=lambda r: r[0])
-        for _, user, r in rows:
-            yield Event(user, r[0], r[1], float(r[2]), math.nan if r[3] is None else float(r[3]), r[4] if len(r) > 4 else None)
+        for seq, user, r in rows:
+            yield int(seq), Event(user, r[0], r[1], float(r[2]), math.nan if r[3] is None else float(r[3]), r[4] if len(r) > 4 else None)
 
     def load_items(self, batches: Iterable[Sequence[Item]], space: int = 1) -> int:
         """One upsert script per batch: every write is already durable when it returns (AOF)."""

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, ts, seq);
 -- covers the seen-items read of every recommend (no table lookups: 0.64 -> 0.19 ms for heavy users)
 CREATE INDEX IF NOT EXISTS events_seen ON events(user_id, item_id);
+-- ids of events removed by forget_user: a retry of one stays a duplicate (it never re-adds the user)
+CREATE TABLE IF NOT EXISTS forgotten_event_ids (
+    event_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
 """
 
 # The distinct spaces of `vectors`, one primary-key seek each (no scan of the table).
@@ -123,12 +127,38 @@ class SQLiteStore:
             before = self.db.total_changes
             self.db.executemany(
                 "INSERT OR IGNORE INTO events(event_id, user_id, item_id, event_type, ts, value, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 "
+                "WHERE ?1 IS NULL OR NOT EXISTS (SELECT 1 FROM forgotten_event_ids WHERE event_id = ?1)",
                 rows,
             )
             return self.db.total_changes - before
 
         return self._write(insert)
+
+    def forget_user(self, user_id: str) -> int:
+        """One transaction; `secure_delete` zeroes the freed bytes in the database pages, and a
+        checkpoint afterwards moves them out of the WAL (best effort: a reader holding an old
+        snapshot keeps the WAL until it finishes; the next checkpoint completes the job)."""
+
+        def forget() -> int:
+            self.db.execute("INSERT OR IGNORE INTO forgotten_event_ids(event_id) "
+                            "SELECT event_id FROM events WHERE user_id = ? AND event_id IS NOT NULL", (user_id,))  # fmt: skip
+            return self.db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+
+        with self.lock:
+            self.db.execute("PRAGMA secure_delete=ON")
+        try:
+            n = self._write(forget)
+        finally:
+            with self.lock:
+                self.db.execute("PRAGMA secure_delete=OFF")
+        if n:
+            with self.lock:
+                try:
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.OperationalError:  # busy: the removal itself is already durable
+                    pass
+        return n
 
     def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
         space = check_space(space)
@@ -266,8 +296,16 @@ class SQLiteStore:
 
     # -- for tools --------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
-        rows = self._read("SELECT user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq")
-        return (Event(u, i, t, ts, math.nan if v is None else v, eid) for u, i, t, ts, v, eid in rows)
+        return (e for _, e in self.numbered_events())
+
+    def numbered_events(self) -> Iterator[tuple[int, Event]]:
+        rows = self._read("SELECT seq, user_id, item_id, event_type, ts, value, event_id FROM events ORDER BY seq")
+        return ((n, Event(u, i, t, ts, math.nan if v is None else v, eid)) for n, u, i, t, ts, v, eid in rows)
+
+    def last_arrival(self) -> int:
+        # AUTOINCREMENT: sqlite_sequence keeps the largest seq ever used, also after deletes.
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return int(rows[0][0]) if rows else 0
 
     def user_ids(self) -> list[str]:
         return [r[0] for r in self._read("SELECT user_id FROM events GROUP BY user_id ORDER BY MIN(seq)")]

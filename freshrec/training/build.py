@@ -180,7 +180,7 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     for suffix in ("", "-wal", "-shm"):
         Path(str(state_path) + suffix).unlink(missing_ok=True)
     state_url = f"sqlite:///{state_path}"
-    exported = export_build(out, opts.repository, opts.device, state_url, log=log)
+    exported = export_build(out, opts.repository, opts.device, state_url, log=log, replace_versions=True)  # a build starts over
 
     store = open_store(state_url)
     with torch.no_grad():
@@ -197,13 +197,13 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
         raise ValueError(f"serve_state must be 'eval' or 'all', got {opts.serve_state!r}")
     ids = e.event_id if e.event_id is not None else np.array([f"{ds.name or 'data'}:{o}" for o in e.order], dtype=object)
     store.add_events([Event(e.user_id[j], e.item_id[j], e.event_type[j], float(e.timestamp[j]), float(e.value[j]), str(ids[j])) for j in keep])
-    n_events = store.count_events()
+    n_events, cutoff = store.count_events(), store.last_arrival()
     log(f"state: {len(catalog.item_ids)} items, {n_events} events in {state_path} ({opts.serve_state})")
     store.close()
     # Version 1's card: the events a later `freshrec update` starts after are those stored now.
     card = {
         "version": 1, "parent": None, "created": time.time(), "kind": "build",
-        "data": {"dataset": ds.name, "cutoff_seq": n_events, "until": float(e.timestamp[keep].max()) if len(keep) else None,
+        "data": {"dataset": ds.name, "cutoff_arrival": cutoff, "until": float(e.timestamp[keep].max()) if len(keep) else None,
                  "events": int(len(keep)), "train_events": int(split.n_train), "items": len(catalog.item_ids)},
         "id_rows": int(cfg.item.id_vocab),
         "metrics": {"test": metrics},

@@ -34,6 +34,7 @@ from freshrec.client import (
     ServerError,
     StreamingRecommender,
     Unavailable,
+    build_forget_inputs,
     build_ingest_inputs,
     build_inputs,
     build_recommend_inputs,
@@ -45,7 +46,7 @@ from freshrec.client import (
 )
 from freshrec.client import cli
 from freshrec.client.grpc_client import _stream_request
-from freshrec.contract import INGEST_EVENTS, RECOMMEND, UPSERT_ITEMS, ModelContract
+from freshrec.contract import FORGET_USER, INGEST_EVENTS, RECOMMEND, UPSERT_ITEMS, ModelContract
 from freshrec.server_ext.launcher import find_free_ports
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +177,19 @@ def test_upsert_inputs_follow_the_contract() -> None:
     assert "metadata" not in build_upsert_inputs([ItemIn("i3", "no metadata")])
     with pytest.raises(InvalidArgument, match="dict"):
         build_upsert_inputs([ItemIn("i4", "x", "not a dict")])  # type: ignore[arg-type]
+
+
+def test_forget_inputs_follow_the_contract_and_the_call_is_retried() -> None:
+    wire = _wire(FORGET_USER, build_forget_inputs("u1", "k3y"))
+    assert wire == {"user_id": ("BYTES", [1], ["u1"]), "key": ("BYTES", [1], ["k3y"])}
+    client = FreshrecClient("127.0.0.1:1", backoff_s=0.001)
+    fake = client._triton = _FakeTriton(_unavailable(), _FakeResult(removed=np.array([7], dtype=np.int64)))  # type: ignore[assignment]
+    assert client.forget_user("u1", "k3y") == 7  # idempotent on the server: retried like the writes
+    assert [c["model"] for c in fake.calls] == ["forget_user"] * 2
+    client._triton = fake = _FakeTriton(InferenceServerException("forget_user refused", status="StatusCode.INVALID_ARGUMENT"))  # type: ignore[assignment]
+    with pytest.raises(InvalidArgument):
+        client.forget_user("u1", "wrong")
+    assert len(fake.calls) == 1
 
 
 def test_build_inputs_rejects_what_the_contract_forbids() -> None:
@@ -468,6 +482,9 @@ class _CliClient:
     def upsert_items(self, items: list[ItemIn]) -> int:
         return self._answer("upsert", list(items))
 
+    def forget_user(self, user_id: str, key: str) -> int:
+        return self._answer("forget", (user_id, key))
+
 
 @pytest.fixture
 def cli_client(monkeypatch: pytest.MonkeyPatch) -> type[_CliClient]:
@@ -493,6 +510,23 @@ def test_cli_recommend_prints_table_or_json(cli_client: type[_CliClient], capsys
     doc = json.loads(capsys.readouterr().out)
     assert doc["items"] == [{"item_id": "a", "score": 0.5}, {"item_id": "b", "score": 0.25}]
     assert doc["latency_ms"] >= 0 and "_table" not in doc
+
+
+def test_cli_forget_takes_its_key_from_a_file_or_the_environment(cli_client: type[_CliClient], capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.delenv("FRESHREC_FORGET_KEY", raising=False)
+    monkeypatch.delenv("FRESHREC_ADMIN_KEY", raising=False)
+    assert _run(["forget", "u1"]) == 2 and "--key-file" in capsys.readouterr().err  # no key anywhere: refused locally
+    cli_client.outcome = 4
+    (tmp_path / "admin.key").write_text("filekey\n")
+    assert _run(["forget", "u1", "--key-file", str(tmp_path / "admin.key"), "--json"]) == 0
+    assert cli_client.calls[-1] == ("forget", ("u1", "filekey")) and json.loads(capsys.readouterr().out)["removed"] == 4
+    monkeypatch.setenv("FRESHREC_ADMIN_KEY", "adminkey")
+    assert _run(["forget", "u1"]) == 0 and cli_client.calls[-1] == ("forget", ("u1", "adminkey"))
+    monkeypatch.setenv("FRESHREC_FORGET_KEY", "forgetkey")
+    assert _run(["forget", "u1"]) == 0 and cli_client.calls[-1] == ("forget", ("u1", "forgetkey"))
+    out = capsys.readouterr().out
+    assert "events removed" in out and "forgetkey" not in out
 
 
 @pytest.mark.parametrize(

@@ -90,8 +90,8 @@ GUARDS = {
 def test_served_models_follow_the_engine():
     from freshrec.contract import served_models
 
-    assert served_models("inprocess") == ("recommend", "ingest_events", "upsert_items")  # the towers stay unloaded
-    assert served_models("bls") == ("recommend", "ingest_events", "upsert_items", "text_encoder", "item_tower", "user_tower", "reranker")
+    assert served_models("inprocess") == ("recommend", "ingest_events", "upsert_items", "forget_user")  # the towers stay unloaded
+    assert served_models("bls") == ("recommend", "ingest_events", "upsert_items", "forget_user", "text_encoder", "item_tower", "user_tower", "reranker")
     with pytest.raises(ValueError):
         served_models("auto")  # resolve it first
 

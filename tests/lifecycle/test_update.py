@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from freshrec.export.repository import read_card, read_settings, served_versions, versions
-from freshrec.lifecycle.update import NothingToLearn, UpdateOptions, update
+from freshrec.lifecycle.update import NothingToLearn, UpdateOptions, parent_cutoff, read_window, update
 from freshrec.models.checkpoints import load_models
-from freshrec.store import open_store
+from freshrec.store import Event, open_store
 from tests.lifecycle.conftest import NEW_ITEM
 
 
@@ -20,7 +20,7 @@ def test_update_writes_the_next_version_with_its_card(updated):
     repo, card = updated["repo"], updated["card"]
     assert card["version"] == 2 and card["parent"] == 1 and card["gate"]["passed"]
     assert versions(repo) == [1, 2] and served_versions(repo) == [1]  # written, not yet served
-    assert read_card(repo, 2)["checksums"] and read_card(repo, 2)["data"]["from_seq"] == read_card(repo, 1)["data"]["cutoff_seq"]
+    assert read_card(repo, 2)["checksums"] and read_card(repo, 2)["data"]["from_arrival"] == read_card(repo, 1)["data"]["cutoff_arrival"]
     data = card["data"]
     assert data["events"] == updated["events"] and data["train_targets"] + data["holdout_events"] <= data["events"]
     assert data["holdout_events"] > 0 and data["window"]["holdout_start"] >= data["window"]["start"]
@@ -101,3 +101,45 @@ def test_update_command_pins_a_passed_version(lifecycle_root, copy_of, capsys):
     own2 = copy_of(lifecycle_root)
     assert main(["update", "--repository", str(own2["repo"]), "--state", own2["url"], "--tolerance", "-1", "--epochs", "1", "--pin"]) == 3
     assert served_versions(own2["repo"]) == [1]
+
+
+def test_export_refuses_to_delete_later_versions(tiny_build, updated, tmp_path, capsys):
+    """`freshrec export` writes version 1 alone: over a repository holding updated versions it stops
+    before any work and says so, leaving them as they are."""
+    from freshrec.cli import main
+    from tests.faults.conftest import private_repository
+
+    root = tmp_path / "repository"
+    private_repository(updated["repo"], root / "embedded")
+    rc = main(["export", "--build", str(tiny_build["build_dir"]), "--repository", str(root)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "freshrec update" in err and "embedded: 2" in err and "--replace-versions" in err
+    assert versions(root / "embedded") == [1, 2] and served_versions(root / "embedded") == [1]
+
+
+def _targets(w, pairs):
+    return sorted((w.seqs[s].user_id, int(w.seqs[s].rows[p])) for s, p in pairs)
+
+
+def test_forgetting_a_user_moves_no_update_cut_off(tmp_path):
+    """The window is cut by arrival numbers: removing a user's events from before the cut-off
+    leaves the same new events in the window (positions in `events()` would shift by two)."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    row = {x: j for j, x in enumerate("abcdef")}
+    store.add_events([Event("u1", "a", "click", 1.0), Event("gone", "b", "click", 2.0), Event("u1", "c", "click", 3.0),
+                      Event("gone", "d", "click", 4.0)])  # fmt: skip
+    cutoff = store.last_arrival()
+    assert parent_cutoff({"data": {"cutoff_seq": 4}}, store) == cutoff  # a card from before arrival numbers
+    store.add_events([Event(u, i, "click", t) for u, i, t in (("u1", "d", 5.0), ("u2", "a", 6.0), ("u2", "b", 7.0), ("u1", "e", 8.0),
+                                                               ("gone", "f", 8.5), ("u2", "f", 9.0))])  # fmt: skip
+    before = read_window(store, row, cutoff, holdout=0.25)
+    assert store.forget_user("gone") == 3
+    after = read_window(store, row, cutoff, holdout=0.25)
+    assert parent_cutoff({"data": {"cutoff_arrival": cutoff}}, store) == cutoff
+    assert after.n_new == before.n_new - 1 == 5  # only the forgotten user's own new event left the window
+    assert _targets(after, after.train) == _targets(before, [(s, p) for s, p in before.train if before.seqs[s].user_id != "gone"])
+    assert _targets(after, after.holdout) == [("u2", row["f"])]
+    assert after.cutoff_arrival == store.last_arrival() - 1  # the held-out event starts the next window
+    assert "gone" not in {q.user_id for q in after.seqs}
+    nothing = read_window(store, row, store.last_arrival(), holdout=0.25)
+    assert nothing.n_new == 0 and nothing.cutoff_arrival == store.last_arrival()

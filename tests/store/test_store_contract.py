@@ -158,6 +158,47 @@ def test_tool_reads_events_users_and_counts(store_url):
     assert store.count_items() == 2
 
 
+def test_forget_user_removes_events_seen_items_and_popularity_share(store_url):
+    store = open_store(store_url)
+    store.upsert_items([Item(x, x, _vec(i)) for i, x in enumerate("abc")])
+    store.add_events([Event("gone:{u}|", "a", "click", 1.0, event_id="g1"), Event("stay", "b", "click", 2.0, event_id="s1"),
+                      Event("gone:{u}|", "a", "like", 3.0, event_id="g2"), Event("gone:{u}|", "c", "rate", 4.0, value=5.0),
+                      Event("stay", "c", "click", 5.0)])  # fmt: skip
+    last = store.last_arrival()
+    assert store.popular_items(10, window=100) == [("a", 2.0), ("c", 2.0), ("b", 1.0)]
+    assert store.forget_user("gone:{u}|") == 3
+    h = store.user_history("gone:{u}|", 10)
+    assert h.item_ids == [] and h.seen == set()
+    assert store.user_ids() == ["stay"] and store.count_events() == 2
+    assert [(e.user_id, e.item_id) for e in store.events()] == [("stay", "b"), ("stay", "c")]
+    assert store.popular_items(10, window=100) == [("b", 1.0), ("c", 1.0)]  # the user's share of the counts is gone
+    assert store.user_history("stay", 10).item_ids == ["b", "c"]  # nobody else's data moves
+    # idempotent: a repeat (or an unknown user) removes nothing
+    assert store.forget_user("gone:{u}|") == 0 and store.forget_user("never-seen") == 0
+    assert store.count_events() == 2
+    # a retry of an event acknowledged before the removal stays a duplicate: the user is not back
+    assert store.add_events([Event("gone:{u}|", "a", "click", 1.0, event_id="g1")]) == 0
+    assert store.user_history("gone:{u}|", 10).item_ids == [] and store.user_ids() == ["stay"]
+    # a new event (new id, or none) is a new user's first: arrival numbers go on past the removed ones
+    assert store.add_events([Event("gone:{u}|", "b", "click", 9.0, event_id="g9"), Event("gone:{u}|", "c", "click", 9.5)]) == 2
+    assert store.user_history("gone:{u}|", 10).item_ids == ["b", "c"] and store.user_ids() == ["stay", "gone:{u}|"]
+    numbers = [n for n, _ in store.numbered_events()]
+    assert numbers == sorted(numbers) and numbers[-2:] == [last + 1, last + 2] and store.last_arrival() == last + 2
+    assert store.count_events() == 4
+    # durable: another connection sees the removal
+    assert open_store(store_url).user_history("gone:{u}|", 10).item_ids == ["b", "c"]
+
+
+def test_numbered_events_keep_arrival_numbers_across_ignored_retries(store_url):
+    store = open_store(store_url)
+    assert store.last_arrival() == 0 and list(store.numbered_events()) == []
+    store.add_events([Event("u", "a", "click", 1.0, event_id="x"), Event("u", "a", "click", 1.0, event_id="x"),
+                      Event("v", "b", "click", 2.0)])  # fmt: skip
+    numbered = list(store.numbered_events())
+    assert [e for _, e in numbered] == list(store.events())
+    assert [n for n, _ in numbered] == sorted({n for n, _ in numbered}) and numbered[-1][0] == store.last_arrival()
+
+
 def test_load_items_writes_every_batch(store_url):
     store = open_store(store_url)
     batches = ([Item(f"i{b}-{j}", f"text {b} {j}", _vec(10 * b + j)) for j in range(3)] for b in range(4))

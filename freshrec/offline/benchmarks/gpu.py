@@ -120,7 +120,7 @@ def run(a: GpuCheckOptions) -> int:
     if (a.build / "build.json").exists():
         from freshrec.export.pipeline import export_build
 
-        export_build(a.build, repo_root, device=a.device)
+        export_build(a.build, repo_root, device=a.device, replace_versions=True)  # its own scratch repository
         build = a.build
     else:
         from freshrec.config import ModelConfig

@@ -237,7 +237,7 @@ def build_once(opts, cfg: ModelConfig) -> dict:
             if saved.content != cfg.content:
                 log(f"content channels {saved.content} -> {cfg.content}: exporting the build again")
                 dataclasses.replace(ModelConfig.load(config), content=cfg.content).save(config)
-                exported = export_build(Path(opts.out), opts.repository, opts.device, old.get("state"), log=log)
+                exported = export_build(Path(opts.out), opts.repository, opts.device, old.get("state"), log=log, replace_versions=True)
                 old.update(model_config=ModelConfig.load(config).to_dict(),
                            repositories=exported["repositories"], export=exported["models"])  # fmt: skip
                 path.write_text(json.dumps(old, indent=2, sort_keys=True))

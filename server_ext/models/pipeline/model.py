@@ -1,5 +1,5 @@
 """Triton Python-backend adapter for the public models (`recommend`, `ingest_events`,
-`upsert_items`): the same file serves each; the model's name picks the handler in
+`upsert_items`, `forget_user`): the same file serves each; the model's name picks the handler in
 freshrec.server_ext.service, where the logic lives."""
 
 import triton_python_backend_utils as pb_utils
