@@ -383,7 +383,11 @@ class UpdateOptions:
     state: str | None = None  # state store URL; default: the one the parent version's settings name
     parent: int | None = None  # the version to fine-tune; default: the one recommend serves (its pin)
     epochs: int = 5  # tower passes over the targets
-    rerank_epochs: int = 2  # reranker passes after the towers (0: keep the parent's reranker)
+    # Reranker passes after the towers; 0 keeps the parent's reranker. Off by default: the gate
+    # ranks with retrieval + reranker alone, while serving adds the content channel to the
+    # reranker's scores, and a fine-tuned reranker's scale shifts that blend (measured: passed
+    # gates, 0.85x replay NDCG@10; docs/results/report.md).
+    rerank_epochs: int = 0
     budget_s: float | None = None  # stop fine-tuning after this many seconds (at a batch boundary)
     lr: float | None = None  # towers; default: a tenth of the build's tower learning rate
     rerank_lr: float | None = None  # default: 0.3x the build's reranker learning rate

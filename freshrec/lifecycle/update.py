@@ -11,10 +11,11 @@ checked by a gate, and written as the next version of the model repository.
 2. **Id rows**: items with a new-window event and no learned id row get one; the item tower's id
    table grows (old rows kept, new rows start at zero like the build's).
 3. **Fine-tuning**: both towers warm-started from the parent's checkpoints, full softmax over the
-   catalog, `epochs` passes at a tenth of the build's rate; then the reranker, warm-started too,
-   `rerank_epochs` passes over the same targets with the new towers' candidates (their top C-1
-   and the target, as the build trains it), so that it learns the item vectors the towers moved.
-   `budget_s` bounds both stages.
+   catalog, `epochs` passes at a tenth of the build's rate; the parent's reranker is kept unless
+   `rerank_epochs` > 0: then it is fine-tuned too, over the same targets with the new towers'
+   candidates (their top C-1 and the target, as the build trains it). `budget_s` bounds both.
+   (Off by default: the gate below ranks without the served content channel, whose scores are
+   added to the reranker's; a fine-tuned reranker passed its gates and lost in the replay.)
 4. **Gate**: parent and candidate rank the held-out events (full catalog, seen items masked,
    retrieval + reranker as served); the candidate passes when its NDCG@10 is at least the
    parent's times (1 - `tolerance`). A refused candidate's card goes to `recommend/rejected/`.

@@ -81,5 +81,5 @@ def updated(lifecycle_root: dict[str, Any], tmp_path_factory: pytest.TempPathFac
     repo = private_repository(lifecycle_root["repo"], root / "repo")
     copy_sqlite(lifecycle_root["state"], root / "state.db")
     url = f"sqlite:///{root / 'state.db'}"
-    card = update(UpdateOptions(repository=repo, state=url, tolerance=1.0, epochs=2))
+    card = update(UpdateOptions(repository=repo, state=url, tolerance=1.0, epochs=2, rerank_epochs=2))  # both stages
     return {**lifecycle_root, "repo": repo, "state": root / "state.db", "url": url, "card": card}

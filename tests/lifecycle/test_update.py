@@ -89,12 +89,11 @@ def test_update_command_pins_a_passed_version(lifecycle_root, copy_of, capsys):
     from freshrec.cli import main
 
     own = copy_of(lifecycle_root)
-    rc = main(["update", "--repository", str(own["repo"]), "--state", own["url"], "--tolerance", "1", "--epochs", "1",
-               "--rerank-epochs", "0", "--pin"])  # fmt: skip
+    rc = main(["update", "--repository", str(own["repo"]), "--state", own["url"], "--tolerance", "1", "--epochs", "1", "--pin"])
     assert rc == 0
     assert versions(own["repo"]) == [1, 2] and served_versions(own["repo"]) == [2]
     reranker = [own["repo"] / "reranker" / v / "model.onnx" for v in ("1", "2")]
-    assert reranker[0].stat().st_ino == reranker[1].stat().st_ino  # --rerank-epochs 0: the served reranker, hard-linked
+    assert reranker[0].stat().st_ino == reranker[1].stat().st_ino  # by default the served reranker is kept (hard-linked)
     assert all(served_versions(own["repo"], m) == [2] for m in ("ingest_events", "upsert_items", "user_tower", "item_tower"))
     assert '"version": 2' in capsys.readouterr().out
     # a refused candidate: exit code 3, nothing pinned
