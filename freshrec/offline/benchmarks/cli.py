@@ -77,8 +77,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     s.add_argument("--run-seconds", type=float, help="each perf_analyzer run under rollouts lasts about this long (default 5; smoke 3): "
                    "perf_analyzer aborts a run at its first failed request, losing the run's latencies")
     s.add_argument("--gap", type=float, help="seconds between rollout steps (default 5; smoke 1)")
-    s.add_argument("--epochs", type=int, help="the update's fine-tuning passes (default 3; smoke 1)")
-    s.add_argument("--tolerance", type=float, default=0.01, help="the update's gate tolerance (the update's default)")
+    s.add_argument("--epochs", type=int, help="the update's fine-tuning passes (default: the update's; smoke 1)")
+    s.add_argument("--tolerance", type=float, help="the update's gate tolerance (default: the update's)")
     s.set_defaults(func=_rollout)
 
     s = what.add_parser("gpu", help=BENCHMARKS["gpu"],
@@ -188,7 +188,8 @@ def _rollout(a: argparse.Namespace) -> int:
     from freshrec.offline.benchmarks.rollout import RolloutBenchOptions, main_print, run
 
     opts = RolloutBenchOptions(build=a.build, repository=a.repository, work=a.work, out=a.out, concurrency=a.concurrency, smoke=a.smoke,
-                               requests=a.requests, run_s=a.run_seconds, gap_s=a.gap, epochs=a.epochs, tolerance=a.tolerance)  # fmt: skip
+                               requests=a.requests, run_s=a.run_seconds, gap_s=a.gap, epochs=a.epochs,
+                               **({} if a.tolerance is None else {"tolerance": a.tolerance}))  # fmt: skip
     try:
         report = run(opts)
     except PerfAnalyzerUnavailable as e:

@@ -49,6 +49,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from freshrec.config import UpdateOptions
+
 TARGET_P99_RATIO = 2.0  # p99 of the requests started during a rollout <= 2x the steady state's
 TARGET_UPDATE_TO_SERVING_S = 600.0  # update start -> new version serving, ML-100K on 2 cores
 NEW_ITEM = ("bench:new-film", "Galaxy Rangers (1998) Action|Adventure|Sci-Fi")
@@ -67,8 +69,8 @@ class RolloutBenchOptions:
     requests: int | None = None  # steady-state requests (default 3000; smoke 200)
     run_s: float | None = None  # each perf_analyzer run under rollouts: this long at the steady throughput (5; smoke 3)
     gap_s: float | None = None  # seconds between rollout steps (5; smoke 1)
-    epochs: int | None = None  # the update's fine-tuning passes (default the update's own 3; smoke 1)
-    tolerance: float = 0.01  # the update's gate tolerance (the update's default)
+    epochs: int | None = None  # the update's fine-tuning passes (default the update's own; smoke 1)
+    tolerance: float = UpdateOptions.tolerance  # the update's gate tolerance (the update's default)
 
     @property
     def steady_requests(self) -> int:
@@ -92,7 +94,7 @@ class RolloutBenchOptions:
 
     @property
     def update_epochs(self) -> int:
-        return self.epochs or (1 if self.smoke else 3)
+        return self.epochs or (1 if self.smoke else UpdateOptions.epochs)
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -676,7 +678,7 @@ def commands(opts: RolloutBenchOptions, src_repo: Path, work: Path, grpc_url: st
              "--out", rel(opts.out), "--concurrency", str(opts.concurrency)]  # fmt: skip
     if opts.smoke:
         bench.append("--smoke")
-    if opts.tolerance != 0.01:
+    if opts.tolerance != UpdateOptions.tolerance:
         bench += ["--tolerance", str(opts.tolerance)]
     repo, state, key = rel(work / "repo"), f"sqlite:///{rel(work / 'state.db')}", rel(work / "admin.key")
     server = ["--url", http_url, "--admin-key-file", key]
