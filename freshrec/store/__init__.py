@@ -16,7 +16,7 @@ def open_store(url: str, base_dir: Path | None = None) -> StateStore:
     `redis://[:password@]host:port/db` / `rediss://...` (Redis shared by every server; query options
     `prefix` (key prefix, default `freshrec:`), `timeout` (socket connect/read seconds, default 1),
     `window` (events kept for popularity, default 10000))."""
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
         from freshrec.store.redis_store import RedisStore
 
         return RedisStore(url)
