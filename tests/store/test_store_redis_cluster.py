@@ -111,3 +111,22 @@ def test_a_primary_killed_under_ingest_loses_no_acknowledged_event(private_redis
     assert fresh.count_events() == len(stored)
     numbers = [n for n, _ in fresh.numbered_events()]
     assert len(numbers) == len(set(numbers)) == len(stored)
+
+
+def test_copy_state_fills_a_cluster_from_a_standalone_redis(redis_server, redis_cluster_url):
+    import numpy as np
+
+    from freshrec.cli import main
+    from freshrec.store import Item
+
+    src = open_store(redis_server.url)
+    v = np.ones(4, np.float32) / 2
+    src.upsert_items([Item("a", "A film", v), Item("b", "B film", v, id_index=2)])
+    src.put_vectors(2, ["a"], v[None])
+    src.add_events([Event("u", "a", "click", 1.0, event_id="e1"), Event("w", "b", "rate", 2.0, 4.0, "e2"), Event("u", "b", "click", 3.0)])
+    assert main(["copy-state", redis_server.url, redis_cluster_url]) == 0
+    dst = open_store(redis_cluster_url)
+    assert dst.count_events() == 3 and dst.user_ids() == ["u", "w"] and dst.item_id_indices(["a", "b"]) == {"a": 0, "b": 2}
+    assert dst.vector_spaces() == {1: 2, 2: 1} and dst.user_history("u", 10).item_ids == ["a", "b"]
+    assert main(["copy-state", "--from", redis_server.url, "--to", redis_cluster_url]) == 0  # idempotent for events with ids
+    assert dst.count_events() == 4  # the event without an id is copied again: ids make copies idempotent
