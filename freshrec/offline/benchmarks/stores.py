@@ -160,7 +160,7 @@ def run(build: Path, repository: Path, calls: int, out: Path) -> dict:
         "# State stores side by side: SQLite vs Redis vs Redis Cluster",
         "",
         f"`freshrec bench stores` on {report['date']}: {machine['cpus']} cores ({machine['cpu']}), "
-        f"{machine['platform']}, Python {machine['python']}; build `{shown}`. One tritonserver per store, both running; "
+        f"{machine['platform']}, Python {machine['python']}; build `{shown}`. One tritonserver per store, all running; "
         f"{calls} sequential gRPC calls each after {warmup} warm-up calls, rotating which server goes first; then {calls} "
         "`add_events` (one event with an id) straight on each Redis store, alternating halves. "
         "Redis: local redis-server, `appendonly yes`, `appendfsync always`. Redis Cluster: 3 primaries + 3 replicas on the same "
