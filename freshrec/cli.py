@@ -107,9 +107,19 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_copy_state(args) -> int:
-    """One store's state into another (a build's SQLite into Redis, so replicas start with
-    histories; or back). Idempotent: events keep their ids."""
+    """One store's state into another (a build's SQLite into Redis or a Redis Cluster, so replicas
+    start with histories; a standalone Redis into a cluster; or back). Idempotent: events keep
+    their ids."""
     from freshrec.store import copy_state, open_store
+
+    if args.src and args.source or args.dst and args.target:
+        print("copy-state: give the source and target either as SRC DST or as --from/--to", file=sys.stderr)
+        return 2
+    args.source = args.src or args.source or "sqlite:///build/state.db"
+    args.target = args.dst or args.target
+    if not args.target:
+        print("copy-state: a target is required (DST or --to)", file=sys.stderr)
+        return 2
 
     source, target = open_store(args.source), open_store(args.target)
     try:
@@ -364,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="the whole cards")
     s.set_defaults(func=_cmd_versions)
 
-    s = sub.add_parser("copy-state", help="copy one state store into another (a build's SQLite into Redis, or back)")
-    s.add_argument("--from", dest="source", default="sqlite:///build/state.db")
-    s.add_argument("--to", dest="target", required=True, help="e.g. redis://127.0.0.1:6379/0")
+    s = sub.add_parser("copy-state", help="copy one state store into another (SQLite, Redis or Redis Cluster, either way)")
+    s.add_argument("src", nargs="?", help="source URL (or --from)")
+    s.add_argument("dst", nargs="?", help="target URL (or --to), e.g. redis+cluster://127.0.0.1:7000")
+    s.add_argument("--from", dest="source", default=None, help="default: sqlite:///build/state.db")
+    s.add_argument("--to", dest="target", default=None, help="e.g. redis://127.0.0.1:6379/0 or redis+cluster://127.0.0.1:7000")
     s.set_defaults(func=_cmd_copy_state)
 
     s = sub.add_parser("eval", help="offline evaluation, baselines, served check, replay, cold start -> report in --out")

@@ -183,3 +183,151 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.kill()
+
+
+# -- a real Redis Cluster: 3 primaries + 3 replicas of redis-server on loopback -----------------
+def _cluster_ports(n: int) -> list[int]:
+    """Free loopback ports P whose cluster bus port P + 10000 is free too (so P <= 55535)."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randint(20000, 55535)
+        if port not in ports and port + 10000 not in ports and free(port) and free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+class RedisClusterServers:
+    """Six `redis-server --cluster-enabled yes` on free loopback ports, durable like production
+    (AOF, fsync always), joined by `redis-cli --cluster create --cluster-replicas 1`. A replica
+    takes over 1 s after its primary stops answering (`cluster-node-timeout 1000`)."""
+
+    def __init__(self, data_dir: Path, nodes: int = 6) -> None:
+        self.dir = data_dir
+        self.ports = _cluster_ports(nodes)
+        self.procs: dict[int, Any] = {}
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start_node(self, port: int) -> None:
+        import subprocess
+
+        work = self.dir / str(port)
+        work.mkdir(exist_ok=True)
+        log = open(work / "redis.log", "ab")
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work), "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "1000", "--appendonly", "yes",
+             "--appendfsync", "always", "--save", "", "--repl-diskless-sync-delay", "0", "--daemonize", "no",
+             "--protected-mode", "yes", "--logfile", ""],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+
+    def cli(self, port: int, *args: str, timeout: float = 30.0) -> str:
+        import subprocess
+
+        out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
+        return out.stdout + out.stderr
+
+    def start(self, timeout: float = 30.0) -> None:
+        import time
+
+        for port in self.ports:
+            self.start_node(port)
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while "PONG" not in self.cli(port, "ping"):
+                if time.monotonic() > deadline or self.procs[port].poll() is not None:
+                    raise RuntimeError(f"redis-server {port} not ready: {self.log_tail(port)}")
+                time.sleep(0.05)
+        created = self.cli(self.ports[0], "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                           "--cluster-replicas", "1", "--cluster-yes")  # fmt: skip
+        if "[OK] All 16384 slots covered" not in created:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created[-2000:]}")
+        self.wait_healthy(deadline)
+
+    def primaries(self) -> list[int]:
+        """Ports of the nodes that are primaries now (with slots)."""
+        return [p for p in self.ports if p in self.procs and self.procs[p].poll() is None and "role:master" in self.cli(p, "info", "replication")]
+
+    def wait_healthy(self, deadline: float) -> None:
+        """Every live node sees the cluster ok, and every primary has a replica in sync."""
+        import time
+
+        while True:
+            live = [p for p in self.ports if self.procs[p].poll() is None]
+            ok = all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in live)
+            if ok:
+                masters = [self.cli(p, "info", "replication") for p in live]
+                ok = sum("role:master" in m for m in masters) == 3 and all(
+                    "state=online" in m for m in masters if "role:master" in m)  # fmt: skip
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster not healthy: " + self.cli(live[0], "cluster", "nodes"))
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: no shutdown save; only what was fsynced to its AOF survives."""
+        proc = self.procs[port]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def log_tail(self, port: int) -> str:
+        path = self.dir / str(port) / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)
+
+
+def _start_cluster(tmp_path_factory: pytest.TempPathFactory) -> RedisClusterServers:
+    import shutil
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server is not installed: `make redis-server-bin` (apt-get install redis-server)")
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """One Redis Cluster for the session; tests that share it take their own key prefix
+    (`redis_cluster_url`). Tests that kill nodes use `private_redis_cluster`."""
+    cluster = _start_cluster(tmp_path_factory)
+    yield cluster
+    cluster.stop()
+
+
+_CLUSTER_PREFIXES = iter(range(1_000_000))
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The session cluster's URL with a key prefix of this test's own."""
+    return f"{redis_cluster.url}?prefix=t{next(_CLUSTER_PREFIXES)}:&lease=0.3"
+
+
+@pytest.fixture
+def private_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test alone (`.kill(port)`, `.primaries()`), stopped at teardown."""
+    cluster = _start_cluster(tmp_path_factory)
+    yield cluster
+    cluster.stop()

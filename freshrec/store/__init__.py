@@ -1,5 +1,5 @@
 """State behind one interface: events, user histories, the item table and item vectors.
-Backends: SQLite (`sqlite`, the embedded default) and Redis (`redis_store`, shared by replicas)."""
+Backends: SQLite (`sqlite`, the embedded default) and Redis or Redis Cluster (`redis_store`, shared by replicas)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ __all__ = ["Event", "Item", "StateStore", "StoreUnavailable", "UserHistory", "co
 
 def open_store(url: str, base_dir: Path | None = None) -> StateStore:
     """Opens a store from a URL: `sqlite:///relative/or/absolute.db` (relative to base_dir), or
-    `redis://[:password@]host:port/db` / `rediss://...` (Redis shared by every server; query options
-    `prefix` (key prefix, default `freshrec:`), `timeout` (socket connect/read seconds, default 1),
-    `window` (events kept for popularity, default 10000))."""
-    if url.startswith(("redis://", "rediss://")):
+    `redis://[:password@]host:port/db` / `rediss://...` (Redis shared by every server), or
+    `redis+cluster://[:password@]host:port` / `rediss+cluster://...` (a Redis Cluster through any of
+    its nodes); Redis query options `prefix` (key prefix, default `freshrec:`), `timeout` (socket
+    connect/read seconds, default 1), `window` (events kept for popularity, default 10000),
+    `event_id_ttl` (seconds an event id is remembered, default 7 days), `lease` (seconds reserved
+    arrival numbers stay usable, default 1)."""
+    if url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
         from freshrec.store.redis_store import RedisStore
 
         return RedisStore(url)
@@ -27,7 +30,7 @@ def open_store(url: str, base_dir: Path | None = None) -> StateStore:
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return SQLiteStore(path)
-    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path or redis://host:port/db")
+    raise ValueError(f"unsupported state store URL {url!r}; expected sqlite:///path, redis://host:port/db or redis+cluster://host:port")
 
 
 def _chunks(xs: Iterable, size: int) -> Iterable[list]:

@@ -3,7 +3,9 @@
 Contract every implementation keeps:
 - `add_events` / `upsert_items` return only after the write is durable; a write that returned is
   visible to every later read from any process sharing the store (read-your-writes).
-- `add_events` is idempotent per `event_id`: a retried event is stored once.
+- `add_events` is idempotent per `event_id`: a retried event is stored once. An event id belongs to
+  its user (a retry carries the same user): the same id under two users may be two events (Redis
+  keeps ids in each user's slot; SQLite's are global). Redis forgets ids after `event_id_ttl`.
 - Events may name items that do not exist yet: they are stored and ignored by recommendations
   until the item exists.
 - Item vectors are kept per vector space (a model version number, an int >= 1): space 1 holds

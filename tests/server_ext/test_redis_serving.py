@@ -1,5 +1,6 @@
-"""Two real tritonservers sharing one Redis state store: a write on one is served by the other,
-and a Redis outage is UNAVAILABLE on both, then recovers with nothing acknowledged lost."""
+"""Two real tritonservers sharing one Redis state store (a standalone server, or a Redis Cluster of
+3 primaries + 3 replicas): a write on one is served by the other, and a Redis outage is UNAVAILABLE
+on both, then recovers with nothing acknowledged lost."""
 
 from __future__ import annotations
 
@@ -25,7 +26,30 @@ def _unavailable(fn) -> str:
     return info.value.message()
 
 
-def test_two_servers_share_one_redis_store(tiny_build, redis_server, triton_server_factory):
+class _Shared:
+    """One Redis state for the servers: `.url`, `.kill()` (every node), `.restart()`."""
+
+    def __init__(self, url, kill, restart):
+        self.url, self.kill, self.restart = url, kill, restart
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_redis(request):
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        return _Shared(server.url, server.kill, server.restart)
+    cluster = request.getfixturevalue("private_redis_cluster")
+
+    def restart():  # every node from its AOF and nodes-<port>.conf; the cluster comes back as it was
+        for port in cluster.ports:
+            cluster.start_node(port)
+        cluster.wait_healthy(time.monotonic() + 30)
+
+    return _Shared(cluster.url, cluster.stop, restart)
+
+
+def test_two_servers_share_one_redis_store(tiny_build, shared_redis, triton_server_factory):
+    redis_server = shared_redis
     state = Path(tiny_build["build_dir"]) / "state.db"
     src = open_store(f"sqlite:///{state}")
     dst = open_store(redis_server.url)

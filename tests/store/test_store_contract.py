@@ -1,5 +1,5 @@
-"""The state-store contract, run against every backend: SQLite (a file) and Redis (a real
-redis-server). Backend-specific behaviour (WAL, locking, URL options, SIGKILL, outages) is tested
+"""The state-store contract, run against every backend: SQLite (a file), Redis (a real
+redis-server) and Redis Cluster (3 primaries + 3 replicas of a real redis-server). Backend-specific behaviour (WAL, locking, URL options, SIGKILL, outages) is tested
 in test_store.py and test_store_redis.py."""
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ def _vec(seed: int, dim: int = 4) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
+    if request.param == "redis-cluster":
+        return request.getfixturevalue("redis_cluster_url")
     return request.getfixturevalue("redis_server").url
 
 

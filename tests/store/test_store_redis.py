@@ -23,7 +23,7 @@ def test_open_store_parses_redis_urls(redis_server):
     assert isinstance(store, RedisStore)
     assert (store.prefix, store.timeout_s, store.window) == ("t1:", 0.5, 7)
     store.add_events([Event("u", "i", "click", 1.0)])
-    assert store.db.exists("t1:ev:seq") and not store.db.exists("freshrec:ev:seq")
+    assert store.db.exists("t1:{g}:seq") and not store.db.exists("freshrec:{g}:seq")
     other = open_store(redis_server.url)  # default prefix: a separate namespace
     assert other.prefix == "freshrec:" and other.count_events() == 0
 
@@ -125,12 +125,12 @@ def test_vector_space_keys(redis_server):
     store = open_store(redis_server.url)
     v = np.ones(4, np.float32) / 2
     store.upsert_items([Item("a", "text a", v, embedding=v[:3]), Item("b", "text b", v)], space=2)
-    assert store.db.hmget("freshrec:item:a", ["vector", "vector:2", "embedding"]) == [b"", v.tobytes(), v[:3].tobytes()]
-    assert store.db.hget("freshrec:item:b", "embedding") == b""
-    assert store.db.smembers("freshrec:cat:spaces") == {b"2"}
+    assert store.db.hmget("freshrec:{cat}:item:a", ["vector", "vector:2", "embedding"]) == [b"", v.tobytes(), v[:3].tobytes()]
+    assert store.db.hget("freshrec:{cat}:item:b", "embedding") == b""
+    assert store.db.smembers("freshrec:{cat}:spaces") == {b"2"}
     store.put_vectors(3, ["a", "ghost"], np.stack([v, v]))
-    assert not store.db.exists("freshrec:item:ghost") and store.db.smembers("freshrec:cat:spaces") == {b"2", b"3"}
+    assert not store.db.exists("freshrec:{cat}:item:ghost") and store.db.smembers("freshrec:{cat}:spaces") == {b"2", b"3"}
     store.upsert_items([Item("a", "text a2", v)])  # space 1 again: the other spaces' fields go
-    assert store.db.hkeys("freshrec:item:a").count(b"vector:2") == 0 and not store.db.hexists("freshrec:item:a", "vector:3")
+    assert store.db.hkeys("freshrec:{cat}:item:a").count(b"vector:2") == 0 and not store.db.hexists("freshrec:{cat}:item:a", "vector:3")
     assert store.vector_spaces() == {1: 1, 2: 1}  # space 3 is empty, though still in cat:spaces
-    assert store.drop_vectors(2) == 1 and store.db.smembers("freshrec:cat:spaces") == {b"3"}
+    assert store.drop_vectors(2) == 1 and store.db.smembers("freshrec:{cat}:spaces") == {b"3"}
