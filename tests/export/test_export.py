@@ -121,15 +121,16 @@ def test_regenerating_the_repository_gives_the_same_tree(tiny_build, tmp_path):
     build = tiny_build["build_dir"]
     cfg = ModelConfig.load(build / "checkpoints" / "model_config.json")
     deploy = DeployConfig(state=tiny_build["state"])
-    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir())
-    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir())
+    topics = build / "checkpoints" / "topics.safetensors"
+    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir(), topics)
+    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir(), topics)
     assert _tree_digest(a) == _tree_digest(b)
     built = _tree_digest(Path(tiny_build["repositories"]["embedded"]))
     # the build's repository also carries version 1's checkpoints and model card (for `freshrec update`)
     extra = {k for k in built if k.startswith("recommend/1/checkpoints/") or k == "recommend/1/model_card.json"}
     assert {k: v for k, v in built.items() if k not in extra} == _tree_digest(a)
     assert {Path(k).name for k in extra} == {"model_card.json", "model_config.json", "item_tower.pt", "user_tower.pt",
-                                             "reranker.pt", "content_projection.pt"}  # fmt: skip
+                                             "reranker.pt", "content_projection.pt", "topics.safetensors"}  # fmt: skip
 
 
 
