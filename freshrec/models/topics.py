@@ -237,7 +237,7 @@ def explain(model: TopicModel, profile: np.ndarray | None, item_ids: Sequence[st
         texts: item ids -> their texts, asked once for the history items the explanation names.
 
     Each item's shared topic is argmax_t profile_t * item_t (the topic it shares most with the
-    user); its source is the newest positive event whose item's own strongest topic is that one,
+    user; none when that product is 0 everywhere, e.g. an item stored without a mixture); its source is the newest positive event whose item's own strongest topic is that one,
     else the positive event with the largest share of it.
     """
     user_topics = []
@@ -249,8 +249,9 @@ def explain(model: TopicModel, profile: np.ndarray | None, item_ids: Sequence[st
     for j, item_id in enumerate(item_ids):
         entry: dict[str, Any] = {"item_id": item_id}
         src = None
-        if profile is not None:
-            t = int(np.argmax(profile * item_mixtures[j]))
+        shared = profile * item_mixtures[j] if profile is not None else None
+        if shared is not None and shared.max() > 0:  # an item without a mixture shares nothing
+            t = int(np.argmax(shared))
             entry.update(topic=t, words=model.top_words(t, cfg.top_words), item_share=round(float(item_mixtures[j][t]), 4),
                          user_share=round(float(profile[t]), 4))  # fmt: skip
             if len(positive):

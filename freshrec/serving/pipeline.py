@@ -353,7 +353,8 @@ class Recommender:
         mix = self.topics.matrix
         history_mix = mix[[self.topics.rows[i] for i in ids]] if ids else np.zeros((0, self.topics.dim), np.float32)
         profile = interest_profile(history_mix, weights) if ids else None
-        items_mix = mix[[self.topics.rows[i] for i in item_ids]] if item_ids else np.zeros((0, self.topics.dim), np.float32)
+        zero = np.zeros(self.topics.dim, np.float32)  # an item the index does not hold (yet) shares no topic
+        items_mix = np.array([mix[self.topics.rows[i]] if i in self.topics.rows else zero for i in item_ids], np.float32).reshape(-1, self.topics.dim)
         return explain(self.topic_model, profile, list(item_ids), items_mix, ids, history_mix, weights, self.store.item_texts,
                        self.cfg.topics)  # fmt: skip
 

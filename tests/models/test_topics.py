@@ -104,5 +104,7 @@ def test_explain_names_the_shared_topic_and_the_newest_history_item_carrying_it(
     assert y["topic"] == 0 and y["because"]["item_id"] == "h2"  # the newest positive event whose main topic is 0
     assert y["reason"].startswith("because you watched Film h2 (1990) / you like ")
     assert asked == [["h1", "h2"]]  # texts read once, for the named items only
+    bare = explain(model, profile, ["z"], np.zeros((1, 3)), ["h0", "h1", "h2", "h3"], hist, weights, texts, cfg)
+    assert bare["items"] == [{"item_id": "z"}]
     cold = explain(model, None, ["x"], items[:1], [], np.zeros((0, 3)), np.zeros(0), texts, cfg)
     assert cold == {"user": {"topics": [], "events": 0}, "items": [{"item_id": "x"}]}
