@@ -97,6 +97,7 @@ class TopicModel:
         self.word_index = {w: j for j, w in enumerate(self.vocabulary)}
         # E[log beta] of each topic's word distribution, exponentiated (scikit-learn's exp_dirichlet_component_)
         self.exp_topic_word = np.exp(digamma(self.components) - digamma(self.components.sum(1))[:, None])
+        self._top: dict[tuple[int, int], list[str]] = {}
 
     @property
     def n_topics(self) -> int:
@@ -162,6 +163,13 @@ class TopicModel:
         return (out / out.sum(1, keepdims=True)).astype(np.float32)
 
     def top_words(self, topic: int, n: int) -> list[str]:
+        """`_top_words`, computed once per (topic, n): an explanation names the same few topics."""
+        key = (topic, n)
+        if key not in self._top:
+            self._top[key] = self._top_words(topic, n)
+        return list(self._top[key])
+
+    def _top_words(self, topic: int, n: int) -> list[str]:
         """A topic's `n` most probable words; a category token reads as the category ("sci-fi"),
         and the text words its name is made of ("sci", "fi", "childrens" -> "children") are not
         shown again after it (the template's "Genres: Sci-Fi" repeats them)."""
@@ -246,6 +254,7 @@ def explain(model: TopicModel, profile: np.ndarray | None, item_ids: Sequence[st
             user_topics.append({"topic": t, "weight": round(float(profile[t]), 4), "words": model.top_words(t, cfg.top_words)})
     items, sources = [], []
     positive = np.flatnonzero(np.asarray(history_weights) > 0)
+    main = np.asarray(history_mixtures).argmax(1) if len(history_ids) else np.zeros(0, np.int64)  # each history item's own topic
     for j, item_id in enumerate(item_ids):
         entry: dict[str, Any] = {"item_id": item_id}
         src = None
@@ -255,8 +264,8 @@ def explain(model: TopicModel, profile: np.ndarray | None, item_ids: Sequence[st
             entry.update(topic=t, words=model.top_words(t, cfg.top_words), item_share=round(float(item_mixtures[j][t]), 4),
                          user_share=round(float(profile[t]), 4))  # fmt: skip
             if len(positive):
-                own = [i for i in positive.tolist() if int(np.argmax(history_mixtures[i])) == t]
-                src = own[-1] if own else int(positive[int(np.argmax(history_mixtures[positive, t]))])
+                own = positive[main[positive] == t]
+                src = int(own[-1]) if len(own) else int(positive[int(np.argmax(history_mixtures[positive, t]))])
                 entry["because"] = {"item_id": history_ids[src], "share": round(float(history_mixtures[src][t]), 4)}
         items.append(entry)
         sources.append(src)

@@ -93,7 +93,7 @@ def content_weight(event_type: str, value: float) -> float:
     """How much one event says "more like this" (+) or "not this" (-) to the short-term content
     channel: a rating maps 1..5 stars to -1..+1, other types by CONTENT_EVENT_WEIGHTS."""
     if event_type == "rate":
-        return 1.0 if math.isnan(value) else float(np.clip((value - 3.0) / 2.0, -1.0, 1.0))
+        return 1.0 if math.isnan(value) else max(-1.0, min(1.0, (float(value) - 3.0) / 2.0))  # scalars: no numpy call
     return CONTENT_EVENT_WEIGHTS.get(event_type, 0.0)
 
 
