@@ -44,7 +44,7 @@ def _show_explanation(user: str, rec) -> None:
     for t in ex.get("user", {}).get("topics", []):
         print(f"   topic {t['topic']:2d} ({t['weight']:.0%}): {', '.join(t['words'])}")
     for rank, e in enumerate(ex.get("items", []), 1):
-        print(f"  {rank:2d}. {e['item_id']:>6s}  {e.get('reason', '(no profile)')}")
+        print(f"  {rank:2d}. {e['item_id']:>6s}  {e.get('reason', '(no shared topic)')}")
 
 
 def _nearest(store, item_id: str, n: int) -> list[str]:
