@@ -33,6 +33,7 @@ CATEGORY_PREFIX = "cat_"  # a category is one token ("cat_sci_fi"), apart from t
 # sequel numerals and the articles of foreign titles.
 EXTRA_STOP_WORDS = ("genres", "genre", "unknown", "title", "ii", "iii", "la", "le", "les", "il", "der", "das", "el", "des", "du")
 _EPS = np.finfo(np.float64).eps
+PLACEHOLDER = "<none>"  # the one word of a model fitted on texts without words (TopicModel.fit)
 
 
 def category_token(name: str) -> str:
@@ -100,6 +101,11 @@ class TopicModel:
         self._top: dict[tuple[int, int], list[str]] = {}
 
     @property
+    def empty(self) -> bool:
+        """Fitted on texts without a word: its topics mean nothing and explain nothing."""
+        return self.vocabulary == [PLACEHOLDER]
+
+    @property
     def n_topics(self) -> int:
         return self.components.shape[0]
 
@@ -111,20 +117,32 @@ class TopicModel:
     # -- fit (build time, scikit-learn) ------------------------------------------------------
     @classmethod
     def fit(cls, documents: Sequence[str], cfg: TopicConfig) -> "TopicModel":
-        """CountVectorizer (English stop words + the template's) and batch LDA with a fixed seed."""
+        """CountVectorizer (English stop words + the template's) and batch LDA with a fixed seed.
+        A small catalog whose words the document-frequency cuts would all remove is counted
+        without the cuts; one without any word (texts of numbers alone) gets a single
+        placeholder word, so every item's mixture is uniform and no topic is ever shared."""
         from sklearn.decomposition import LatentDirichletAllocation
         from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
         t0 = time.perf_counter()
         n = len(documents)
-        vectorizer = CountVectorizer(stop_words=sorted(ENGLISH_STOP_WORDS | set(EXTRA_STOP_WORDS)), token_pattern=TOKEN_PATTERN,
-                                     min_df=min(cfg.min_df, n), max_df=cfg.max_df if n * cfg.max_df >= 1 else 1.0)  # fmt: skip
-        counts = vectorizer.fit_transform(documents)
+        stop = sorted(ENGLISH_STOP_WORDS | set(EXTRA_STOP_WORDS))
+        counts = vocabulary = None
+        for min_df, max_df in ((min(cfg.min_df, n), cfg.max_df if n * cfg.max_df >= 1 else 1.0), (1, 1.0)):
+            vectorizer = CountVectorizer(stop_words=stop, token_pattern=TOKEN_PATTERN, min_df=min_df, max_df=max_df)
+            try:
+                counts = vectorizer.fit_transform(documents)
+            except ValueError:  # "no terms remain" / "empty vocabulary"
+                continue
+            vocabulary = list(vectorizer.get_feature_names_out())
+            break
+        if counts is None:
+            return cls([PLACEHOLDER], np.ones((cfg.n_topics, 1)), 1.0 / cfg.n_topics, fit_seconds=round(time.perf_counter() - t0, 3))
         lda = LatentDirichletAllocation(n_components=cfg.n_topics, learning_method="batch", max_iter=cfg.max_iter,
                                         random_state=cfg.seed)  # fmt: skip
         lda.fit(counts)
-        return cls(list(vectorizer.get_feature_names_out()), lda.components_, float(lda.doc_topic_prior_), lda.max_doc_update_iter,
-                   lda.mean_change_tol, round(time.perf_counter() - t0, 3))  # fmt: skip
+        return cls(vocabulary, lda.components_, float(lda.doc_topic_prior_), lda.max_doc_update_iter, lda.mean_change_tol,
+                   round(time.perf_counter() - t0, 3))  # fmt: skip
 
     # -- inference (build and server, numpy) -------------------------------------------------
     def counts(self, documents: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -249,6 +267,8 @@ def explain(model: TopicModel, profile: np.ndarray | None, item_ids: Sequence[st
     else the positive event with the largest share of it.
     """
     user_topics = []
+    if model.empty:
+        profile = None
     if profile is not None:
         for t in np.argsort(-profile, kind="stable")[: cfg.explain_topics].tolist():
             user_topics.append({"topic": t, "weight": round(float(profile[t]), 4), "words": model.top_words(t, cfg.top_words)})

@@ -108,3 +108,16 @@ def test_explain_names_the_shared_topic_and_the_newest_history_item_carrying_it(
     assert bare["items"] == [{"item_id": "z"}]
     cold = explain(model, None, ["x"], items[:1], [], np.zeros((0, 3)), np.zeros(0), texts, cfg)
     assert cold == {"user": {"topics": [], "events": 0}, "items": [{"item_id": "x"}]}
+
+
+def test_small_or_wordless_catalogs_still_get_a_model():
+    """The document-frequency cuts of the default config would remove every word of three
+    distinct titles: they are counted without the cuts. Texts without a word give a placeholder
+    model whose mixtures are uniform."""
+    few = TopicModel.fit(["Alien (1979)", "Heat (1995)", "Fargo (1996)"], TopicConfig(n_topics=2))
+    assert sorted(few.vocabulary) == ["alien", "fargo", "heat"]
+    none = TopicModel.fit(["1979", "1995"], TopicConfig(n_topics=2))
+    assert none.vocabulary == ["<none>"] and none.empty and not few.empty
+    np.testing.assert_allclose(none.transform(["1979", "anything"]), 0.5)
+    out = explain(none, np.full(2, 0.5, np.float32), ["x"], np.full((1, 2), 0.5), ["h"], np.full((1, 2), 0.5), np.ones(1), dict, CFG)
+    assert out["items"] == [{"item_id": "x"}] and out["user"]["topics"] == []
