@@ -52,6 +52,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     p.add_argument("-k", "--k", type=int, default=10, help="results wanted (default 10)")
     p.add_argument("--query", help="free-text intent blended into the user's taste")
     p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="ITEM_ID", help="items never to return")
+    p.add_argument("--explain", action="store_true", help="also the user's interest topics and why each item (the explanation output)")
     _common(p)
     p.set_defaults(func=_run(_recommend))
 
@@ -123,12 +124,23 @@ def _run(command: Callable[[argparse.Namespace, FreshrecClient], dict[str, Any]]
 
 
 def _recommend(ns: argparse.Namespace, client: FreshrecClient) -> dict[str, Any]:
-    rec = client.recommend(ns.user_id, k=ns.k, query=ns.query, exclude=ns.exclude or None)
-    rows = [(str(i + 1), item, f"{score:.4f}") for i, (item, score) in enumerate(zip(rec.item_ids, rec.scores))]
+    rec = client.recommend(ns.user_id, k=ns.k, query=ns.query, exclude=ns.exclude or None, explain=ns.explain)
+    if not ns.explain:
+        rows = [(str(i + 1), item, f"{score:.4f}") for i, (item, score) in enumerate(zip(rec.item_ids, rec.scores))]
+        return {
+            "user_id": ns.user_id,
+            "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
+            "_table": _table(("rank", "item_id", "score"), rows) if rows else "(no items)",
+        }
+    why = {e["item_id"]: e.get("reason", "") for e in (rec.explanation or {}).get("items", [])}
+    rows = [(str(i + 1), item, f"{score:.4f}", why.get(item, "")) for i, (item, score) in enumerate(zip(rec.item_ids, rec.scores))]
+    topics = [f"{t['weight']:.2f} {', '.join(t['words'][:5])}" for t in (rec.explanation or {}).get("user", {}).get("topics", [])]
     return {
         "user_id": ns.user_id,
         "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
-        "_table": _table(("rank", "item_id", "score"), rows) if rows else "(no items)",
+        "explanation": rec.explanation,
+        "_table": ("interest topics: " + ("; ".join(topics) or "(none: no positive events)") + "\n"
+                   + (_table(("rank", "item_id", "score", "why"), rows) if rows else "(no items)")),
     }
 
 

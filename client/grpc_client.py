@@ -89,6 +89,9 @@ class Recommendation:
     item_ids: list[str]  # best first
     scores: list[float]  # same order as item_ids
     latency_ms: float  # client-side round trip of the call that produced it
+    # With explain=True: the user's top interest topics and, per item, the topic it shares most
+    # with the user and the history item carrying it (README, Interest profiles and explanations).
+    explanation: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -263,9 +266,10 @@ def to_infer_inputs(contract: ModelContract, arrays: Mapping[str, np.ndarray]) -
     return inputs
 
 
-def _requested_outputs(contract: ModelContract) -> list[grpcclient.InferRequestedOutput]:
-    # Asking by name makes a server that lacks a contract output fail loudly, not return less.
-    return [grpcclient.InferRequestedOutput(name) for name in contract.output_names]
+def _requested_outputs(contract: ModelContract, extra: Sequence[str] = ()) -> list[grpcclient.InferRequestedOutput]:
+    # Asking by name makes a server that lacks a contract output fail loudly, not return less; an
+    # optional output (recommend's explanation) is computed only when named, so only `extra` ones are.
+    return [grpcclient.InferRequestedOutput(name) for name in [*contract.default_output_names, *extra]]
 
 
 def _stream_request(contract: ModelContract, arrays: Mapping[str, np.ndarray], request_id: str) -> service_pb2.ModelInferRequest:
@@ -281,7 +285,7 @@ def _stream_request(contract: ModelContract, arrays: Mapping[str, np.ndarray], r
             request.raw_input_contents.append(packed.item() if packed.size else b"")
         else:
             request.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
-    for name in contract.output_names:
+    for name in contract.default_output_names:
         request.outputs.add().name = name
     return request
 
@@ -298,7 +302,7 @@ def _output(result: grpcclient.InferResult, contract: ModelContract, name: str) 
     return arr
 
 
-def parse_recommendation(result: grpcclient.InferResult, latency_ms: float) -> Recommendation:
+def parse_recommendation(result: grpcclient.InferResult, latency_ms: float, explain: bool = False) -> Recommendation:
     raw_ids = _output(result, RECOMMEND, "item_ids").reshape(-1)
     scores = _output(result, RECOMMEND, "scores").reshape(-1)
     if len(raw_ids) != len(scores):
@@ -307,7 +311,14 @@ def parse_recommendation(result: grpcclient.InferResult, latency_ms: float) -> R
         ids = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in raw_ids]
     except UnicodeDecodeError as exc:
         raise ServerError(f"recommend returned an item id that is not UTF-8: {exc}") from None
-    return Recommendation(item_ids=ids, scores=[float(s) for s in scores], latency_ms=latency_ms)
+    explanation = None
+    if explain:
+        raw = _output(result, RECOMMEND, "explanation").reshape(-1)
+        try:
+            explanation = json.loads(raw[0])
+        except (IndexError, ValueError) as exc:
+            raise ServerError(f"recommend returned an explanation that is not JSON: {exc}") from None
+    return Recommendation(item_ids=ids, scores=[float(s) for s in scores], latency_ms=latency_ms, explanation=explanation)
 
 
 def parse_removed(result: grpcclient.InferResult) -> int:
@@ -391,11 +402,14 @@ class FreshrecClient:
         query: str | None = None,
         exclude: Iterable[str] | None = None,
         timeout_s: float | None = None,
+        explain: bool = False,
     ) -> Recommendation:
+        """``explain=True`` asks for the topic explanation too (``Recommendation.explanation``);
+        without it the server computes none."""
         arrays = build_recommend_inputs(user_id, k, query, exclude)
         start = time.perf_counter()
-        result = self._infer(RECOMMEND, arrays, timeout_s, retry=True)
-        return parse_recommendation(result, (time.perf_counter() - start) * 1e3)
+        result = self._infer(RECOMMEND, arrays, timeout_s, retry=True, extra=("explanation",) if explain else ())
+        return parse_recommendation(result, (time.perf_counter() - start) * 1e3, explain)
 
     def ingest(self, events: Sequence[EventIn], timeout_s: float | None = None) -> int:
         """Store events; returns how many were new (a replayed event_id counts 0)."""
@@ -437,9 +451,10 @@ class FreshrecClient:
         self.close()
 
     # -- internals --------------------------------------------------------------------------
-    def _infer(self, contract: ModelContract, arrays: Mapping[str, np.ndarray], timeout_s: float | None, *, retry: bool) -> grpcclient.InferResult:
+    def _infer(self, contract: ModelContract, arrays: Mapping[str, np.ndarray], timeout_s: float | None, *, retry: bool,
+               extra: Sequence[str] = ()) -> grpcclient.InferResult:  # fmt: skip
         inputs = to_infer_inputs(contract, arrays)
-        outputs = _requested_outputs(contract)
+        outputs = _requested_outputs(contract, extra)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         for attempt in itertools.count():
             try:
@@ -495,11 +510,14 @@ class AsyncFreshrecClient:
         query: str | None = None,
         exclude: Iterable[str] | None = None,
         timeout_s: float | None = None,
+        explain: bool = False,
     ) -> Recommendation:
+        """``explain=True`` asks for the topic explanation too (``Recommendation.explanation``);
+        without it the server computes none."""
         arrays = build_recommend_inputs(user_id, k, query, exclude)
         start = time.perf_counter()
-        result = await self._infer(RECOMMEND, arrays, timeout_s, retry=True)
-        return parse_recommendation(result, (time.perf_counter() - start) * 1e3)
+        result = await self._infer(RECOMMEND, arrays, timeout_s, retry=True, extra=("explanation",) if explain else ())
+        return parse_recommendation(result, (time.perf_counter() - start) * 1e3, explain)
 
     async def ingest(self, events: Sequence[EventIn], timeout_s: float | None = None) -> int:
         if not events:
@@ -540,9 +558,10 @@ class AsyncFreshrecClient:
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
-    async def _infer(self, contract: ModelContract, arrays: Mapping[str, np.ndarray], timeout_s: float | None, *, retry: bool) -> grpcclient.InferResult:
+    async def _infer(self, contract: ModelContract, arrays: Mapping[str, np.ndarray], timeout_s: float | None, *, retry: bool,
+               extra: Sequence[str] = ()) -> grpcclient.InferResult:  # fmt: skip
         inputs = to_infer_inputs(contract, arrays)
-        outputs = _requested_outputs(contract)
+        outputs = _requested_outputs(contract, extra)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         for attempt in itertools.count():
             try:

@@ -27,6 +27,7 @@ def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_u
     after the build's (written by `freshrec update`) is refused unless `replace_versions`: the
     export writes version 1 alone (a new build starts over with its own state, and passes it).
     """
+    from freshrec.contract import TOPICS_FILE
     from freshrec.models.checkpoints import CHECKPOINTS, load_models
 
     later = {f: [v for v in versions(Path(repository) / f) if v > 1] for f in FLAVOURS if (Path(repository) / f / "recommend").is_dir()}
@@ -41,9 +42,11 @@ def export_build(build_dir: Path, repository: Path, device: str = "cpu", state_u
     report = export_all(modules, cfg, build_dir / "onnx", log=log)
     state_url = state_url or f"sqlite:///{build_dir / 'state.db'}"
     repos = {}
+    topics = build_dir / CHECKPOINTS / TOPICS_FILE
     for flavour in FLAVOURS:
         deploy = DeployConfig(flavour=flavour, device=device, state=state_url)
-        repos[flavour] = str(write_repository(Path(repository).resolve() / flavour, build_dir / "onnx", cfg, deploy, minilm))
+        repos[flavour] = str(write_repository(Path(repository).resolve() / flavour, build_dir / "onnx", cfg, deploy, minilm,
+                                              topics if topics.exists() else None))  # fmt: skip
         # The version's checkpoints travel with it: `freshrec update` fine-tunes from them.
         shutil.copytree(build_dir / CHECKPOINTS, version_dir(repos[flavour], "recommend", deploy.version) / CHECKPOINTS)
         log(f"model repository ({flavour}, {device}): {repos[flavour]}")

@@ -21,7 +21,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.contract import (CARD_FILE, FORGET_USER, ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, ModelContract,
+from freshrec.contract import (CARD_FILE, FORGET_USER, ONNX_FILE, ONNX_MODELS, PIPELINE_MODELS, SETTINGS_FILE, TOKENIZER_FILE, TOPICS_FILE,
+                               ModelContract,
                                Sizes, TensorSpec)  # fmt: skip
 
 REJECTED = "rejected"  # recommend/rejected/: cards of candidates the gate refused (never a version)
@@ -29,7 +30,7 @@ REJECTED = "rejected"  # recommend/rejected/: cards of candidates the gate refus
 
 def _tensor(cls, spec: TensorSpec, sizes: Sizes):
     t = cls(name=spec.name, data_type=getattr(mc, spec.dtype), dims=sizes.resolve(spec, static=False))
-    if spec.optional:
+    if spec.optional and cls is mc.ModelInput:  # an optional output is declared as any other (computed on request)
         t.optional = True
     return t
 
@@ -174,11 +175,13 @@ def write_version(
     cfg: ModelConfig,
     deploy: DeployConfig,
     tokenizer_dir: Path,
+    topics: Path | None = None,
 ) -> None:
     """Adds version `deploy.version` to an existing repository: each model's version folder, the
     same layout `write_repository` writes, beside the versions already there (configs and pins
     unchanged, except the embedded graphs' guard, which must admit the largest version's id rows).
-    Graph files are hard-linked where possible (an unchanged model's graph is its parent's file)."""
+    Graph files are hard-linked where possible (an unchanged model's graph is its parent's file).
+    `topics`: the topic model the version serves (an update keeps its parent's)."""
     import os
 
     repository = Path(repository)
@@ -209,10 +212,12 @@ def write_version(
         (d / v / SETTINGS_FILE).write_text(settings)
         if contract.name in ("recommend", "upsert_items"):
             shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, d / v / TOKENIZER_FILE)
+            if topics is not None:
+                shutil.copyfile(topics, d / v / TOPICS_FILE)
 
 
 def version_checksums(repository: Path, version: int) -> dict[str, str]:
-    """SHA-256 of every graph and checkpoint of a version, by path relative to the repository."""
+    """SHA-256 of every graph, checkpoint and topic model of a version, by path relative to the repository."""
     import hashlib
 
     out = {}
@@ -221,7 +226,7 @@ def version_checksums(repository: Path, version: int) -> dict[str, str]:
         vdir = d / str(version)
         if (d / "config.pbtxt").exists() and vdir.is_dir():
             for f in sorted(vdir.rglob("*")):
-                if f.is_file() and (f.suffix in (".onnx", ".pt") or f.name == SETTINGS_FILE):
+                if f.is_file() and (f.suffix in (".onnx", ".pt") or f.name in (SETTINGS_FILE, TOPICS_FILE)):
                     h = hashlib.sha256()
                     with open(f, "rb") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -247,8 +252,11 @@ def write_repository(
     cfg: ModelConfig,
     deploy: DeployConfig,
     tokenizer_dir: Path,
+    topics: Path | None = None,
 ) -> Path:
-    """Writes one flavour of the repository into `out` (replacing what was there) and returns it."""
+    """Writes one flavour of the repository into `out` (replacing what was there) and returns it.
+    `topics`: the build's topic model file, served beside recommend (explanations) and
+    upsert_items (a new item's mixture); None for a build without one."""
     sizes = Sizes.of(cfg)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -279,6 +287,8 @@ def write_repository(
         (d / v / SETTINGS_FILE).write_text(settings)
         if contract.name in ("recommend", "upsert_items"):  # these embed text
             shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, d / v / TOKENIZER_FILE)
+            if topics is not None:
+                shutil.copyfile(topics, d / v / TOPICS_FILE)
 
     if out.exists():
         shutil.rmtree(out)

@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", help="comma-separated subset of: popularity,time_decayed_popularity,item_knn,svd,als,sasrec ('' for none)")
     s.add_argument("--parts", default="loo,five_core,replay",
                    help="what to run (comma-separated): loo (+ served check), five_core, replay (+ cold start, freshness), "
-                        "responsiveness (interest shift, negative events, typed intent, new-item twins through the served API); "
+                        "responsiveness (interest shift, negative events, typed intent, new-item twins through the served API), "
+                        "updates, topics (LDA topics, coherence, topic diversity, what goes with per-user NDCG@10); "
                         "each is saved under OUT/parts/ and the report combines every saved part of the same configuration")
     s.add_argument("--no-served", action="store_true", help="skip everything that starts tritonserver")
     s.add_argument("--replay-limit", type=int, help="replay only the first N events after T0")

@@ -134,6 +134,32 @@ class ContentConfig:
 
 
 @dataclass(frozen=True)
+class TopicConfig:
+    """The interest topics (freshrec.models.topics): an LDA model fitted at build time over the
+    catalog's item texts and categories, a topic mixture stored with every item, and a user's
+    interest profile computed at request time from the history the user tower reads. Nothing the
+    towers or the reranker learn depends on it: it explains and measures, it does not rank."""
+
+    # ML-100K has 18 genres; the category tokens dominate its short title texts, so about that
+    # many topics each take one genre or a frequent pairing (docs/results/report.md, topics).
+    n_topics: int = 20
+    max_iter: int = 30  # batch variational EM passes over the catalog (1,682 items: seconds)
+    min_df: int = 2  # a word in one item's text says nothing about a topic
+    max_df: float = 0.5  # words in more than half the items (besides the stop words) carry no topic
+    seed: int = 0  # LDA's random initialisation: the same catalog gives the same topics
+    # A user's profile: sum over the latest events (the user tower's window) of
+    # decay^age * event weight * the item's mixture, negative events (dislike, skip, 1-2 stars)
+    # subtracted, clipped at 0 and normalised. 0.95 halves an event's say after ~14 newer events.
+    profile_decay: float = 0.95
+    top_words: int = 8  # words shown per topic in an explanation and the report
+    explain_topics: int = 3  # the user's top topics in an explanation
+
+    @classmethod
+    def tiny(cls) -> "TopicConfig":
+        return cls(n_topics=4, max_iter=10, min_df=1, max_df=1.0)
+
+
+@dataclass(frozen=True)
 class EventTypeConfig:
     """How the event type names of a dataset map onto the built-in types (EVENT_TYPES).
 
@@ -221,6 +247,7 @@ class ModelConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
     events: EventTypeConfig = field(default_factory=EventTypeConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
 
     @classmethod
     def tiny(cls) -> "ModelConfig":
@@ -231,18 +258,20 @@ class ModelConfig:
             reranker=RerankerConfig.tiny(),
             train=TrainConfig.tiny(),
             content=ContentConfig(short_candidates=6, query_candidates=12),
+            topics=TopicConfig.tiny(),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def trained_dict(self) -> dict[str, Any]:
-        """`to_dict` without what training never reads: the content channels' weights and the
-        content projection's size (applied by the pipeline, fitted after training). Two configs
+        """`to_dict` without what training never reads: the content channels' weights, the
+        content projection's size and the topics (applied by the pipeline, fitted after training). Two configs
         equal here train the same models, so evaluation results and builds made under one are
         valid under the other."""
         d = self.to_dict()
         d.pop("content")
+        d.pop("topics")  # fitted after training, read by explanations and the report only
         d["text"].pop("content_dim")
         if not self.events.aliases:  # as configs from before the field: evaluation results stay comparable
             d.pop("events")
@@ -258,6 +287,7 @@ class ModelConfig:
             train=TrainConfig(**d.get("train", {})),
             content=ContentConfig(**d.get("content", {})),
             events=EventTypeConfig(**d.get("events", {})),
+            topics=TopicConfig(**d.get("topics", {})),
         )
 
     def save(self, path: Path) -> None:

@@ -46,6 +46,7 @@ MAX_BATCH_ITEMS = 10_000  # events or items in one ingest/upsert request, ids in
 ONNX_FILE = "model.onnx"  # an exported graph, in each ONNX model's version folder
 SETTINGS_FILE = "freshrec.json"  # model + deploy config beside each pipeline model's model.py
 TOKENIZER_FILE = "tokenizer.json"  # MiniLM's word pieces, beside the pipeline models that embed text
+TOPICS_FILE = "topics.safetensors"  # the build's LDA topic model (vocabulary + components), beside recommend and upsert_items
 CARD_FILE = "model_card.json"  # a model version's card (parent, data window, gate, checksums), in recommend's version folder
 
 
@@ -54,6 +55,8 @@ class TensorSpec:
     name: str
     dtype: str  # Triton TYPE_* name
     dims: tuple[Dim, ...]
+    # An input a request may leave out; an output computed only when a request names it (the
+    # Python backend's request.requested_output_names(); a request naming no output gets all).
     optional: bool = False
     doc: str = ""
     # Integer inputs that index a table: the values a graph accepts, (low, high) inclusive; a
@@ -91,6 +94,11 @@ class ModelContract:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    @property
+    def default_output_names(self) -> list[str]:
+        """The outputs a client asks for unless it wants an optional one too."""
+        return [t.name for t in self.outputs if not t.optional]
 
 
 def _t(name: str, dtype: str, *dims: Dim, optional: bool = False, doc: str = "", values: tuple[int, Dim] | None = None) -> TensorSpec:
@@ -166,6 +174,9 @@ RECOMMEND = ModelContract(
     outputs=(
         _t("item_ids", "TYPE_STRING", -1, doc="k item ids, best first"),
         _t("scores", "TYPE_FP32", -1, doc="their scores, best first"),
+        _t("explanation", "TYPE_STRING", 1, optional=True,
+           doc="JSON: the user's top interest topics (words, weights) and, per item, the topic it shares most with "
+               "the user and the history item carrying it; computed only when requested"),
     ),
     batched=False,
     doc="BLS pipeline: user tower + content channels -> retrieval -> reranker -> filter -> top-k.",

@@ -1,7 +1,7 @@
 """Prometheus metrics from the Python backend (`pb_utils.MetricFamily`), served by Triton's own
 metrics endpoint next to its nv_inference_* series.
 
-    freshrec_stage_latency_seconds{model,stage}   histogram: store, user_tower, retrieval, rerank, embed
+    freshrec_stage_latency_seconds{model,stage}   histogram: store, user_tower, retrieval, rerank, embed, explain, topics
     freshrec_freshness_lag_seconds{model}         histogram: event timestamp -> acknowledged ingest
     freshrec_index_items{model}                   gauge: items in this instance's retrieval index
     freshrec_index_recall{model}                  gauge: the index's self-checked recall@200 (1 when exact)
@@ -29,7 +29,7 @@ from freshrec.serving.pipeline import Stats
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 # Seconds from the event's own timestamp to its acknowledgement: clients batching or lagging.
 LAG_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600, 86400]
-STAGES = ("store", "user_tower", "retrieval", "rerank", "embed")
+STAGES = ("store", "user_tower", "retrieval", "rerank", "embed", "explain", "topics")
 CANCEL_STAGES = ("start", "store", "user_tower", "retrieval")  # where Recommender.recommend checks
 
 # Every TritonStats (with its pb_utils metrics) this stub process creates, kept until it exits.

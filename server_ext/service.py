@@ -20,9 +20,9 @@ from freshrec.server_ext.metrics import TritonStats
 from threadpoolctl import threadpool_limits
 
 from freshrec.config import DeployConfig, ModelConfig
-from freshrec.contract import CARD_FILE, DEFAULT_K, PIPELINE_RUNS, SETTINGS_FILE, TOKENIZER_FILE
+from freshrec.contract import CARD_FILE, DEFAULT_K, PIPELINE_RUNS, SETTINGS_FILE, TOKENIZER_FILE, TOPICS_FILE
 from freshrec.serving.engines import OnnxEngine
-from freshrec.serving.pipeline import Cancelled, InvalidInput, Recommender
+from freshrec.serving.pipeline import Cancelled, InvalidInput, Recommender, Unsupported
 from freshrec.store import Event, StoreUnavailable, open_store
 
 RECALL_WARN = 0.95  # a self-checked index recall below this is logged as a warning at load
@@ -85,6 +85,11 @@ class Service:
             from freshrec.models.text_encoder import Tokenizer
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
+        topics = None
+        if (model_dir / TOPICS_FILE).exists():  # beside recommend (explanations) and upsert_items (new items' mixtures)
+            from freshrec.models.topics import TopicModel
+
+            topics = TopicModel.load(model_dir / TOPICS_FILE)
         self.forget_key = os.environ.get(FORGET_KEY_ENV, "") if self.name == "forget_user" else ""
         self.stats = TritonStats(pb, self.name)
         card = Path(args["model_repository"]).parent / "recommend" / args["model_version"] / CARD_FILE
@@ -98,7 +103,7 @@ class Service:
             engine = BlsEngine(pb, deploy.version)
         # A graph index is built once per catalog and shared through the graph cache (freshrec.index).
         self.recommender = Recommender(open_store(deploy.state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
-                                       graph_cache=deploy.graph_cache())  # fmt: skip
+                                       graph_cache=deploy.graph_cache(), topics=topics)  # fmt: skip
         if self.name == "recommend":
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).
@@ -127,7 +132,7 @@ class Service:
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.CANCELLED))
         if isinstance(exc, (InvalidInput, KeyRefused)):
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
-        if isinstance(exc, Disabled):
+        if isinstance(exc, (Disabled, Unsupported)):
             return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.UNSUPPORTED))
         if isinstance(exc, StoreUnavailable):
             self.stats.store_error()
@@ -162,10 +167,15 @@ class Service:
         k = T.one_int(pb, request, "k", default=DEFAULT_K)
         query = T.one_string(pb, request, "query", required=False)
         exclude = T.strings(pb, request, "exclude_item_ids", required=False) or []
-        rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude, cancelled=request.is_cancelled)
-        return pb.InferenceResponse(
-            output_tensors=[T.string_tensor(pb, "item_ids", rec.item_ids), pb.Tensor("scores", rec.scores.astype(np.float32))]
-        )
+        # Triton computes no output by itself here: the explanation is made only when the request
+        # names it (a request naming no output is given all of them, Triton's rule).
+        explain = "explanation" in request.requested_output_names()
+        rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude, cancelled=request.is_cancelled,
+                                         explain=explain)  # fmt: skip
+        outputs = [T.string_tensor(pb, "item_ids", rec.item_ids), pb.Tensor("scores", rec.scores.astype(np.float32))]
+        if explain:
+            outputs.append(T.string_tensor(pb, "explanation", [json.dumps(rec.explanation, separators=(",", ":"))]))
+        return pb.InferenceResponse(output_tensors=outputs)
 
     def ingest_events(self, request):
         pb = self.pb

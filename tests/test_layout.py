@@ -118,11 +118,12 @@ def test_no_import_cycles():
 
 def test_a_server_process_loads_no_training_or_offline_code():
     """What the Python-backend stubs import (the pipeline adapter with both engines, the ONNX
-    host) and what the exporter imports, in a fresh interpreter."""
+    host, the topic model) and what the exporter imports, in a fresh interpreter; scikit-learn
+    (the build's topic fit) is not among them either."""
     code = (
         "import sys\n"
-        "import freshrec.server_ext.service, freshrec.server_ext.onnx_model, freshrec.export.pipeline\n"
-        "print('\\n'.join(m for m in sys.modules if m.startswith(('freshrec.training', 'freshrec.offline'))))\n"
+        "import freshrec.server_ext.service, freshrec.server_ext.onnx_model, freshrec.export.pipeline, freshrec.models.topics\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith(('freshrec.training', 'freshrec.offline', 'sklearn'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "", f"loaded at serve time: {out.stdout}"

@@ -11,6 +11,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from freshrec.config import DeployConfig
+from freshrec.contract import TOPICS_FILE
+from freshrec.models.checkpoints import CHECKPOINTS
+from freshrec.models.topics import TopicModel
 from freshrec.serving.engines import load_reference
 from freshrec.serving.pipeline import Recommender
 from freshrec.store import open_store
@@ -76,7 +79,8 @@ def upsert(client, ids, texts):
 
 def reference(tiny_build, state_path: Path) -> Recommender:
     engine, tokenizer, cfg = load_reference(tiny_build["build_dir"])
-    return Recommender(open_store(f"sqlite:///{state_path}"), engine, tokenizer, cfg, DeployConfig())
+    topics = TopicModel.load(tiny_build["build_dir"] / CHECKPOINTS / TOPICS_FILE)
+    return Recommender(open_store(f"sqlite:///{state_path}"), engine, tokenizer, cfg, DeployConfig(), topics=topics)
 
 
 def users_of(state_path: Path, n: int) -> list[str]:

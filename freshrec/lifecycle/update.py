@@ -323,7 +323,7 @@ def update(opts: UpdateOptions) -> dict:
 def _write_version(store, repos: list[Path], parent: int, version: int, card: dict, cand: dict, cand_cfg: ModelConfig, minilm: Path,
                    assigned: dict[str, int], changed: set[str]) -> dict:  # fmt: skip
     """Graphs, settings and checkpoints of `version` in every flavour, its id rows and vectors in the store."""
-    from freshrec.contract import BY_NAME, ONNX_MODELS, Sizes
+    from freshrec.contract import BY_NAME, ONNX_MODELS, TOPICS_FILE, Sizes
     from freshrec.export.onnx_export import check_parity, export_onnx
     from freshrec.export.repository import read_settings, write_version
     from freshrec.models.checkpoints import save_models
@@ -343,8 +343,9 @@ def _write_version(store, repos: list[Path], parent: int, version: int, card: di
         for r in repos:
             prev = read_settings(r, parent)
             deploy = dataclasses.replace(DeployConfig.from_dict(prev["deploy"]), version=version)
+            topics = r / "recommend" / str(parent) / TOPICS_FILE  # the topics are the build's: an update keeps them
             write_version(r, {m: (p if m in changed else r / m / str(parent) / ONNX_FILE) for m, p in files.items()},
-                          cand_cfg, deploy, minilm)  # fmt: skip
+                          cand_cfg, deploy, minilm, topics if topics.exists() else None)  # fmt: skip
             save_models(r / "recommend" / str(version), cand_cfg, item_tower, user_tower, cand["reranker"], cand["text_encoder"].content)
     card["export"] = {m: {"max_abs_diff": d, "tolerance": BY_NAME[m].tolerance} for m, d in parity.items()}
     store.assign_id_rows(assigned)

@@ -28,11 +28,16 @@ from freshrec.contract import DEFAULT_K, MAX_BATCH_ITEMS, MAX_FUTURE_S, MAX_ID_B
 from freshrec.index import ItemIndex
 from freshrec.models.features import HISTORY_CONTEXT, event_type_index, gather_vectors, history_arrays
 from freshrec.models.text_encoder import Tokenizer
+from freshrec.models.topics import TopicModel, document, explain, interest_profile
 from freshrec.store.base import Event, Item, StateStore, UserHistory
 
 
 class InvalidInput(ValueError):
     """A request the service refuses (maps to INVALID_ARGUMENT / HTTP 400)."""
+
+
+class Unsupported(Exception):
+    """A request this deployment cannot answer (maps to UNSUPPORTED / gRPC UNIMPLEMENTED)."""
 
 
 class Cancelled(Exception):
@@ -55,7 +60,7 @@ class Stats:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Times one pipeline stage (store, user_tower, retrieval, rerank, embed)."""
+        """Times one pipeline stage (store, user_tower, retrieval, rerank, embed, explain, topics)."""
         yield
 
     def index_size(self, n: int) -> None: ...
@@ -81,13 +86,14 @@ class Recommendation:
     item_ids: list[str]
     scores: np.ndarray  # (k,) float32, best first
     source: str  # "personal", "query" or "popular" (cold start)
+    explanation: dict[str, Any] | None = None  # when asked for (recommend(explain=True)): freshrec.models.topics.explain
 
 
 def content_weight(event_type: str, value: float) -> float:
     """How much one event says "more like this" (+) or "not this" (-) to the short-term content
     channel: a rating maps 1..5 stars to -1..+1, other types by CONTENT_EVENT_WEIGHTS."""
     if event_type == "rate":
-        return 1.0 if math.isnan(value) else float(np.clip((value - 3.0) / 2.0, -1.0, 1.0))
+        return 1.0 if math.isnan(value) else max(-1.0, min(1.0, (float(value) - 3.0) / 2.0))  # scalars: no numpy call
     return CONTENT_EVENT_WEIGHTS.get(event_type, 0.0)
 
 
@@ -127,6 +133,7 @@ class Recommender:
         popular_ttl_s: float = 10.0,
         stats: Stats | None = None,
         graph_cache: Path | None = None,
+        topics: TopicModel | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -138,6 +145,10 @@ class Recommender:
         # The content vectors of the same items in the same rows (both indexes apply one
         # `catalog_since` block): the short-term and query channels search and score here.
         self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, graph_cache=graph_cache)
+        # The build's topic model and each item's mixture in the same rows again (host memory,
+        # never searched): read only by explanations, kept current with the other two.
+        self.topic_model = topics
+        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact") if topics is not None else None
         self.stats = stats or Stats()
         # The item vectors this pipeline reads and writes: those of its own model version (the
         # store keeps one vector space per version, so two versions loaded side by side during
@@ -161,11 +172,18 @@ class Recommender:
                 vectors = np.zeros((len(block.item_ids), self.index.dim), np.float32)
             self.index.apply_vectors(block.item_ids, vectors)
             self.content.apply_vectors(block.item_ids, contents)
+            if self.topics is not None:
+                mixtures = block.topics
+                if mixtures.shape[1] != self.topics.dim:  # items stored without a mixture share no topic
+                    mixtures = np.zeros((len(block.item_ids), self.topics.dim), np.float32)
+                self.topics.apply_vectors(block.item_ids, mixtures)
             if self.unservable:
                 self.unservable -= {self.index.rows[block.item_ids[j]] for j in np.flatnonzero(~block.missing).tolist()}
             if len(missing):
                 self.fill_missing([block.item_ids[j] for j in missing.tolist()], contents[missing])
         self.index.version = self.content.version = block.version
+        if self.topics is not None:
+            self.topics.version = block.version
         if block.item_ids:
             self.stats.index_size(len(self.index))
             if self.index.recall is None:  # first load, or the graph / int8 scan was rebuilt
@@ -214,10 +232,22 @@ class Recommender:
         query: str | None = None,
         exclude: Sequence[str] = (),
         cancelled: Callable[[], bool] = _never,
+        explain: bool = False,
     ) -> Recommendation:
         """`cancelled` is asked between the stages (in the server: has the client given up? The
         server asks once more before it starts); once it says True the request is dropped with
-        `Cancelled`, so an expired request costs at most the stage it was in."""
+        `Cancelled`, so an expired request costs at most the stage it was in. `explain` adds the
+        topic explanation (`Recommendation.explanation`); without it nothing of it is computed."""
+        if explain and self.topic_model is None:
+            raise Unsupported("this build has no topic model (built before topics): rebuild it to get explanations")
+        rec, history = self._recommend(user_id, k, query, exclude, cancelled)
+        if explain:
+            with self.stats.stage("explain"):
+                rec.explanation = self.explain(history, rec.item_ids)
+        return rec
+
+    def _recommend(self, user_id: str, k: int, query: str | None, exclude: Sequence[str],
+                   cancelled: Callable[[], bool]) -> tuple[Recommendation, UserHistory]:  # fmt: skip
 
         def checkpoint(stage: str) -> None:
             if cancelled():
@@ -256,11 +286,11 @@ class Recommender:
                     query_vec = self.embed_items([query], [0])[0]
         if user_vec is None and not query:
             stats.fallback("popular")
-            return self._popular_for(k, set(history.seen) | set(exclude))
+            return self._popular_for(k, set(history.seen) | set(exclude)), history
         if user_vec is None:
             stats.fallback("query")
             if query_content is not None:  # a first visit with a typed intent: the language model's geometry decides
-                return self._query_only(query_content, k, banned)
+                return self._query_only(query_content, k, banned), history
             u, source = query_vec, "query"
         elif query_vec is None:
             u, source = user_vec, "personal"
@@ -281,7 +311,7 @@ class Recommender:
                 rows = self._merge(rows, extra, max(n_candidates, self.deploy.max_k))
                 retrieval_scores = self.index.matrix[rows] @ u
         if len(rows) == 0:
-            return Recommendation([], np.zeros(0, np.float32), source)
+            return Recommendation([], np.zeros(0, np.float32), source), history
         if hist is None:  # no events to rerank against: retrieval order is the answer
             scores = retrieval_scores
         else:
@@ -298,7 +328,35 @@ class Recommender:
             top = self._with_kept(scores, top, keep, min(k, len(rows)))
             values = scores[top]
         chosen = xp.numpy(rows[top]).tolist()
-        return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), source)
+        return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), source), history
+
+    # -- interest topics (ModelConfig.topics) -------------------------------------------------
+    def interest_events(self, history: UserHistory) -> tuple[list[str], np.ndarray]:
+        """The events a user's interest profile is made of: the window the user tower reads (the
+        newest `max_history` events whose items are known), and each one's signed weight:
+        `profile_decay`^age x what the event says (`content_weight`: a 5-star rating or a
+        purchase +1, a 3-star rating 0, a dislike or a 1-star rating -1)."""
+        known = [j for j, item in enumerate(history.item_ids) if item in self.topics.rows][-self.cfg.user.max_history :]
+        n, decay = len(known), self.cfg.topics.profile_decay
+        weights = np.array([content_weight(history.event_types[j], history.values[j]) * decay ** (n - 1 - a)
+                            for a, j in enumerate(known)], np.float64)  # fmt: skip
+        return [history.item_ids[j] for j in known], weights
+
+    def interest_profile(self, history: UserHistory) -> np.ndarray | None:
+        """(K,) the user's interest profile (freshrec.models.topics.interest_profile); None without one."""
+        ids, weights = self.interest_events(history)
+        return interest_profile(self.topics.matrix[[self.topics.rows[i] for i in ids]], weights) if ids else None
+
+    def explain(self, history: UserHistory, item_ids: Sequence[str]) -> dict[str, Any]:
+        """The explanation of a recommended list for the user whose history it was made from."""
+        ids, weights = self.interest_events(history)
+        mix = self.topics.matrix
+        history_mix = mix[[self.topics.rows[i] for i in ids]] if ids else np.zeros((0, self.topics.dim), np.float32)
+        profile = interest_profile(history_mix, weights) if ids else None
+        zero = np.zeros(self.topics.dim, np.float32)  # an item the index does not hold (yet) shares no topic
+        items_mix = np.array([mix[self.topics.rows[i]] if i in self.topics.rows else zero for i in item_ids], np.float32).reshape(-1, self.topics.dim)
+        return explain(self.topic_model, profile, list(item_ids), items_mix, ids, history_mix, weights, self.store.item_texts,
+                       self.cfg.topics)  # fmt: skip
 
     # -- content channels (ModelConfig.content) ---------------------------------------------
     def _short_profile(self, history: UserHistory):
@@ -511,7 +569,11 @@ class Recommender:
             vectors = self._new_item_vectors(vectors, contents, self.known_rows(id_indices) == 0, set(item_ids))
         xp = self.xp
         embeddings = xp.numpy(xp.asarray(embeddings)).astype(np.float32)
-        items = [Item(i, t, v, m, x, c, e) for i, t, v, m, x, c, e in
-                 zip(item_ids, texts, xp.numpy(vectors), metas, id_indices, xp.numpy(contents), embeddings)]  # fmt: skip
+        mixtures = [None] * len(item_ids)
+        if self.topic_model is not None:  # the build's topics, no refit (freshrec.models.topics)
+            with self.stats.stage("topics"):
+                mixtures = list(self.topic_model.transform([document(t, m) for t, m in zip(texts, metas)]))
+        items = [Item(i, t, v, m, x, c, e, z) for i, t, v, m, x, c, e, z in
+                 zip(item_ids, texts, xp.numpy(vectors), metas, id_indices, xp.numpy(contents), embeddings, mixtures)]  # fmt: skip
         with self.stats.stage("store"):
             return self.store.upsert_items(items, space=self.space)

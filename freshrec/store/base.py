@@ -53,21 +53,24 @@ class Item:
     id_index: int = 0  # learned id row of the item tower; 0 = text only
     content: np.ndarray | None = None  # (Ec,) float32 content vector (text encoder's content_vector); None: none
     embedding: np.ndarray | None = None  # (E,) float32 text embedding (the text encoder's, 384-d); None: none
+    topics: np.ndarray | None = None  # (K,) float32 topic mixture (freshrec.models.topics); None: none
 
 
 @dataclass
 class CatalogBlock:
     """What the pipeline's indexes need of the items written since a version: ids, collaborative
-    vectors (N, D) of one vector space and content vectors (N, Ec; zero rows for items stored
-    without one, (N, 0) when none has one), in one order, the catalog version they bring an index
-    to, and which items have no vector in that space (`missing`, (N,) bool: their rows of
-    `vectors` are zeros; `vectors` is (N, 0) when every row is missing)."""
+    vectors (N, D) of one vector space, content vectors and topic mixtures (N, Ec) and (N, K)
+    (zero rows for items stored without one, (N, 0) when none has one), in one order, the
+    catalog version they bring an index to, and which items have no vector in that space
+    (`missing`, (N,) bool: their rows of `vectors` are zeros; `vectors` is (N, 0) when every row
+    is missing)."""
 
     item_ids: list[str]
     vectors: np.ndarray
     contents: np.ndarray
     version: int
     missing: np.ndarray
+    topics: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
 
 def stack_blobs(blobs: Sequence[bytes | None]) -> np.ndarray:
@@ -130,7 +133,7 @@ class StateStore(Protocol):
         """The latest `limit` events of a user, oldest first, plus the set of seen items."""
 
     def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
-        """Inserts or replaces items (text, metadata, id row, content, embedding) under a new
+        """Inserts or replaces items (text, metadata, id row, content, embedding, topics) under a new
         catalog version, their vectors written into vector `space`; in the same transaction the
         items' vectors in every other space are removed (for a space >= 2 the space-1 vector
         becomes empty). An empty vector stores none. Returns how many were written."""
@@ -147,12 +150,15 @@ class StateStore(Protocol):
         serving; at 1M items the texts and metadata it leaves out are most of what `items_since` reads."""
 
     def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
-        """`item_vectors_since` with the content vectors beside the vectors and the rows missing
-        in `space`, read in one snapshot so that both indexes of a pipeline hold the same items in
+        """`item_vectors_since` with the content vectors and topic mixtures beside the vectors and
+        the rows missing in `space`, read in one snapshot so that both indexes of a pipeline hold the same items in
         the same rows."""
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Learned id rows of known items (unknown items are absent)."""
+
+    def item_texts(self, item_ids: Sequence[str]) -> dict[str, str]:
+        """Texts of known items (unknown items are absent): the names an explanation shows."""
 
     def popular_items(self, limit: int, window: int) -> list[tuple[str, float]]:
         """Most frequent items over the latest `window` events: the cold-start fallback."""

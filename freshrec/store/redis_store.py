@@ -41,7 +41,7 @@ Key layout (P = prefix; `{...}` is the Redis Cluster hash tag: the keys of one t
   P{cat}:items      sorted set item_id -> version of its last write
   P{cat}:idx        hash item_id -> id_index (known items)
   P{cat}:spaces     set of the vector spaces >= 2 written since their last `drop_vectors`
-  P{cat}:item:<id>  hash text, metadata, id_index, vector, content, embedding (float32 bytes; empty:
+  P{cat}:item:<id>  hash text, metadata, id_index, vector, content, embedding, topics (float32 bytes; empty:
                     none), version, and vector:<space> per space >= 2 holding a vector of the item
 
 Arrival numbers. `freshrec update` cuts its windows by them, so they must be global and ordered:
@@ -169,7 +169,7 @@ return dropped and 1 or 0
 """
 
 # KEYS: {cat}:version, {cat}:items, {cat}:idx, {cat}:spaces, then {cat}:item:<id> per item.
-# ARGV: space, then (item_id, text, metadata, id_index, vector, content, embedding) per item.
+# ARGV: space, then (item_id, text, metadata, id_index, vector, content, embedding, topics) per item.
 # The item's vectors of every space >= 2 go; its vector lands in `vector` (space 1) or `vector:<space>`.
 _UPSERT_ITEMS = """
 local v = redis.call('INCR', KEYS[1])
@@ -178,7 +178,7 @@ local others = redis.call('SMEMBERS', KEYS[4])
 for j = 1, #others do others[j] = 'vector:' .. others[j] end
 local added = false
 for i = 1, #KEYS - 4 do
-  local a = 1 + (i - 1) * 7
+  local a = 1 + (i - 1) * 8
   local key = KEYS[4 + i]
   if #others > 0 then redis.call('HDEL', key, unpack(others)) end
   local vec = ARGV[a + 5]
@@ -190,7 +190,7 @@ for i = 1, #KEYS - 4 do
     vec = ''
   end
   redis.call('HSET', key, 'text', ARGV[a + 2], 'metadata', ARGV[a + 3], 'id_index', ARGV[a + 4],
-             'vector', vec, 'content', ARGV[a + 6], 'embedding', ARGV[a + 7], 'version', v)
+             'vector', vec, 'content', ARGV[a + 6], 'embedding', ARGV[a + 7], 'topics', ARGV[a + 8], 'version', v)
   redis.call('ZADD', KEYS[2], v, ARGV[a + 1])
   redis.call('HSET', KEYS[3], ARGV[a + 1], ARGV[a + 4])
 end
@@ -590,7 +590,8 @@ class RedisStore:
         args: list[Any] = [str(space)]
         for it in items:
             keys.append(self._item_key(it.item_id))
-            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), _blob(it.vector), _blob(it.content), _blob(it.embedding)])
+            args.extend([it.item_id, it.text, it.metadata, int(it.id_index), _blob(it.vector), _blob(it.content), _blob(it.embedding),
+                         _blob(it.topics)])  # fmt: skip
         # A repeated upsert writes the same content again under a new version: safe to retry.
         self._write(self.k_version, [(self._s_upsert_items, keys, args)], retry=True)
         return len(items)
@@ -693,19 +694,19 @@ class RedisStore:
         values = self._per_item(ids, lambda pipe, key: pipe.hmget(key, fields))
         return ids, values, max(int(version), int(max(score for _, score in rows)))
     def items_since(self, version: int, space: int = 1) -> tuple[list[Item], int]:
-        fields = ("text", "metadata", "id_index", _vector_field(space), "content", "embedding")
+        fields = ("text", "metadata", "id_index", _vector_field(space), "content", "embedding", "topics")
         ids, values, version = self._catalog_since(version, fields)
         items = [Item(item_id, text.decode(), np.frombuffer(vector or b"", dtype=np.float32).copy(), metadata.decode(), int(id_index),
-                      _array(content), _array(embedding))
-                 for item_id, (text, metadata, id_index, vector, content, embedding) in zip(ids, values)]  # fmt: skip
+                      _array(content), _array(embedding), _array(topics))
+                 for item_id, (text, metadata, id_index, vector, content, embedding, topics) in zip(ids, values)]  # fmt: skip
         return items, version
 
     def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
-        ids, values, version = self._catalog_since(version, (_vector_field(space), "content"))
+        ids, values, version = self._catalog_since(version, (_vector_field(space), "content", "topics"))
         if not ids:
             return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), version, np.zeros(0, bool))
         vectors, missing = stack_vectors([v[0] for v in values])
-        return CatalogBlock(ids, vectors, stack_blobs([v[1] for v in values]), version, missing)
+        return CatalogBlock(ids, vectors, stack_blobs([v[1] for v in values]), version, missing, stack_blobs([v[2] for v in values]))
 
     def item_vectors_since(self, version: int, space: int = 1) -> tuple[list[str], np.ndarray, int]:
         ids, values, version = self._catalog_since(version, (_vector_field(space),))
@@ -717,6 +718,11 @@ class RedisStore:
         ids = list(item_ids)
         values = self._per_item(ids, lambda pipe, key: pipe.hmget(key, ("id_index", "embedding")))
         return np.fromiter((int(v[0] or 0) for v in values), np.int64, count=len(ids)), stack_blobs([v[1] for v in values])
+
+    def item_texts(self, item_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(item_ids)
+        values = self._per_item(ids, lambda pipe, key: pipe.hget(key, "text"))
+        return {i: v.decode() for i, v in zip(ids, values) if v is not None}
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids = list(item_ids)

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS items (
     vector    BLOB NOT NULL,
     content   BLOB,
     embedding BLOB,
+    topics    BLOB,
     version   INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -93,7 +94,7 @@ class SQLiteStore:
             self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self.db.executescript(SCHEMA)
             columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
-            for column in ("content", "embedding"):  # a state from before content vectors / text embeddings
+            for column in ("content", "embedding", "topics"):  # a state from before content vectors / text embeddings / topics
                 if column not in columns:
                     self.db.execute(f"ALTER TABLE items ADD COLUMN {column} BLOB")
         except sqlite3.Error as e:
@@ -163,17 +164,18 @@ class SQLiteStore:
     def upsert_items(self, items: Sequence[Item], space: int = 1) -> int:
         space = check_space(space)
         now = time.time()
-        rows = [(it.item_id, it.text, it.metadata, int(it.id_index), _blob(it.vector), _blob(it.content), _blob(it.embedding))
-                for it in items]  # fmt: skip
+        rows = [(it.item_id, it.text, it.metadata, int(it.id_index), _blob(it.vector), _blob(it.content), _blob(it.embedding),
+                 _blob(it.topics)) for it in items]  # fmt: skip
 
         def upsert() -> int:
             (version,) = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM items").fetchone()
             self.db.executemany(
-                "INSERT INTO items(item_id, text, metadata, id_index, vector, content, embedding, version, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET "
+                "INSERT INTO items(item_id, text, metadata, id_index, vector, content, embedding, topics, version, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET "
                 "text=excluded.text, metadata=excluded.metadata, id_index=excluded.id_index, vector=excluded.vector, "
-                "content=excluded.content, embedding=excluded.embedding, version=excluded.version, updated_at=excluded.updated_at",
-                [(i, t, m, x, v if space == 1 else b"", c, e, version, now) for i, t, m, x, v, c, e in rows],
+                "content=excluded.content, embedding=excluded.embedding, topics=excluded.topics, version=excluded.version, "
+                "updated_at=excluded.updated_at",
+                [(i, t, m, x, v if space == 1 else b"", c, e, k, version, now) for i, t, m, x, v, c, e, k in rows],
             )
             spaces = [r[0] for r in self.db.execute(_SPACES)]  # vectors of the previous text go
             if spaces:
@@ -237,8 +239,10 @@ class SQLiteStore:
         )
 
     def items_since(self, version: int, space: int = 1) -> tuple[list[Item], int]:
-        rows = self._read(_since("i.item_id, i.text, i.metadata, i.id_index, {vec}, i.version, i.content, i.embedding", space), (int(version),))
-        items = [Item(r[0], r[1], np.frombuffer(r[4] or b"", dtype=np.float32), r[2], r[3], _array(r[6]), _array(r[7])) for r in rows]
+        rows = self._read(_since("i.item_id, i.text, i.metadata, i.id_index, {vec}, i.version, i.content, i.embedding, i.topics", space),
+                          (int(version),))  # fmt: skip
+        items = [Item(r[0], r[1], np.frombuffer(r[4] or b"", dtype=np.float32), r[2], r[3], _array(r[6]), _array(r[7]), _array(r[8]))
+                 for r in rows]  # fmt: skip
         return items, max([version] + [r[5] for r in rows])
 
     def item_vectors_since(self, version: int, space: int = 1) -> tuple[list[str], np.ndarray, int]:
@@ -249,11 +253,12 @@ class SQLiteStore:
         return [r[0] for r in rows], vectors, max(int(version), max(r[2] for r in rows))
 
     def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
-        rows = self._read(_since("i.item_id, {vec}, i.content, i.version", space), (int(version),))
+        rows = self._read(_since("i.item_id, {vec}, i.content, i.version, i.topics", space), (int(version),))
         if not rows:
             return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), int(version), np.zeros(0, bool))
         vectors, missing = stack_vectors([r[1] for r in rows])
-        return CatalogBlock([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(int(version), max(r[3] for r in rows)), missing)
+        return CatalogBlock([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(int(version), max(r[3] for r in rows)),
+                            missing, stack_blobs([r[4] for r in rows]))  # fmt: skip
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -262,6 +267,14 @@ class SQLiteStore:
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             out.update(self._read(f"SELECT item_id, id_index FROM items WHERE item_id IN ({marks})", tuple(chunk)))
+        return out
+
+    def item_texts(self, item_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        ids = list(item_ids)
+        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[i : i + 500]
+            out.update(self._read(f"SELECT item_id, text FROM items WHERE item_id IN ({','.join('?' * len(chunk))})", tuple(chunk)))
         return out
 
     def item_inputs(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

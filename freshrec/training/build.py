@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from freshrec.config import EventTypeConfig, ModelConfig
-from freshrec.models.checkpoints import save_models
+from freshrec.contract import TOPICS_FILE
+from freshrec.models.checkpoints import CHECKPOINTS, save_models
 from freshrec.models.features import event_type_index
 from freshrec.models.text_encoder import ContentProjection
 from freshrec.training.data import Dataset, Split, temporal_leave_one_out
@@ -149,6 +150,23 @@ def fit(p: Prepared, cfg: ModelConfig | None = None, catalog: Catalog | None = N
     return modules, logs
 
 
+def fit_topics(catalog: Catalog, cfg: ModelConfig):
+    """The catalog's topic model (LDA over each item's text and categories), every item's
+    mixture by the served recipe (`TopicModel.transform`), and what the build reports of them."""
+    from freshrec.models.topics import TopicModel, document
+
+    docs = [document(t, m) for t, m in zip(catalog.texts, catalog.metadata)]
+    topics = TopicModel.fit(docs, cfg.topics)
+    t0 = time.perf_counter()
+    mixtures = topics.transform(docs)
+    report = {"n_topics": topics.n_topics, "vocabulary": len(topics.vocabulary), "fit_seconds": topics.fit_seconds,
+              "transform_seconds": round(time.perf_counter() - t0, 3), "items": len(docs),
+              "top_words": [topics.top_words(t, cfg.topics.top_words) for t in range(topics.n_topics)]}  # fmt: skip
+    log(f"topics: LDA with {topics.n_topics} topics over {len(docs)} items, {len(topics.vocabulary)} words, "
+        f"fitted in {topics.fit_seconds:.1f}s, mixtures in {report['transform_seconds']:.1f}s")
+    return topics, mixtures, report
+
+
 def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     from freshrec.export.pipeline import export_build
     from freshrec.export.repository import version_checksums, write_card
@@ -175,6 +193,8 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
         f"+ reranker HR@10 {metrics['rerank_10']['hr']:.4f} NDCG@10 {metrics['rerank_10']['ndcg']:.4f}")
     content = ContentProjection(catalog.text_embedding.shape[1], cfg.text.content_dim).fit(catalog.text_embedding)
     save_models(out, cfg, item_tower, user_tower, reranker, content)
+    topics, mixtures, topic_report = fit_topics(catalog, cfg)
+    topics.save(out / CHECKPOINTS / TOPICS_FILE)
 
     state_path = out / "state.db"
     for suffix in ("", "-wal", "-shm"):
@@ -186,9 +206,9 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     with torch.no_grad():
         vectors = all_item_vectors(item_tower.eval(), catalog).numpy()
         contents = content(torch.from_numpy(catalog.text_embedding)).numpy()
-    store.upsert_items([Item(i, t, v, m, int(x), c, emb) for i, t, v, m, x, c, emb in
+    store.upsert_items([Item(i, t, v, m, int(x), c, emb, k) for i, t, v, m, x, c, emb, k in
                         zip(catalog.item_ids, catalog.texts, vectors, catalog.metadata, catalog.id_index, contents,
-                            catalog.text_embedding)])  # fmt: skip
+                            catalog.text_embedding, mixtures)])  # fmt: skip
     if opts.serve_state == "eval":
         keep = np.sort(np.asarray([j for u in split.train for j in split.history(u, "test")], np.int64))
     elif opts.serve_state == "all":
@@ -224,6 +244,7 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
         "max_users": opts.max_users,
         "test_metrics": metrics,
         "training": logs,
+        "topics": topic_report,
         "export": exported["models"],
         "repositories": exported["repositories"],
         "state": state_url,

@@ -217,7 +217,7 @@ def test_stream_request_matches_the_unary_encoding() -> None:
         ("exclude_item_ids", "BYTES", [1]),
     ]
     assert list(request.raw_input_contents) == [i._get_content() for i in to_infer_inputs(RECOMMEND, arrays)]
-    assert [o.name for o in request.outputs] == RECOMMEND.output_names
+    assert [o.name for o in request.outputs] == RECOMMEND.default_output_names == ["item_ids", "scores"]  # explanation only when asked for
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +374,12 @@ def test_recommend_parses_outputs_and_passes_the_deadline() -> None:
     assert rec.scores == pytest.approx([0.9, 0.1]) and rec.latency_ms >= 0
     assert fake.calls[0]["client_timeout"] == 0.25 and fake.calls[0]["model"] == "recommend"
     assert fake.calls[0]["timeout"] == 250_000  # the deadline, for the server's queue policy (microseconds)
-    assert [o.name() for o in fake.calls[0]["outputs"]] == RECOMMEND.output_names
+    assert [o.name() for o in fake.calls[0]["outputs"]] == ["item_ids", "scores"]  # the explanation only when asked for
+    explained = _FakeResult(item_ids=np.array([b"a"], dtype=object), scores=np.array([0.9], dtype=np.float32),
+                            explanation=np.array([b'{"user": {"topics": []}, "items": []}'], dtype=object))  # fmt: skip
+    client._triton = fake = _FakeTriton(explained)  # type: ignore[assignment]
+    assert client.recommend("u1", explain=True).explanation == {"user": {"topics": []}, "items": []}
+    assert [o.name() for o in fake.calls[0]["outputs"]] == ["item_ids", "scores", "explanation"]
 
     client._triton = _FakeTriton(_FakeResult(item_ids=np.array([b"a"], dtype=object)))  # type: ignore[assignment]
     with pytest.raises(ServerError, match="scores"):
@@ -504,7 +509,7 @@ def test_cli_recommend_prints_table_or_json(cli_client: type[_CliClient], capsys
     out = capsys.readouterr().out
     assert re.search(r"rank\s+item_id\s+score\n1\s+a\s+0\.5000\n2\s+b\s+0\.2500", out) and "latency:" in out
     assert cli_client.calls[0] == ("init", ("127.0.0.1:8001", 0.5))
-    assert cli_client.calls[1] == ("recommend", ("u1", {"k": 2, "query": None, "exclude": ["x"]}))
+    assert cli_client.calls[1] == ("recommend", ("u1", {"k": 2, "query": None, "exclude": ["x"], "explain": False}))
 
     assert _run(["recommend", "u1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -606,7 +611,8 @@ input [
 ]
 output [
   { name: "item_ids" data_type: TYPE_STRING dims: [ -1 ] },
-  { name: "scores" data_type: TYPE_FP32 dims: [ -1 ] }
+  { name: "scores" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "explanation" data_type: TYPE_STRING dims: [ 1 ] }
 ]
 instance_group [ { kind: KIND_CPU count: 2 } ]
 """
@@ -667,10 +673,13 @@ class TritonPythonModel:
             if query.startswith("sleep:"):
                 time.sleep(float(query[len("sleep:"):]))
             items = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in exclude][:k]
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
+            outputs = [
                 pb_utils.Tensor("item_ids", np.array([i.encode("utf-8") for i in items], dtype=np.object_)),
                 pb_utils.Tensor("scores", np.arange(len(items), 0, -1).astype(np.float32)),
-            ]))
+            ]
+            if "explanation" in request.requested_output_names():  # computed only when named
+                outputs.append(pb_utils.Tensor("explanation", np.array([b'{"items": []}'], dtype=np.object_)))
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses
 '''
 
@@ -711,7 +720,7 @@ def _config_tensors(config: str, section: str) -> list[tuple[str, str, bool]]:
 @pytest.mark.parametrize(("contract", "config"), [(RECOMMEND, RECOMMEND_CONFIG), (INGEST_EVENTS, INGEST_CONFIG)])
 def test_stand_in_configs_match_contract(contract: ModelContract, config: str) -> None:
     assert _config_tensors(config, "input") == [(t.name, t.dtype, t.optional) for t in contract.inputs]
-    assert _config_tensors(config, "output") == [(t.name, t.dtype, t.optional) for t in contract.outputs]
+    assert _config_tensors(config, "output") == [(t.name, t.dtype, False) for t in contract.outputs]  # outputs carry no flag
 
 
 def _stand_in_repository(root: Path) -> Path:
@@ -738,6 +747,7 @@ def test_clients_against_real_triton(tmp_path: Path, triton_server_factory: Call
         assert not client.ready(["upsert_items"])
         rec = client.recommend("u1", k=3)
         assert rec.item_ids == ["a", "b", "c"] and rec.scores == [3.0, 2.0, 1.0] and rec.latency_ms > 0
+        assert rec.explanation is None and client.recommend("u1", k=3, explain=True).explanation == {"items": []}
         assert len(client.recommend("ü-user", k=None).item_ids) == 10  # k omitted: server default
         assert client.recommend("u1", k=3, exclude=["a", "c"], query="anything").item_ids == ["b", "d", "e"]
 

@@ -121,15 +121,16 @@ def test_regenerating_the_repository_gives_the_same_tree(tiny_build, tmp_path):
     build = tiny_build["build_dir"]
     cfg = ModelConfig.load(build / "checkpoints" / "model_config.json")
     deploy = DeployConfig(state=tiny_build["state"])
-    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir())
-    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir())
+    topics = build / "checkpoints" / "topics.safetensors"
+    a = write_repository(tmp_path / "a", build / "onnx", cfg, deploy, minilm_dir(), topics)
+    b = write_repository(tmp_path / "b", build / "onnx", cfg, deploy, minilm_dir(), topics)
     assert _tree_digest(a) == _tree_digest(b)
     built = _tree_digest(Path(tiny_build["repositories"]["embedded"]))
     # the build's repository also carries version 1's checkpoints and model card (for `freshrec update`)
     extra = {k for k in built if k.startswith("recommend/1/checkpoints/") or k == "recommend/1/model_card.json"}
     assert {k: v for k, v in built.items() if k not in extra} == _tree_digest(a)
     assert {Path(k).name for k in extra} == {"model_card.json", "model_config.json", "item_tower.pt", "user_tower.pt",
-                                             "reranker.pt", "content_projection.pt"}  # fmt: skip
+                                             "reranker.pt", "content_projection.pt", "topics.safetensors"}  # fmt: skip
 
 
 
@@ -172,3 +173,22 @@ def test_a_gpu_instance_without_cuda_fails_to_load_saying_why(tiny_build):
     assert onnx_session(path).get_providers() == ["CPUExecutionProvider"]
     with pytest.raises(RuntimeError, match="needs onnxruntime's CUDAExecutionProvider.*install onnxruntime-gpu"):
         onnx_session(path, cuda_device=0)
+
+
+@pytest.mark.parametrize("flavour", ["embedded", "ngc"])
+def test_the_topic_model_is_served_beside_the_models_that_read_it_and_checksummed(tiny_build, flavour):
+    """recommend (explanations) and upsert_items (a new item's mixture) get the build's topic
+    model file, byte for byte; the version's card holds its SHA-256 like the graphs'."""
+    import hashlib
+
+    from freshrec.contract import TOPICS_FILE
+    from freshrec.export.repository import read_card
+
+    repo = Path(tiny_build["repositories"][flavour])
+    built = (Path(tiny_build["build_dir"]) / "checkpoints" / TOPICS_FILE).read_bytes()
+    card = read_card(repo, 1)["checksums"]
+    for model in ("recommend", "upsert_items"):
+        assert (repo / model / "1" / TOPICS_FILE).read_bytes() == built
+        assert card[f"{model}/1/{TOPICS_FILE}"] == hashlib.sha256(built).hexdigest()
+    assert not (repo / "ingest_events" / "1" / TOPICS_FILE).exists()
+    assert tiny_build["topics"]["n_topics"] == 4 and tiny_build["topics"]["fit_seconds"] > 0

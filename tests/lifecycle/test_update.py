@@ -27,6 +27,9 @@ def test_update_writes_the_next_version_with_its_card(updated):
     for model in ("item_tower", "user_tower", "reranker", "text_encoder"):
         assert (repo / model / "2" / "model.onnx").exists()
     assert read_settings(repo, 2)["deploy"]["version"] == 2
+    for model in ("recommend", "upsert_items"):  # the build's topic model, kept by the update
+        assert (repo / model / "2" / "topics.safetensors").read_bytes() == (repo / model / "1" / "topics.safetensors").read_bytes()
+        assert f"{model}/2/topics.safetensors" in read_card(repo, 2)["checksums"]
     # the unchanged graphs are their parent's files (hard links), the fine-tuned ones new
     same = lambda m: (repo / m / "2" / "model.onnx").stat().st_ino == (repo / m / "1" / "model.onnx").stat().st_ino  # noqa: E731
     assert same("text_encoder") and not same("reranker") and not same("user_tower") and not same("item_tower")

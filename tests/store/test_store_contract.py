@@ -109,6 +109,25 @@ def test_catalog_since_brings_content_vectors_beside_the_vectors(store_url):
     np.testing.assert_array_equal(items["a"].content, _vec(5, 3))
 
 
+def test_topic_mixtures_round_trip_beside_the_vectors_and_texts_are_read_by_id(store_url):
+    """An item's topic mixture is stored with it: catalog_since brings the mixtures in the rows of
+    the vectors (a zero row for an item without one), items_since carries them as written, an
+    upsert replaces them; item_texts reads the texts of known items only."""
+    store = open_store(store_url)
+    mix = np.array([0.7, 0.2, 0.1], np.float32)
+    store.upsert_items([Item("a", "text a", _vec(0), topics=mix), Item("b", "text b", _vec(1))])
+    block = store.catalog_since(0)
+    np.testing.assert_array_equal(block.topics, np.stack([mix, np.zeros(3, np.float32)]))
+    items = {i.item_id: i for i in store.items_since(0)[0]}
+    assert items["b"].topics is None
+    np.testing.assert_array_equal(items["a"].topics, mix)
+    store.upsert_items([Item("b", "text b2", _vec(1), topics=mix[::-1].copy())])
+    later = store.catalog_since(block.version)
+    assert later.item_ids == ["b"]
+    np.testing.assert_array_equal(later.topics, mix[::-1][None])
+    assert store.item_texts(["b", "nope", "a"]) == {"a": "text a", "b": "text b2"}
+
+
 def test_popular_items_over_the_latest_window_of_known_items(store_url):
     store = open_store(store_url)
     store.upsert_items([Item(x, x, _vec(i)) for i, x in enumerate("abc")])

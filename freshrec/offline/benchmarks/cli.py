@@ -16,6 +16,7 @@ BENCHMARKS = {
     "serving": "perf_analyzer over gRPC against the served build -> docs/benchmarks (serving.md, summary.json, plots)",
     "index": "exact vs approximate retrieval at 10k/100k/1M items -> docs/benchmarks (index.md, index.json, plot)",
     "stores": "SQLite vs Redis state store through the served gRPC API -> docs/benchmarks (state_stores.md/.json)",
+    "explain": "recommend with and without the explanation output, side by side, through gRPC -> docs/benchmarks (explain.md/.json)",
     "rollout": "update, rollout, rollback and a failing rollout under perf_analyzer load -> docs/benchmarks (rollout.md/.json)",
     "gpu": "the prepared GPU check (H100/H200): GPU repository, 1M-item catalog, path check, recommend sweep",
     "jitter": "the machine's own slow bursts, sampled for a while and printed",
@@ -62,6 +63,13 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     s.add_argument("--calls", type=int, default=200)
     s.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     s.set_defaults(func=_stores)
+
+    s = what.add_parser("explain", help=BENCHMARKS["explain"], description=BENCHMARKS["explain"])
+    s.add_argument("--build", type=Path, default=Path("build"))
+    s.add_argument("--repository", type=Path, default=Path("model_repository/embedded"))
+    s.add_argument("--calls", type=int, default=300, help="rounds: one request without and one with the explanation each")
+    s.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    s.set_defaults(func=_explain)
 
     s = what.add_parser("rollout", help=BENCHMARKS["rollout"],
                         description="Failed requests and latency of recommend while versions are rolled out, rolled back and a "
@@ -178,6 +186,13 @@ def _index(a: argparse.Namespace) -> int:
 
 def _stores(a: argparse.Namespace) -> int:
     from freshrec.offline.benchmarks.stores import run
+
+    run(a.build, a.repository, a.calls, a.out)
+    return 0
+
+
+def _explain(a: argparse.Namespace) -> int:
+    from freshrec.offline.benchmarks.explain import run
 
     run(a.build, a.repository, a.calls, a.out)
     return 0

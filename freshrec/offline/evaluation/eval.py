@@ -376,7 +376,7 @@ def machine() -> dict:
     }  # fmt: skip
 
 
-PARTS = ("loo", "served", "five_core", "replay", "responsiveness", "updates")
+PARTS = ("loo", "served", "five_core", "replay", "responsiveness", "updates", "topics")
 
 
 def run_eval(opts: EvalOptions) -> dict:
@@ -438,6 +438,13 @@ def run_eval(opts: EvalOptions) -> dict:
 
         t0 = time.time()
         save("updates", updates_section(ds, cfg, opts, work, build_once), t0)
+    if "topics" in opts.parts:
+        from freshrec.offline.evaluation.analysis import topics_section
+
+        t0 = time.time()
+        # the seed-0 build in `work` (the one the loo part makes there; built unless it is there): only read
+        build_dir, _ = seed0_build(ds, cfg, opts, work, None, "topics")
+        save("topics", topics_section(ds, cfg, build_dir), t0)
     if "responsiveness" in opts.parts and not opts.served:
         log("eval: responsiveness skipped (it runs through a real tritonserver; --no-served)")
     elif "responsiveness" in opts.parts and opts.events is not None:
@@ -514,6 +521,8 @@ def write_summary(out: Path, key: dict) -> dict:
         summary["responsiveness"] = parts["responsiveness"]["result"]
     if "updates" in parts:
         summary["updates"] = parts["updates"]["result"]
+    if "topics" in parts:
+        summary["topics"] = parts["topics"]["result"]
     summary["targets"] = targets(summary)
     summary["seconds"] = round(sum(r["seconds"] for r in parts.values()), 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float))

@@ -128,7 +128,76 @@ def _plots(s: dict, out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, out / "responsiveness_shift.png", made)
+    tp = s.get("topics")
+    if tp:
+        corr = tp["correlation"]
+        names = list(corr["features"])
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), sharey=True)
+        for ax, name in zip(np.atleast_1d(axes), names):
+            b, c = corr["bins"][name], corr["features"][name]
+            ax.bar(range(len(b)), [x["ndcg@10"] for x in b], color="#4c72b0")
+            ax.set_xticks(range(len(b)), [f"{x['low']:.3g}-\n{x['high']:.3g}" for x in b], fontsize=7)
+            ax.axhline(corr["mean_ndcg@10"], color="grey", linestyle=":")
+            ax.set_title(f"{name}\nrho {c['rho']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]", fontsize=9)
+            ax.set_xlabel("quintile", fontsize=8)
+        np.atleast_1d(axes)[0].set_ylabel("mean NDCG@10 (test users in the bin)")
+        _save(fig, out / "correlation_ndcg10.png", made)
     return made
+
+
+def _topics_lines(tp: dict) -> list[str]:
+    """The topics, their coherence, topic-level diversity and the correlation analysis."""
+    m, co, dv, corr = tp["model"], tp["coherence"], tp["diversity"], tp["correlation"]
+    lines = ["## Interest topics", "",
+             f"LDA (scikit-learn, batch variational EM, seed {m['config']['seed']}) with {m['n_topics']} topics over each item's "
+             f"text and categories ({m['vocabulary']} words after stop words and the document-frequency cuts), fitted at build "
+             f"time in {m['fit_seconds']:.1f} s. Coherence: {co['measure']} (0 is best), mean {co['mean']:.3f}.", "",
+             "| topic | top words | UMass | share of the catalog |", "|---|---|---|---|"]
+    for t in sorted(tp["topics"], key=lambda t: -t["catalog_share"]):
+        lines.append(f"| {t['topic']} | {', '.join(t['words'])} | {t['umass']:.3f} | {t['catalog_share']:.1%} |")
+    lines += ["", f"Diversity of the recommended lists ({dv['model']}): intra-list diversity of the text embeddings "
+              f"{dv['ild@10']:.4f}; of the topic mixtures {dv['topic_ild@10']:.4f} (the same mean pairwise 1 - cosine); "
+              f"{dv['distinct_topics@10']:.2f} distinct dominant topics in a top-10 on average.", "",
+              "### What goes with per-user quality", "",
+              f"Spearman rank correlation of each test user's property with their NDCG@10 ({corr['target']}, {corr['users']} "
+              f"users, mean {corr['mean_ndcg@10']:.4f}); 95% intervals from {corr['bootstrap']} bootstrap resamples of the users.", "",
+              "| property | Spearman rho | 95% CI | users |", "|---|---|---|---|"]
+    for name, c in corr["features"].items():
+        lines.append(f"| {name}: {corr['descriptions'][name]} | {c['rho']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['n']} |")
+    lines += ["", "![mean NDCG@10 by quintile of each user property](correlation_ndcg10.png)", "", *_correlation_advice(corr), ""]
+    return lines
+
+
+def _correlation_advice(corr: dict) -> list[str]:
+    """What a reader should do about the correlations: written from the signs and intervals."""
+    f = corr["features"]
+    clear = {n: c for n, c in f.items() if c["ci_low"] > 0 or c["ci_high"] < 0}
+    if not clear:
+        return ["No property's interval excludes zero: on this data quality does not follow any of them, so per-segment "
+                "tuning by them is not warranted; look elsewhere (the item side) for what separates good and bad lists."]
+    ordered = sorted(clear.items(), key=lambda kv: -abs(kv[1]["rho"]))
+    said = "; ".join(f"{n} ({c['rho']:+.2f})" for n, c in ordered)
+    out = [f"Properties whose interval excludes zero, strongest first: {said}. The correlations are small (|rho| at most "
+           f"{max(abs(c['rho']) for c in clear.values()):.2f}): each explains little of one user's result, but they say where "
+           "the model is weakest."]
+    advice = []
+    if "history_popularity" in clear and clear["history_popularity"]["rho"] > 0:
+        advice.append("users with niche tastes get worse lists: weigh long-tail items up for them (e.g. a popularity-debiased "
+                      "reranker or a larger share of the short-term content channel's candidates) before tuning anything for the mainstream")
+    if "history_length" in clear and clear["history_length"]["rho"] < 0:
+        advice.append("long histories rank worse: their latest events matter more than the old ones the 50-event window keeps, "
+                      "so try a shorter window or stronger recency for heavy users")
+    if "days_since_last" in clear and clear["days_since_last"]["rho"] < 0:
+        advice.append("returning users after a gap are served worse: their state is stale, so blend in recent popularity for them")
+    if "topic_entropy" in clear:
+        sign = "broad" if clear["topic_entropy"]["rho"] < 0 else "narrow"
+        advice.append(f"users with {sign} interest profiles are served worse: report metrics per entropy band and check that "
+                      "changes to the content channels do not trade these users away")
+    if "rating_spread" in clear:
+        advice.append("rating spread goes with quality: the rating value carries signal, so keep it in the history features")
+    if advice:
+        out.append("What to do: " + "; ".join(advice) + ".")
+    return out
 
 
 def movielens(s: dict) -> bool:
@@ -419,6 +488,8 @@ def write_report(s: dict, out: Path) -> Path:
         lines += _responsiveness_lines(s["responsiveness"])
     if "updates" in s:
         lines += _updates_lines(s["updates"])
+    if "topics" in s:
+        lines += _topics_lines(s["topics"])
 
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in s["targets"]:
