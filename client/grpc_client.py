@@ -195,7 +195,7 @@ def build_inputs(contract: ModelContract, values: Mapping[str, Any]) -> dict[str
 
 
 def build_recommend_inputs(
-    user_id: str, k: int | None = 10, query: str | None = None, exclude: Iterable[str] | None = None
+    user_id: str, k: int | None = 10, query: str | None = None, exclude: Iterable[str] | None = None, explain: bool = False
 ) -> dict[str, np.ndarray]:
     """``recommend`` inputs; ``k``/``query`` None and an empty ``exclude`` are not sent."""
     if k is not None:
@@ -213,6 +213,7 @@ def build_recommend_inputs(
             "k": None if k is None else [int(k)],
             "query": None if query is None else [query],
             "exclude_item_ids": excluded or None,
+            "explain": [True] if explain else None,
         },
     )
 
@@ -406,7 +407,7 @@ class FreshrecClient:
     ) -> Recommendation:
         """``explain=True`` asks for the topic explanation too (``Recommendation.explanation``);
         without it the server computes none."""
-        arrays = build_recommend_inputs(user_id, k, query, exclude)
+        arrays = build_recommend_inputs(user_id, k, query, exclude, explain)
         start = time.perf_counter()
         result = self._infer(RECOMMEND, arrays, timeout_s, retry=True, extra=("explanation",) if explain else ())
         return parse_recommendation(result, (time.perf_counter() - start) * 1e3, explain)
@@ -514,7 +515,7 @@ class AsyncFreshrecClient:
     ) -> Recommendation:
         """``explain=True`` asks for the topic explanation too (``Recommendation.explanation``);
         without it the server computes none."""
-        arrays = build_recommend_inputs(user_id, k, query, exclude)
+        arrays = build_recommend_inputs(user_id, k, query, exclude, explain)
         start = time.perf_counter()
         result = await self._infer(RECOMMEND, arrays, timeout_s, retry=True, extra=("explanation",) if explain else ())
         return parse_recommendation(result, (time.perf_counter() - start) * 1e3, explain)

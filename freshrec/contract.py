@@ -55,8 +55,8 @@ class TensorSpec:
     name: str
     dtype: str  # Triton TYPE_* name
     dims: tuple[Dim, ...]
-    # An input a request may leave out; an output computed only when a request names it (the
-    # Python backend's request.requested_output_names(); a request naming no output gets all).
+    # An input a request may leave out; an output that a response may lack (computed only when an
+    # input asks for it).
     optional: bool = False
     doc: str = ""
     # Integer inputs that index a table: the values a graph accepts, (low, high) inclusive; a
@@ -170,13 +170,14 @@ RECOMMEND = ModelContract(
         _t("k", "TYPE_INT32", 1, optional=True, doc=f"results wanted; default {DEFAULT_K}, at most max_k"),
         _t("query", "TYPE_STRING", 1, optional=True, doc="free-text intent, matched in content and blended with the user's own list"),
         _t("exclude_item_ids", "TYPE_STRING", -1, optional=True, doc="items never to return"),
+        _t("explain", "TYPE_BOOL", 1, optional=True, doc="true: also the explanation output; default false (none computed)"),
     ),
     outputs=(
         _t("item_ids", "TYPE_STRING", -1, doc="k item ids, best first"),
         _t("scores", "TYPE_FP32", -1, doc="their scores, best first"),
         _t("explanation", "TYPE_STRING", 1, optional=True,
            doc="JSON: the user's top interest topics (words, weights) and, per item, the topic it shares most with "
-               "the user and the history item carrying it; computed only when requested"),
+               "the user and the history item carrying it; only when the input explain is true"),
     ),
     batched=False,
     doc="BLS pipeline: user tower + content channels -> retrieval -> reranker -> filter -> top-k.",

@@ -167,9 +167,9 @@ class Service:
         k = T.one_int(pb, request, "k", default=DEFAULT_K)
         query = T.one_string(pb, request, "query", required=False)
         exclude = T.strings(pb, request, "exclude_item_ids", required=False) or []
-        # Triton computes no output by itself here: the explanation is made only when the request
-        # names it (a request naming no output is given all of them, Triton's rule).
-        explain = "explanation" in request.requested_output_names()
+        # The explanation is opt-in by an input, not by naming the output: a request naming no
+        # output is given all of them (Triton's rule; perf_analyzer does so) and must not pay for it.
+        explain = T.one_bool(pb, request, "explain", default=False)
         rec = self.recommender.recommend(user_id, k=k, query=query or None, exclude=exclude, cancelled=request.is_cancelled,
                                          explain=explain)  # fmt: skip
         outputs = [T.string_tensor(pb, "item_ids", rec.item_ids), pb.Tensor("scores", rec.scores.astype(np.float32))]

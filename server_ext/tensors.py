@@ -68,6 +68,15 @@ def one_int(pb, request, name: str, default: int) -> int:
     return int(arr[0])
 
 
+def one_bool(pb, request, name: str, default: bool) -> bool:
+    arr = numbers(pb, request, name, np.bool_, required=False)
+    if arr is None:
+        return default
+    if len(arr) != 1:
+        raise InvalidInput(f"input {name!r} must hold exactly one value, got {len(arr)}")
+    return bool(arr[0])
+
+
 def string_tensor(pb, name: str, values: list[str]):
     return pb.Tensor(name, np.array([v.encode("utf-8") for v in values], dtype=np.object_))
 

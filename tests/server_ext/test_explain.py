@@ -34,6 +34,14 @@ def test_explanation_only_when_requested_and_equal_to_the_reference(tiny_build, 
     inputs = [_input("user_id", [user], "BYTES"), _input("k", [5], "INT32")]
     plain = raw.infer("recommend", inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in ("item_ids", "scores")])
     assert plain.as_numpy("explanation") is None
+    # Naming no output (Triton then asks for all, as perf_analyzer does) or naming the explanation
+    # itself computes none without the explain input: the answer is the list alone.
+    for outputs in (None, [grpcclient.InferRequestedOutput(n) for n in ("item_ids", "scores", "explanation")]):
+        every = raw.infer("recommend", inputs, outputs=outputs)
+        assert every.as_numpy("explanation") is None
+        assert every.as_numpy("item_ids").tolist() == plain.as_numpy("item_ids").tolist()
+    off = raw.infer("recommend", [*inputs, _input("explain", [False], "BOOL")])
+    assert off.as_numpy("explanation") is None
     with FreshrecClient(served.grpc_url, timeout_s=10) as client:
         assert client.recommend(user, k=5).explanation is None
         m = scrape(served.metrics_url)
