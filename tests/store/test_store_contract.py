@@ -5,11 +5,12 @@ in test_store.py and test_store_redis.py."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 
 import numpy as np
 import pytest
 
-from freshrec.store import Event, Item, copy_state, open_store
+from freshrec.store import Event, Item, StoreUnavailable, copy_state, open_store
 
 
 def _vec(seed: int, dim: int = 4) -> np.ndarray:
@@ -137,12 +138,24 @@ def test_popular_items_over_the_latest_window_of_known_items(store_url):
     assert store.popular_items(1, window=2) == [("c", 1.0)]
 
 
+def _add(store, events: list[Event]) -> None:
+    """As a client does: a retriable refusal (a Redis replica slow to confirm) is sent again; the
+    event ids make the retry safe."""
+    for attempt in range(20):
+        try:
+            store.add_events(events)
+            return
+        except StoreUnavailable:
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError(f"still refused after 20 tries: {events}")
+
+
 def _writer(url: str, start: int, n: int) -> None:
     store = open_store(url)
     for i in range(start, start + n):
-        store.add_events([Event(f"u{i % 3}", f"i{i}", "click", float(i), event_id=f"e{i}")])
+        _add(store, [Event(f"u{i % 3}", f"i{i}", "click", float(i), event_id=f"e{i}")])
         if i % 10 == 0:  # the same event from two replicas: stored once
-            store.add_events([Event("race", "r", "click", 1.0, event_id=f"race{i % 50}")])
+            _add(store, [Event("race", "r", "click", 1.0, event_id=f"race{i % 50}")])
     store.close()
 
 
