@@ -119,8 +119,8 @@ def _event_ids(call: dict[str, Any]) -> list[str]:
 
 
 def test_recommend_inputs_follow_the_contract() -> None:
-    arrays = build_recommend_inputs("u1", k=5, query="sci-fi", exclude=["i1", "i2", "i3"])
-    assert list(arrays) == RECOMMEND.input_names  # all four given, in contract order
+    arrays = build_recommend_inputs("u1", k=5, query="sci-fi", exclude=["i1", "i2", "i3"], explain=True)
+    assert list(arrays) == RECOMMEND.input_names  # all given, in contract order
     wire = _wire(RECOMMEND, arrays)
     for spec in RECOMMEND.inputs:
         assert wire[spec.name][0] == spec.wire_dtype
@@ -129,6 +129,7 @@ def test_recommend_inputs_follow_the_contract() -> None:
     assert wire["k"] == ("INT32", [1], [5])
     assert wire["query"] == ("BYTES", [1], ["sci-fi"])
     assert wire["exclude_item_ids"] == ("BYTES", [3], ["i1", "i2", "i3"])
+    assert wire["explain"] == ("BOOL", [1], [True])
     assert arrays["user_id"].dtype == np.object_ and isinstance(arrays["user_id"][0], bytes)
 
 
@@ -607,7 +608,8 @@ input [
   { name: "user_id" data_type: TYPE_STRING dims: [ 1 ] },
   { name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true },
   { name: "query" data_type: TYPE_STRING dims: [ 1 ] optional: true },
-  { name: "exclude_item_ids" data_type: TYPE_STRING dims: [ -1 ] optional: true }
+  { name: "exclude_item_ids" data_type: TYPE_STRING dims: [ -1 ] optional: true },
+  { name: "explain" data_type: TYPE_BOOL dims: [ 1 ] optional: true }
 ]
 output [
   { name: "item_ids" data_type: TYPE_STRING dims: [ -1 ] },
@@ -677,7 +679,8 @@ class TritonPythonModel:
                 pb_utils.Tensor("item_ids", np.array([i.encode("utf-8") for i in items], dtype=np.object_)),
                 pb_utils.Tensor("scores", np.arange(len(items), 0, -1).astype(np.float32)),
             ]
-            if "explanation" in request.requested_output_names():  # computed only when named
+            explain = get(request, "explain")
+            if explain is not None and bool(explain.reshape(-1)[0]):  # computed only when asked for
                 outputs.append(pb_utils.Tensor("explanation", np.array([b'{"items": []}'], dtype=np.object_)))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses
