@@ -94,9 +94,15 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
     from freshrec.store.sqlite import SQLiteStore, copy_sqlite
     from freshrec.training.build import BuildOptions, build
 
+    from freshrec.contract import TOPICS_FILE
+    from freshrec.models.checkpoints import CHECKPOINTS
+
     repo = repo_root / "embedded"
     if not (build_dir / "build.json").exists() or not (repo / "recommend" / "config.pbtxt").exists():
         print("== no build yet: building (data -> train -> export -> state); a few minutes on 2 cores")
+        build(BuildOptions(out=build_dir, repository=repo_root))
+    elif not (build_dir / CHECKPOINTS / TOPICS_FILE).exists() or "explain" not in (repo / "recommend" / "config.pbtxt").read_text():
+        print("== the build predates interest topics and the explain input: building again")
         build(BuildOptions(out=build_dir, repository=repo_root))
     report = json.loads((build_dir / "build.json").read_text())
     m = report["test_metrics"]
