@@ -145,6 +145,7 @@ image-tools: ## Install buildah and mmdebstrap with apt-get when they are missin
 
 $(BASE_TAR):
 	mkdir -p $(IMAGE_CACHE)
+	rm -f $@.tmp.tar
 	mmdebstrap --quiet --variant=minbase --include=$(BASE_PACKAGES) \
 		--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
 		--dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
