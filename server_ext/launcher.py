@@ -55,6 +55,7 @@ __all__ = [
     "ServerStartError",
     "TritonServer",
     "find_free_ports",
+    "is_prepared_tree",
     "prepare_server",
     "server_env",
     "start_on_free_ports",
@@ -159,6 +160,13 @@ def prepare_server(cache_dir: Path | None = None) -> Path:
         os.rename(tree, target)
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def is_prepared_tree(server_root: Path) -> bool:
+    """True for a tree made by ``prepare_server`` (wherever it was moved, e.g. the cpu image's
+    /opt/tritonserver): it runs on the wheel's libraries, which its binaries' RPATH no longer
+    reaches once moved out of site-packages."""
+    return (Path(server_root) / _READY_MARKER).is_file()
 
 
 def server_env(extra: Mapping[str, str] | None = None, *, embedded: bool = True) -> dict[str, str]:
@@ -400,7 +408,7 @@ class TritonServer:
             self._proc = subprocess.Popen(
                 args,
                 cwd=self.work_dir,
-                env=server_env(self.options.env, embedded=self._server_root is None),
+                env=server_env(self.options.env, embedded=self._server_root is None or is_prepared_tree(root)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -33,6 +33,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
+def show_log_on_failure(request: pytest.FixtureRequest) -> Callable[[Any], None]:
+    """``show_log_on_failure(server)``: on failure, the report shows ``server.log_tail()`` (for a
+    server the factory below did not start, e.g. one inside the serving image)."""
+    return lambda server: request.node.stash.setdefault(_SERVERS, []).append(server)
+
+
+@pytest.fixture
 def triton_server_factory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., TritonServer]]:

@@ -374,6 +374,8 @@ def test_cpu_profile_requests_no_gpu(helm: Helm) -> None:
 
 
 def test_gpu_profile_requests_one_gpu(helm: Helm) -> None:
+    assert triton(render(helm, "resourceProfile=gpu"))["image"] == "freshrec-tritonserver:0.1.0-gpu"  # the gpu target
+    assert triton(render(helm, "resourceProfile=gpu", "image.tag=own"))["image"] == "freshrec-tritonserver:own"
     resources = triton(render(helm, "resourceProfile=gpu"))["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == 1
     assert resources["requests"]["nvidia.com/gpu"] == 1

@@ -27,7 +27,9 @@ from freshrec.server_ext.launcher import (
     ServerStartError,
     TritonServer,
     find_free_ports,
+    is_prepared_tree,
     prepare_server,
+    server_env,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -116,6 +118,21 @@ def test_prepare_server_is_reused_and_safe_under_concurrency(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
     mtime = stub.stat().st_mtime_ns
     assert prepare_server(tmp_path) == root and stub.stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_a_moved_prepared_tree_still_runs_on_the_wheels_libraries(tmp_path: Path) -> None:
+    """The cpu image moves the prepared tree to /opt/tritonserver (the chart's --server-root): its
+    binaries' RPATH no longer reaches the wheel's libraries, so the launcher must add them; an
+    installation of its own (the NGC image's) must never get them."""
+    moved = tmp_path / "opt-tritonserver"
+    prepare_server(tmp_path / "cache").rename(moved)
+    assert is_prepared_tree(moved) and not is_prepared_tree(tmp_path)
+    libs = server_env(embedded=is_prepared_tree(moved))["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert any(p.endswith("nvidia_pytriton.libs") for p in libs)
+    ldd = subprocess.run(["ldd", str(moved / "bin" / "tritonserver")], capture_output=True, text=True,
+                         env={**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(libs)})  # fmt: skip
+    assert "not found" not in ldd.stdout, ldd.stdout
+    assert not any(p.endswith("nvidia_pytriton.libs") for p in server_env(embedded=False)["LD_LIBRARY_PATH"].split(os.pathsep))
 
 
 def test_options_defaults_are_safe_and_validated(tmp_path: Path) -> None:

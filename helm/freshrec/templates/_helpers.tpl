@@ -61,9 +61,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.triton.adminKey.existingSecret | default (printf "%s-admin" (include "freshrec.fullname" .)) }}
 {{- end }}
 
-{{/* Triton image reference; the tag defaults to the chart's appVersion. */}}
+{{/* Triton image reference; the tag defaults to the chart's appVersion (the Containerfile's cpu
+target), `<appVersion>-gpu` for the gpu profile (its gpu target). */}}
 {{- define "freshrec.image" -}}
-{{- printf "%s:%s" (required "image.repository is required" .Values.image.repository) (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $tag := .Chart.AppVersion }}
+{{- if eq .Values.resourceProfile "gpu" }}{{ $tag = printf "%s-gpu" .Chart.AppVersion }}{{ end }}
+{{- printf "%s:%s" (required "image.repository is required" .Values.image.repository) (.Values.image.tag | default $tag) }}
 {{- end }}
 
 {{/* Seconds Triton drains in-flight requests after SIGTERM (--exit-timeout-secs). */}}
