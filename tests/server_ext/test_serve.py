@@ -72,7 +72,7 @@ def test_freshrec_serve_end_to_end(freshrec_serve, fresh_state: Path, tmp_path: 
     key = key_file.read_text().strip()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert f"admin key: in {key_file}" in "".join(lines) and key not in "".join(lines)
-    assert "models  recommend ingest_events upsert_items\n" in lines  # in-process engine: no towers
+    assert "models  recommend ingest_events upsert_items forget_user\n" in lines  # in-process engine: no towers
     grpc_url, http_url = f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['http']}"
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['health']}/ready", timeout=5) as r:
         assert r.status == 200 and json.load(r) == {"live": True, "ready": True, "reason": ""}
