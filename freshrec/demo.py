@@ -37,14 +37,15 @@ def _show(title: str, rec, catalog: dict[str, dict], mark: str | None = None) ->
         print(f"  {rank:2d}. {info['title'][:44]:44s} {', '.join(info['genres'])[:34]:34s} {score:7.3f}{star}")
 
 
-def _show_explanation(user: str, rec) -> None:
+def _show_explanation(user: str, rec, catalog: dict[str, dict]) -> None:
     """The explanation output: the user's interest topics and why each of the top items."""
     ex = rec.explanation or {}
     print(f"\n== why (recommend with the explanation output, {rec.latency_ms:.1f} ms): user {user}'s interest topics")
     for t in ex.get("user", {}).get("topics", []):
         print(f"   topic {t['topic']:2d} ({t['weight']:.0%}): {', '.join(t['words'])}")
     for rank, e in enumerate(ex.get("items", []), 1):
-        print(f"  {rank:2d}. {e['item_id']:>6s}  {e.get('reason', '(no shared topic)')}")
+        title = catalog.get(e["item_id"], {}).get("title", e["item_id"])
+        print(f"  {rank:2d}. {title[:40]:40s}  {e.get('reason', '(no shared topic)')}")
 
 
 def _nearest(store, item_id: str, n: int) -> list[str]:
@@ -127,7 +128,7 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         before = client.recommend(user, k=10)
         before_50 = client.recommend(user, k=50).item_ids
         _show(f"== top-10 for user {user}", before, catalog)
-        _show_explanation(user, client.recommend(user, k=5, explain=True))
+        _show_explanation(user, client.recommend(user, k=5, explain=True), catalog)
 
         # A new interest: the genre least present in the user's history.
         hist = sorted(store.user_history(user, 0).seen)
@@ -145,7 +146,7 @@ def run_demo(build_dir: Path, repo_root: Path, calls: int = 200) -> int:
         after = client.recommend(user, k=10)
         after_50 = client.recommend(user, k=50).item_ids
         _show(f"== top-10 for user {user} on the very next request", after, catalog)
-        _show_explanation(user, client.recommend(user, k=5, explain=True))
+        _show_explanation(user, client.recommend(user, k=5, explain=True), catalog)
         print(f"   {genre} share of the top-10: {_genre_share(before.item_ids, catalog, genre):.0%} -> "
               f"{_genre_share(after.item_ids, catalog, genre):.0%} (top-50: {_genre_share(before_50, catalog, genre):.0%} -> "
               f"{_genre_share(after_50, catalog, genre):.0%}); {len(set(after.item_ids) - set(before.item_ids))} new titles in the top-10")
