@@ -59,22 +59,21 @@ def numbers(pb, request, name: str, dtype, required: bool = True) -> np.ndarray 
     return arr
 
 
-def one_int(pb, request, name: str, default: int) -> int:
-    arr = numbers(pb, request, name, np.int64, required=False)
+def _one_number(pb, request, name: str, dtype, default):
+    arr = numbers(pb, request, name, dtype, required=False)
     if arr is None:
         return default
     if len(arr) != 1:
         raise InvalidInput(f"input {name!r} must hold exactly one value, got {len(arr)}")
-    return int(arr[0])
+    return arr[0].item()
+
+
+def one_int(pb, request, name: str, default: int) -> int:
+    return int(_one_number(pb, request, name, np.int64, default))
 
 
 def one_bool(pb, request, name: str, default: bool) -> bool:
-    arr = numbers(pb, request, name, np.bool_, required=False)
-    if arr is None:
-        return default
-    if len(arr) != 1:
-        raise InvalidInput(f"input {name!r} must hold exactly one value, got {len(arr)}")
-    return bool(arr[0])
+    return bool(_one_number(pb, request, name, np.bool_, default))
 
 
 def string_tensor(pb, name: str, values: list[str]):

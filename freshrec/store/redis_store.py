@@ -770,41 +770,34 @@ class RedisStore:
 
         return self._call(scan, retry=True)
 
-    def _user_rows(self) -> list[tuple[int, str, list]]:
-        """(arrival number, user, [item_id, event_type, timestamp, value, event_id]) of every event, in arrival order."""
-        rows: list[tuple[int, str, list]] = []
-        for users in self._by_node(self._users()).values():
-            for start in range(0, len(users), 1000):
-                chunk = users[start : start + 1000]
+    def _per_user(self, users: list[str], command: Callable[[Any, str], Any]) -> Iterator[tuple[str, Any]]:
+        """(user, reply of `command(pipe, <user's events key>)`) for every user: one pipeline per
+        node and 1000 users (tools' scans)."""
+        for group in self._by_node(users).values():
+            for start in range(0, len(group), 1000):
+                chunk = group[start : start + 1000]
 
                 def read(chunk=chunk):
                     with self._node(self._user_keys(chunk[0])[0]).pipeline(transaction=False) as pipe:
                         for user in chunk:
-                            pipe.zrange(self._user_keys(user)[0], 0, -1)
+                            command(pipe, self._user_keys(user)[0])
                         return pipe.execute()
 
-                for user, members in zip(chunk, self._call(read, retry=True)):
-                    for m in members:
-                        seq, payload = m.split(b"|", 1)
-                        rows.append((int(seq), user, json.loads(payload)))
+                yield from zip(chunk, self._call(read, retry=True))
+
+    def _user_rows(self) -> list[tuple[int, str, list]]:
+        """(arrival number, user, [item_id, event_type, timestamp, value, event_id]) of every event, in arrival order."""
+        rows: list[tuple[int, str, list]] = []
+        for user, members in self._per_user(self._users(), lambda pipe, key: pipe.zrange(key, 0, -1)):
+            for m in members:
+                seq, payload = m.split(b"|", 1)
+                rows.append((int(seq), user, json.loads(payload)))
         rows.sort(key=lambda r: r[0])
         return rows
 
     def count_events(self) -> int:
         """ZCARD of every user's events (for tools: it scans the key space)."""
-        total = 0
-        for users in self._by_node(self._users()).values():
-            for start in range(0, len(users), 1000):
-                chunk = users[start : start + 1000]
-
-                def read(chunk=chunk):
-                    with self._node(self._user_keys(chunk[0])[0]).pipeline(transaction=False) as pipe:
-                        for user in chunk:
-                            pipe.zcard(self._user_keys(user)[0])
-                        return pipe.execute()
-
-                total += sum(self._call(read, retry=True))
-        return total
+        return sum(n for _, n in self._per_user(self._users(), lambda pipe, key: pipe.zcard(key)))
 
     def user_ids(self) -> list[str]:
         first: dict[str, int] = {}
