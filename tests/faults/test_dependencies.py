@@ -74,30 +74,42 @@ def outage(sup, store_url: str, down: Callable[[], None], up: Callable[[], None]
         time.sleep(4.0)  # a request started just before `up` may still wait out the store's timeout
         settled = time.monotonic() - 1.0
     assert sup.server.is_alive()
-    # Writes: refused only while the store was away, always UNAVAILABLE with the service's own text.
-    assert writes.refused, "no write met the outage"
-    # (A write sent just before the store went away may wait out its timeout; the first one after it
-    # is back may meet the connection the server has not yet replaced.)
-    assert all(went_down - 6.0 <= t0 <= came_up + 2.0 for t0, _, _ in writes.refused.values())
-    assert {(code, msg) for _, code, msg in writes.refused.values()} == {("UNAVAILABLE", "state store unavailable; retry later")}
+    queue_refusal, store_refusal = ("UNAVAILABLE", "Request timeout expired"), ("UNAVAILABLE", "state store unavailable; retry later")
+    # Writes: refused by the store only while it was away, always UNAVAILABLE with the service's own
+    # text. (A write sent just before the store went away may wait out its timeout; the first one after
+    # it is back may meet the connection the server has not yet replaced.) The queue may also refuse
+    # one on a stalled machine (see the reads below): retriable, never computed, so never stored.
+    by_store = [t0 for t0, code, msg in writes.refused.values() if (code, msg) == store_refusal]
+    assert by_store, "no write met the outage"
+    assert all(went_down - 6.0 <= t0 <= came_up + 2.0 for t0 in by_store)
+    assert {(code, msg) for _, code, msg in writes.refused.values()} <= {store_refusal, queue_refusal}, writes.refused
+    assert len(writes.refused) - len(by_store) <= 3, writes.refused
     assert any(t0 > came_up for t0 in writes.acked.values()), "writes did not come back"
     # Durability: every acknowledged event is stored; no event exists that the server did not see.
     stored = stored_ids(store_url, prefix)
     assert set(writes.acked) <= stored
     assert stored <= set(writes.acked) | set(writes.refused)
-    # Reads: served throughout where the store allows it, else refused retriably; all OK afterwards.
-    during = [r for r in load.records if went_down <= r.start < came_up]
-    failed = [(r.code, r.message) for r in load.records if r.code != "OK"]
+    # Reads: served throughout where the store allows it, else refused retriably by the service; all
+    # served again once it settled. Besides the store's own refusal, a read may be refused by the queue
+    # (UNAVAILABLE "Request timeout expired": it waited past the 100 ms queue timeout), retriably, when
+    # the machine stalls: seen on a loaded 2-core CI machine in and outside the outage, never on a quiet
+    # one. It is load shedding, not the store's doing, and must stay rare in every phase.
+    phases = {"before": [r for r in load.records if r.start < went_down],
+              "during": [r for r in load.records if went_down <= r.start < came_up],
+              "settling": [r for r in load.records if came_up <= r.start <= settled],
+              "after": [r for r in load.records if r.start > settled]}  # fmt: skip
+    timeline = [(round(r.start - went_down, 2), round(r.latency_s, 3), r.code, r.message) for r in load.records if r.code != "OK"]
+    failed = {(r.code, r.message) for r in load.records if r.code != "OK"}
+    assert failed <= ({queue_refusal} if reads_survive else {queue_refusal, store_refusal}), timeline[:10]
+    for name, reads in phases.items():
+        shed = sum((r.code, r.message) == queue_refusal for r in reads)
+        assert shed <= max(3, 0.02 * len(reads)), (name, len(reads), timeline[:10])
+    assert phases["after"] and all(r.code == "OK" or (r.code, r.message) == queue_refusal for r in phases["after"]), timeline[:10]
     if reads_survive:
-        # Served throughout the outage. Right after the lock goes, the writes it held commit back to
-        # back and a read may stall past its deadline (measured: 0.5 s, 1 run in 3, before and after the
-        # content channels): refused by the queue, retriably, and never after the service settled.
-        assert during and not [(r.code, r.message) for r in load.records if r.code != "OK" and r.start < came_up]
-        assert {f for f in failed} <= {("UNAVAILABLE", "Request timeout expired")}, failed[:5]
-        assert all(r.code == "OK" for r in load.records if r.start > settled)
-    else:
-        assert {f for f in failed} <= {("UNAVAILABLE", "state store unavailable; retry later")}
-        assert all(r.code == "OK" for r in load.records if r.start > settled)
+        # Nothing but the queue's rare shedding, and no read waits on the write lock (the busy timeout is 5 s).
+        served = sorted(r.latency_s for r in phases["during"] if r.code == "OK")
+        assert len(served) >= 0.95 * len(phases["during"]) > 0, (len(served), len(phases["during"]), timeline[:10])
+        assert served[len(served) // 2] < 0.5, served[len(served) // 2]
 
 
 def test_sqlite_locked_by_another_process_mid_traffic(supervised) -> None:
