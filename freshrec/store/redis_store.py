@@ -53,6 +53,8 @@ the counter and waits until the latest reservation's lease (plus 250 ms of clock
 nodes) has passed: by then every number up to the counter is written or will never be. A write
 that fails after its reservation leaves its numbers unused (gaps are allowed) and its popularity
 entries in the window. The global slot is one key per ingest: its node bounds the ingest rate.
+On a standalone server every key is on the one node, and the two steps are one script (one round
+trip, one fsync): numbers are taken and written atomically, and readers have no lease to wait for.
 
 Older states: the layout before hash tags (`P ev:seq`, `P item:<id>`, ...) is refused at open;
 move it with `freshrec copy-state` (see the README).
@@ -132,6 +134,41 @@ for k = 3, #KEYS, 3 do
   if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ttl) end
 end
 return n
+"""
+
+# Standalone server (every key on one node): the reservation and the write in one script, one
+# round trip and one fsync; the numbers are taken and written atomically, so there is no lease.
+# KEYS: {g}:seq, {g}:recent, then (u:<user>:ev, u:<user>:seen, u:<user>:ids) per user. ARGV: window,
+# event id ttl ms, then (user index from 0, event_id or "", item_id, payload json, timestamp) per
+# event. An event whose id is known (and not expired) takes no number. Returns how many were new.
+_INGEST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+for k = 5, #KEYS, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now) end
+local fresh = {}
+for a = 3, #ARGV, 5 do
+  local u = 3 + 3 * tonumber(ARGV[a])
+  local eid = ARGV[a + 1]
+  if eid == '' or not redis.call('ZSCORE', KEYS[u + 2], eid) then
+    if eid ~= '' then redis.call('ZADD', KEYS[u + 2], now + ttl, eid) end
+    fresh[#fresh + 1] = a
+  end
+end
+if #fresh == 0 then return 0 end
+local first = redis.call('INCRBY', KEYS[1], #fresh) - #fresh + 1
+for i, a in ipairs(fresh) do
+  local u = 3 + 3 * tonumber(ARGV[a])
+  local seq = string.format('%016d', first + i - 1)
+  redis.call('ZADD', KEYS[u], ARGV[a + 4], seq .. '|' .. ARGV[a + 3])
+  redis.call('SADD', KEYS[u + 1], ARGV[a + 2])
+  redis.call('LPUSH', KEYS[2], seq .. '|' .. ARGV[a + 2])
+end
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+for k = 5, #KEYS, 3 do
+  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+return #fresh
 """
 
 # KEYS: u:<user>:ev, u:<user>:seen, u:<user>:gone. The user's events and seen set go; their
@@ -300,10 +337,11 @@ class RedisStore:
         self._db: Any = None
         self._stale = False  # the cluster's slot map needs a refresh before the next command
         self._replicas: dict[str, tuple[int, float]] = {}  # node -> (connected replicas, when asked)
+        self.one_script = not self.cluster  # an ingest is one script where every key is on one node
         self._wait_ms = max(1, int(self.timeout_s * 500))  # WAIT's answer must come before the socket timeout
         encoder = redis.Redis()  # never connects: scripts only need its encoder for their sha
-        self._s_reserve, self._s_add_events, self._s_forget_user, self._s_drop_recent = (
-            Script(encoder, s) for s in (_RESERVE, _ADD_EVENTS, _FORGET_USER, _DROP_RECENT))  # fmt: skip
+        self._s_reserve, self._s_add_events, self._s_ingest, self._s_forget_user, self._s_drop_recent = (
+            Script(encoder, s) for s in (_RESERVE, _ADD_EVENTS, _INGEST, _FORGET_USER, _DROP_RECENT))  # fmt: skip
         self._s_upsert_items, self._s_put_vectors, self._s_assign_id_rows = (
             Script(encoder, s) for s in (_UPSERT_ITEMS, _PUT_VECTORS, _ASSIGN_ID_ROWS))  # fmt: skip
         p = self.prefix
@@ -480,6 +518,10 @@ class RedisStore:
         events = list(events)
         if not events:
             return 0
+        # Retrying is safe only when every event carries an id (the retry is then recognised).
+        idempotent = all(e.event_id for e in events)
+        if self.one_script:
+            return self._ingest(events, idempotent)
         known = self._known_ids(events)
         fresh, taken = [], set()
         for e in events:
@@ -491,8 +533,6 @@ class RedisStore:
             fresh.append(e)
         if not fresh:
             return 0
-        # Retrying is safe only when every event carries an id (the retry is then recognised).
-        idempotent = all(e.event_id for e in events)
         for attempt in (0, 1):
             args = [self.window] + [e.item_id for e in fresh]
             first, reserved_ms = self._write(self.k_seq, [(self._s_reserve, [self.k_seq, self.k_reserved, self.k_recent], args)],
@@ -503,6 +543,20 @@ class RedisStore:
                 if attempt:
                     raise StoreUnavailable("state store write came after its arrival numbers' lease twice; retry") from None
         raise AssertionError("unreachable")
+
+    def _ingest(self, events: list[Event], idempotent: bool) -> int:
+        """Standalone: numbers reserved and events written by one script (one round trip, one fsync)."""
+        index: dict[str, int] = {}
+        keys: list[str] = [self.k_seq, self.k_recent]
+        args: list[Any] = [self.window, int(self.event_id_ttl_s * 1000)]
+        for e in events:
+            if e.user_id not in index:
+                index[e.user_id] = len(index)
+                keys.extend(self._user_keys(e.user_id)[:3])
+            value = None if math.isnan(e.value) else float(e.value)
+            payload = json.dumps([e.item_id, e.event_type, float(e.timestamp), value, e.event_id], separators=(",", ":"))
+            args.extend([index[e.user_id], e.event_id or "", e.item_id, payload, _fmt_float(float(e.timestamp))])
+        return int(self._write(self.k_seq, [(self._s_ingest, keys, args)], retry=idempotent)[0])
 
     def _known_ids(self, events: list[Event]) -> set[tuple[str, str]]:
         """(user, event id) pairs already stored and not expired: a retry takes no arrival number."""

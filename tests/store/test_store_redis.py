@@ -134,3 +134,36 @@ def test_vector_space_keys(redis_server):
     assert store.db.hkeys("freshrec:{cat}:item:a").count(b"vector:2") == 0 and not store.db.hexists("freshrec:{cat}:item:a", "vector:3")
     assert store.vector_spaces() == {1: 1, 2: 1}  # space 3 is empty, though still in cat:spaces
     assert store.drop_vectors(2) == 1 and store.db.smembers("freshrec:{cat}:spaces") == {b"3"}
+
+
+def test_standalone_ingest_is_one_script_and_stores_what_the_two_steps_store(redis_server):
+    """On one server an ingest is one script (the cluster's reservation and write together): the
+    same events give the same users' histories, arrival order, popularity window and idempotency
+    as the two steps, and the reservation stamp the readers wait on is never written."""
+    one, two = (open_store(redis_server.url + f"?prefix={p}:&window=5") for p in ("one", "two"))
+    assert one.one_script and not one.cluster
+    two.one_script = False
+    batches = [
+        [Event("a", "i1", "click", 3.0, event_id="e1"), Event("b", "i2", "rate", 1.0, value=4.0, event_id="e2")],
+        [Event("a", "i1", "click", 3.0, event_id="e1"), Event("a", "i3", "click", 2.0, event_id="e3")],  # e1: a retry
+        [Event("b", "i4", "click", 5.0), Event("b", "i4", "click", 5.0), Event("c", "i2", "click", 6.0, event_id="x")],
+        [Event("c", "i5", "like", 7.0, event_id="x"), Event("c", "i6", "click", 8.0, event_id="y"),
+         Event("c", "i6", "click", 8.0, event_id="y")],  # fmt: skip
+    ]
+    for batch in batches:
+        assert one.add_events(batch) == two.add_events(batch)
+    assert [one.add_events(b) for b in batches] == [0, 0, 2, 0]  # only the id-less events are new again
+    for b in batches:
+        two.add_events(b)
+    for user in ("a", "b", "c"):
+        h1, h2 = one.user_history(user, 10), two.user_history(user, 10)
+        assert (h1.item_ids, h1.timestamps, h1.event_types, h1.seen) == (h2.item_ids, h2.timestamps, h2.event_types, h2.seen)
+    assert [(s, e.user_id, e.item_id, e.event_id) for s, e in one.numbered_events()] == [
+        (s, e.user_id, e.item_id, e.event_id) for s, e in two.numbered_events()
+    ]
+    assert [s for s, _ in one.numbered_events()] == list(range(1, 10))
+    assert one.popular_items(5, 5) == two.popular_items(5, 5)
+    assert not one.db.exists("one:{g}:reserved") and two.db.exists("two:{g}:reserved")
+    t0 = time.monotonic()
+    assert one.last_arrival() == 9
+    assert time.monotonic() - t0 < 0.5  # no lease to wait out (the two steps wait it after each write)
