@@ -18,6 +18,7 @@ BENCHMARKS = {
     "stores": "SQLite vs Redis state store through the served gRPC API -> docs/benchmarks (state_stores.md/.json)",
     "explain": "recommend with and without the explanation output, side by side, through gRPC -> docs/benchmarks (explain.md/.json)",
     "rollout": "update, rollout, rollback and a failing rollout under perf_analyzer load -> docs/benchmarks (rollout.md/.json)",
+    "capacity": "pods, memory, Redis shards for 10M/100M items at 10k recommendations/s, as arithmetic from the committed figures -> docs/benchmarks/capacity.md",
     "gpu": "the prepared GPU check (H100/H200): GPU repository, 1M-item catalog, path check, recommend sweep",
     "jitter": "the machine's own slow bursts, sampled for a while and printed",
     "perf-analyzer": "fetch and verify perf_analyzer 2.60.0 and print the command prefix that runs it here",
@@ -31,7 +32,7 @@ test that `freshrec bench [options]` used to run is `freshrec bench serving [opt
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Registers `bench` and its benchmarks on the main CLI's subparsers."""
     p = subparsers.add_parser(
-        "bench", help="benchmarks: serving (perf_analyzer), index, stores, rollout, gpu, jitter, perf-analyzer",
+        "bench", help="benchmarks: serving (perf_analyzer), index, stores, rollout, capacity, gpu, jitter, perf-analyzer",
         description="Benchmarks of the served system and its parts, and the tools they use.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -88,6 +89,18 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     s.add_argument("--epochs", type=int, help="the update's fine-tuning passes (default: the update's; smoke 1)")
     s.add_argument("--tolerance", type=float, help="the update's gate tolerance (default: the update's)")
     s.set_defaults(func=_rollout)
+
+    s = what.add_parser("capacity", help=BENCHMARKS["capacity"],
+                        description="A capacity model: from the figures the other benchmarks committed (nothing is measured), "
+                                    "what a catalog of N items at a recommendation and event rate needs: pods, memory per pod "
+                                    "per index kind, Redis memory and shards, GPUs where a GPU figure exists; every derived "
+                                    "figure with its arithmetic and what it rests on (freshrec.offline.benchmarks.capacity).")  # fmt: skip
+    s.add_argument("--figures", type=Path, default=Path("docs/benchmarks"), help="where summary.json, index.json, state_stores.json are")
+    s.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="where capacity.md goes")
+    s.add_argument("--items", default="10000000,100000000", help="comma-separated catalog sizes")
+    s.add_argument("--recommendations-per-s", type=float, help="default 10000")
+    s.add_argument("--events-per-s", type=float, help="default 10000, one event per ingest_events request")
+    s.set_defaults(func=_capacity)
 
     s = what.add_parser("gpu", help=BENCHMARKS["gpu"],
                         description="The prepared GPU check: one script, under 10 minutes on one H100/H200 host "
@@ -212,6 +225,15 @@ def _rollout(a: argparse.Namespace) -> int:
         return 1
     main_print(report)
     return 0 if report["as_expected"] else 1
+
+
+def _capacity(a: argparse.Namespace) -> int:
+    from freshrec.offline.benchmarks.capacity import assumptions, run
+
+    sizes = tuple(int(x.replace("_", "")) for x in a.items.split(",") if x)
+    path = run(a.figures, a.out, sizes, assumptions(recommendations_per_s=a.recommendations_per_s, events_per_s=a.events_per_s))
+    print(path)
+    return 0
 
 
 def _gpu(a: argparse.Namespace) -> int:
