@@ -122,8 +122,9 @@ def _plots(s: dict, out: Path) -> list[str]:
                 ns = sorted(m["shift"]["by_n"], key=int)
                 ax.plot([int(n) for n in ns], [m["shift"]["by_n"][n]["top10"] for n in ns], marker="o", label=RESP_NAMES.get(name, name))
         ax.axhline(0.40, color="grey", linestyle=":", label="target at N = 8 (0.40)")
-        ax.set_xlabel("five-star events on a genre new to the user (N)")
-        ax.set_ylabel("the genre's share of the next top-10")
+        cat = "topic" if rs.get("categories") == "topics" else "genre"
+        ax.set_xlabel(f"five-star events on a {cat} new to the user (N)")
+        ax.set_ylabel(f"the {cat}'s share of the next top-10")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -291,6 +292,8 @@ def _responsiveness_lines(rs: dict) -> list[str]:
     """Freshrec (served) against the context rows, each issue target beside its figure."""
     models, plans, opt = rs["models"], rs["plans"], rs["options"]
     name = lambda k: RESP_NAMES.get(k, k)  # noqa: E731
+    by_topic = rs.get("categories") == "topics"
+    cat, cats, item, items = ("topic", "topics", "item", "items") if by_topic else ("genre", "genres", "film", "films")
     lines = ["## Responsiveness (what the next request shows)", "",
              f"`freshrec eval --parts responsiveness`, seed {rs['seed']}, on the seed-0 build with the evaluation state "
              f"({rs['state']['users']} users, {rs['state']['items']} items, {rs['state']['events']} events; each user's test "
@@ -302,18 +305,21 @@ def _responsiveness_lines(rs: dict) -> list[str]:
              "are clones (`<user>~<scenario>`) of real users, their stored events copied into the state before the server "
              "starts; the scenario's own events go through `ingest`, one hour after the user's last event. Scenario groups "
              + ("each have their own" if opt.get("separate_states") else "(intent + twins; shift + negative) share one")
-             + " state copy and server. Code: `freshrec/offline/evaluation/responsiveness.py`.", ""]
+             + " state copy and server. Code: `freshrec/offline/evaluation/responsiveness.py`."
+             + (" The items carry no genres: a category is each item's dominant topic of the build's LDA model, labelled "
+                "`t<k>` and its top three words; the typed-intent scenario (film genres and years) is MovieLens's and not run."
+                if by_topic else ""), ""]
     geo = rs.get("geometry")
     if geo:
         cc = rs.get("content_config") or {}
-        lines += ["### Where a genre's meaning lives", "",
-                  f"For each genre, the mean of the vectors of its {geo['seeds']} most stored films, and the genre's share among "
-                  f"the {geo['k']} nearest other films: in the item space (the towers', which leave-one-out rewards) and in the "
+        lines += [f"### Where a {cat}'s meaning lives", "",
+                  f"For each {cat}, the mean of the vectors of its {geo['seeds']} most stored {items}, and the {cat}'s share among "
+                  f"the {geo['k']} nearest other {items}: in the item space (the towers', which leave-one-out rewards) and in the "
                   "content space (the text encoder's content vectors: MiniLM centred on the catalog, on its principal axes). "
                   "The collaborative space groups what was co-rated, not what is alike; the content channels bring the "
                   f"second space into the request path (short-term weight {cc.get('beta_short', '?')}, query weight "
                   f"{cc.get('beta_query', '?')}, `ModelConfig.content`).", "",
-                  "| genre | catalog share | item space | content space |", "|---|---|---|---|"]
+                  f"| {cat} | catalog share | item space | content space |", "|---|---|---|---|"]
         for g, r in sorted(geo["genres"].items()):
             lines.append(f"| {g} | {r['catalog']:.2f} | {r['item']:.2f} | {_f(r['content'], '.2f') if 'content' in r else '-'} |")
         m = geo["mean"]
@@ -322,10 +328,10 @@ def _responsiveness_lines(rs: dict) -> list[str]:
         sh = next(m["shift"] for m in models.values() if "shift" in m)
         genres = ", ".join(f"{g} {n}" for g, n in sorted(plans["shift_genres"].items(), key=lambda x: -x[1]))
         lines += [f"### Interest shift ({sh['users']} users)", "",
-                  "Per user a genre with >= 40 films that is under 3% of their history; N five-star `rate` events on unseen "
-                  "films drawn from the 40 most popular of it, applied one after another. The genre's share of the next "
-                  "list (a film with several genres counts for each); the N = 0 list excludes the 8 films, so the seen-item "
-                  f"mask alone cannot move it. Genres: {genres}.", "",
+                  f"Per user a {cat} with >= 40 {items} that is under 3% of their history; N five-star `rate` events on unseen "
+                  f"{items} drawn from the 40 most popular of it, applied one after another. The {cat}'s share of the next "
+                  f"list (a {item} with several {cats} counts for each); the N = 0 list excludes the 8 {items}, so the seen-item "
+                  f"mask alone cannot move it. {cats.capitalize()}: {genres}.", "",
                   "| model | top-10 N=0 | N=1 | N=2 | N=4 | N=8 | top-50 N=0 | top-50 N=8 | users with >= 3 of 10 at N=8 | top-50 unchanged after 8 |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for k, m in models.items():
@@ -334,13 +340,13 @@ def _responsiveness_lines(rs: dict) -> list[str]:
                 lines.append(f"| {name(k)} | " + " | ".join(_f(b[n]["top10"]) for n in ("0", "1", "2", "4", "8"))
                              + f" | {_f(b['0']['top50'])} | {_f(b['8']['top50'])} | {_f(b['8']['ge3'], '.0%')} | {_f(m['shift']['unchanged'], '.0%')} |")
         lines += ["| issue target | | | >= 0.15 | | >= 0.40 | | | >= 60% | |", "",
-                  "![the new genre's top-10 share against N](responsiveness_shift.png)", ""]
+                  f"![the new {cat}'s top-10 share against N](responsiveness_shift.png)", ""]
     if any("negative" in m for m in models.values()):
         ng = next(m["negative"] for m in models.values() if "negative" in m)
         lines += [f"### Negative events ({ng['users']} users)", "",
-                  "Per user a genre that is >= 10% of their history and >= 1.5x its catalog share; 4 or 8 events of one kind "
-                  "on unseen popular films of it (each kind and count on its own clone); the genre's share before (those "
-                  "films excluded) and after. Fall = 1 - after / before (issue target: >= 50%).", "",
+                  f"Per user a {cat} that is >= 10% of their history and >= 1.5x its catalog share; 4 or 8 events of one kind "
+                  f"on unseen popular {items} of it (each kind and count on its own clone); the {cat}'s share before (those "
+                  f"{items} excluded) and after. Fall = 1 - after / before (issue target: >= 50%).", "",
                   "| model | events | top-10 before | top-10 after | fall (top-10) | top-50 before | top-50 after | fall (top-50) |",
                   "|---|---|---|---|---|---|---|---|"]
         for k, m in models.items():

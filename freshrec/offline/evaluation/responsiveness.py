@@ -22,6 +22,11 @@ Scenarios:
             whose held-out test event is the original (unseen in this state): the twin with the
             original excluded, the original with the twin excluded, k up to `DeployConfig.max_k`.
 
+Categories: the items' genres (MovieLens, or own items whose metadata has `genres`), or, for a
+catalog whose items carry none, each item's dominant topic of the build's LDA model (labelled
+`t<k> <its top words>`): `shift`, `negative` and `twins` then run on any data; `intent`'s
+predicates read MovieLens's genres and years and stay with it.
+
 Every user of `shift` and `negative` is a clone `<user>~<scenario>` of a real user: its events
 are the real user's stored events, written into the scenario's state copy through the store
 interface before the server starts, so every target sees the same history and the real users
@@ -68,6 +73,7 @@ class ResponsivenessOptions:
     twins: int = 120  # catalog items given a twin (the issue asks for >= 100)
     scenarios: tuple[str, ...] = ("shift", "negative", "intent", "twins")
     separate_states: bool = False  # a state copy and a server per scenario instead of per GROUPS entry
+    categories: str = "genres"  # what shift and negative act on: "genres" (item metadata) or "topics" (the build's LDA)
 
 
 SCENARIOS = ("shift", "negative", "intent", "twins")
@@ -131,7 +137,24 @@ class World:
         return {e.item_id for e in self.history[user]}
 
 
-def load_world(ds: Dataset, store) -> World:
+TOPIC_LABEL_WORDS = 3
+
+
+def topic_categories(ds: Dataset, model) -> dict[str, list[str]]:
+    """Item id -> [its dominant topic's label]: the build's topic model on the item's text and
+    metadata by the served recipe (`TopicModel.transform`); an item whose mixture is flat (no
+    known word) gets none."""
+    from freshrec.models.topics import document
+
+    mixtures = model.transform([document(t, m) for t, m in zip(ds.items.text, ds.items.metadata)])
+    labels = [f"t{k} " + " ".join(model.top_words(k, TOPIC_LABEL_WORDS)) for k in range(model.n_topics)]
+    flat = 1.0 / model.n_topics + 1e-6
+    return {i: [labels[int(np.argmax(m))]] if m.max() > flat else [] for i, m in zip(ds.items.item_id, mixtures)}
+
+
+def load_world(ds: Dataset, store, categories: dict[str, list[str]] | None = None) -> World:
+    """The state as the scenarios see it; `categories` (item id -> labels) replaces the items'
+    genres (`topic_categories`)."""
     from freshrec.training.data import temporal_leave_one_out
 
     events = list(store.events())
@@ -145,7 +168,8 @@ def load_world(ds: Dataset, store) -> World:
     meta = {}
     for i in ids:
         m = ds.items.metadata[at[i]] if i in at else {}
-        meta[i] = {"genres": list(m.get("genres") or []), "year": m.get("year"), "title": m.get("title", i)}
+        genres = list(m.get("genres") or []) if categories is None else categories.get(i, [])
+        meta[i] = {"genres": genres, "year": m.get("year"), "title": m.get("title", i)}
     split = temporal_leave_one_out(ds)
     held = {}
     for u, j in split.test.items():
@@ -464,11 +488,29 @@ def responsiveness(ds: Dataset, build_dir: Path, repository: Path, work: Path, o
     base = work / "resp_base.db"
     copy_sqlite(Path(build_dir) / "state.db", base)
     store = open_store(f"sqlite:///{base}")
-    w = load_world(ds, store)
+    if opts.categories not in ("genres", "topics"):
+        raise ValueError(f"unknown responsiveness categories {opts.categories!r}; expected genres or topics")
+    if opts.categories == "topics":
+        from freshrec.contract import TOPICS_FILE
+        from freshrec.models.checkpoints import CHECKPOINTS
+        from freshrec.models.topics import TopicModel
+
+        path = Path(build_dir) / CHECKPOINTS / TOPICS_FILE
+        if not path.exists():
+            raise ValueError(f"responsiveness by topics needs the build's topic model, and {path} is not there (rebuild)")
+        model = TopicModel.load(path)
+        if model.empty:
+            raise ValueError("responsiveness by topics: the build's topic model was fitted on texts without a word")
+        w = load_world(ds, store, topic_categories(ds, model))
+    else:
+        w = load_world(ds, store)
+    if "intent" in opts.scenarios and opts.categories != "genres":
+        raise ValueError("the intent scenario's predicates read MovieLens genres and years: run it with categories='genres'")
     geo = geometry(w, store)
     store.close()
-    log(f"responsiveness: a genre's share among the {geo['k']} nearest films of its {geo['seeds']} most stored ones (mean over "
-        f"{len(geo['genres'])} genres): item space {geo['mean']['item']:.2f}, content space {geo['mean'].get('content', float('nan')):.2f}, "
+    cat, cats, items = ("topic", "topics", "items") if opts.categories == "topics" else ("genre", "genres", "films")
+    log(f"responsiveness: a {cat}'s share among the {geo['k']} nearest {items} of its {geo['seeds']} most stored ones (mean over "
+        f"{len(geo['genres'])} {cats}): item space {geo['mean']['item']:.2f}, content space {geo['mean'].get('content', float('nan')):.2f}, "
         f"catalog {geo['mean']['catalog']:.2f}")  # fmt: skip
     stats = baseline_stats(w)
     k_max = DeployConfig().max_k
@@ -480,7 +522,9 @@ def responsiveness(ds: Dataset, build_dir: Path, repository: Path, work: Path, o
     warm = [u for u in rng.permutation(sorted(w.history)).tolist() if len(w.history[u]) >= WARM_MIN_EVENTS][: opts.warm_users]
     twins = plan_twins(w, opts.twins, opts.seed + 3)
     log(f"responsiveness: {len(w.history)} users, {len(w.ids)} items in the state; shift {len(plans['shift'])} users, "
-        f"negative {len(plans['negative'])}, intent {len(INTENTS)} intents x ({len(warm)} warm + 1 cold), twins {len(twins)} items "
+        f"negative {len(plans['negative'])}, "
+        + (f"intent {len(INTENTS)} intents x ({len(warm)} warm + 1 cold), " if "intent" in opts.scenarios else "")
+        + f"twins {len(twins)} items "
         f"for {sum(map(len, twins.values()))} users (k = {k_max})")  # fmt: skip
 
     unknown = set(opts.scenarios) - set(SCENARIOS)
@@ -538,6 +582,7 @@ def responsiveness(ds: Dataset, build_dir: Path, repository: Path, work: Path, o
                 _remove(p)
     _remove(base)
     return {"seed": opts.seed, "options": {k: v for k, v in vars(opts).items()}, "build": str(build_dir), "models": models, "geometry": geo,
+            "categories": opts.categories,
             "plans": {"shift_genres": dict(Counter(p.genre for p in plans["shift"])), "negative_genres": dict(Counter(p.genre for p in plans["negative"])),
                       "warm_users": len(warm), "twin_items": len(twins), "twin_users": sum(map(len, twins.values())), "intents": len(INTENTS)},
             "state": {"users": len(w.history), "items": len(w.ids), "events": int(sum(w.count.values()))},
@@ -566,15 +611,16 @@ def _target(name: str, measured: float, ok: Callable[[float], bool]) -> dict:
 def targets(r: dict) -> list[dict]:
     """The issue's responsiveness targets beside freshrec's measured figures."""
     f = r["models"]["freshrec"]
+    cat = "topic" if r.get("categories") == "topics" else "genre"
     out = []
     if "shift" in f:
         b = f["shift"]["by_n"]
-        out += [_target("shift: the new genre's top-10 share after 8 five-star events >= 0.40", b["8"]["top10"], lambda v: v >= 0.40),
-                _target("shift: users with >= 3 of 10 in the new genre after 8 events >= 0.60", b["8"]["ge3"], lambda v: v >= 0.60),
-                _target("shift: the new genre's top-10 share after 2 events >= 0.15", b["2"]["top10"], lambda v: v >= 0.15)]  # fmt: skip
+        out += [_target(f"shift: the new {cat}'s top-10 share after 8 five-star events >= 0.40", b["8"]["top10"], lambda v: v >= 0.40),
+                _target(f"shift: users with >= 3 of 10 in the new {cat} after 8 events >= 0.60", b["8"]["ge3"], lambda v: v >= 0.60),
+                _target(f"shift: the new {cat}'s top-10 share after 2 events >= 0.15", b["2"]["top10"], lambda v: v >= 0.15)]  # fmt: skip
     if "negative" in f:
         weakest = min(v["fall10"] for v in f["negative"]["by_kind"].values() if v["events"] == max(NEG_NS))
-        out.append(_target("negative: fall of a liked genre's top-10 share after 8 events >= 0.50 (the weakest of 1-star, dislike, skip)",
+        out.append(_target(f"negative: fall of a liked {cat}'s top-10 share after 8 events >= 0.50 (the weakest of 1-star, dislike, skip)",
                            weakest, lambda v: v >= 0.50))  # fmt: skip
     if "intent" in f:
         m = f["intent"]["mean"]

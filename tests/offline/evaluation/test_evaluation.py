@@ -5,6 +5,7 @@ cold start, freshness latency, report)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,9 @@ def test_eval_tiny_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, t
 
 def test_eval_tiny_on_own_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, triton_server_factory) -> None:
     """`freshrec eval --events --items` on 40 MovieLens users written out as own CSV files (their
-    ratings as `rating` events): the parts that apply run on the files' data, every build is made
-    from them, and the report keeps its layout without the MovieLens-only anchors and targets."""
+    ratings as `rating` events, the items as text alone): the parts that apply run on the files'
+    data, every build is made from them, the responsiveness scenarios act on the items' topics,
+    and the report keeps its layout without the MovieLens-only anchors, targets and intents."""
     import csv
 
     from freshrec.offline.evaluation.eval import EvalOptions, run_eval
@@ -155,30 +157,43 @@ def test_eval_tiny_on_own_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         w.writerows(zip(e.user_id, e.item_id, e.timestamp.astype(np.int64), ["rating"] * len(e), e.value.astype(int)))
     with open(tmp_path / "shop_items.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["item_id", "text", "metadata"])
-        w.writerows((i, t, json.dumps(m)) for i, t, m in zip(ds.items.item_id, ds.items.text, ds.items.metadata))
+        w.writerow(["item_id", "text"])  # no genres: responsiveness falls back on the topics
+        w.writerows(zip(ds.items.item_id, ds.items.text))
 
     monkeypatch.chdir(tmp_path)
     opts = EvalOptions(out=Path("results"), work=Path("work"), events=Path("shop_events.csv"), items=Path("shop_items.csv"), seeds=(0,),
                        tiny=True, baselines=("popularity",), parts=("loo", "served", "five_core", "replay", "responsiveness"),
-                       replay_limit=150, freshness_trials=3)  # fmt: skip
+                       replay_limit=150, freshness_trials=3, resp_users=6, resp_negative_users=5, resp_twins=8)  # fmt: skip
     s = run_eval(opts)
     saved = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert saved["dataset"] == "shop_events" and saved["files"]["events"] == str(tmp_path / "shop_events.csv")
-    assert set(saved["parts"]) == {"loo", "served", "five_core", "replay"}  # responsiveness: MovieLens scenarios, skipped
+    assert set(saved["parts"]) == {"loo", "served", "five_core", "replay", "responsiveness"}
+    # Responsiveness on own items without genres: shift and negative act on each item's dominant
+    # topic of the build's LDA (labelled t<k> + its top words); no film intents.
+    rs = saved["responsiveness"]
+    assert rs["categories"] == "topics" and rs["options"]["scenarios"] == ["shift", "negative", "twins"]
+    assert set(rs["models"]["freshrec"]) == {"shift", "negative", "twins"}
+    # (40 users: as many as have a topic of >= 40 items under 3% of their history, up to the 6 asked for)
+    assert 1 <= rs["models"]["freshrec"]["shift"]["users"] == sum(rs["plans"]["shift_genres"].values()) <= 6
+    assert 1 <= rs["models"]["freshrec"]["negative"]["users"] == sum(rs["plans"]["negative_genres"].values()) <= 5
+    labels = set(rs["plans"]["shift_genres"]) | set(rs["geometry"]["genres"])
+    assert labels and all(re.fullmatch(r"t\d+( \S+){1,3}", g) for g in labels), labels
     info = saved["loo"]["info"]
     assert (info["users"], info["items"], info["events"]) == (40, len(ds.items), len(e))
     assert saved["served_loo"]["users"] == 40
     assert saved["replay"]["events"] == 150
     build = json.loads((tmp_path / "work" / "replay_build" / "build.json").read_text())
     assert build["dataset"] == "shop_events[before 891350845]" and build["files"] == saved["files"]  # T0 build of the files
-    assert {t["target"] for t in s["targets"]} == {"replay NDCG@10 real-time >= 1.10 x frozen",
-                                                    "cold-start HR@50 >= 3 x popularity (the stronger of all-time and recent)"}  # fmt: skip
+    assert {t["target"] for t in s["targets"]} >= {"replay NDCG@10 real-time >= 1.10 x frozen",
+                                                    "cold-start HR@50 >= 3 x popularity (the stronger of all-time and recent)",
+                                                    "shift: the new topic's top-10 share after 8 five-star events >= 0.40"}  # fmt: skip
+    assert not any(t["target"].startswith("intent:") or "genre" in t["target"] for t in s["targets"])
     report = (tmp_path / "results" / "report.md").read_text()
     for heading in ("## Offline, leave-one-out (unfiltered `shop_events`)", "## 5-core variant", "## The served API",
                     "## Prequential replay", "## Targets"):  # fmt: skip
         assert heading in report
     assert "published anchors" not in report and "ML-100K" not in report
+    assert "dominant topic" in report and "### Where a topic's meaning lives" in report and "Typed intent" not in report
 
 
 def test_tune_tiny_writes_a_config_build_reads(tmp_path: Path) -> None:
