@@ -4,7 +4,8 @@ standalone server is a cluster of one node).
 
 Same contract as the SQLite store (see `freshrec.store.base`):
 
-- Every write is a Lua script on the keys of one hash slot, atomic on its node: an event retried
+- Every write is a Lua script, atomic on its node, on the keys of one hash slot (on a standalone
+  server an ingest's script spans the global and the users' keys, all on the one node): an event retried
   with the same `event_id` (within `event_id_ttl`) is stored once even when two replicas race; the
   catalog version is INCRemented in the script that writes the items, so `items_since(v)` on any
   replica returns exactly the items written after `v`.
