@@ -293,7 +293,7 @@ def _responsiveness_lines(rs: dict) -> list[str]:
     models, plans, opt = rs["models"], rs["plans"], rs["options"]
     name = lambda k: RESP_NAMES.get(k, k)  # noqa: E731
     by_topic = rs.get("categories") == "topics"
-    cat, cats, item, items = ("topic", "topics", "item", "items") if by_topic else ("genre", "genres", "film", "films")
+    cat, cats, items = ("topic", "topics", "items") if by_topic else ("genre", "genres", "films")
     lines = ["## Responsiveness (what the next request shows)", "",
              f"`freshrec eval --parts responsiveness`, seed {rs['seed']}, on the seed-0 build with the evaluation state "
              f"({rs['state']['users']} users, {rs['state']['items']} items, {rs['state']['events']} events; each user's test "
@@ -330,7 +330,8 @@ def _responsiveness_lines(rs: dict) -> list[str]:
         lines += [f"### Interest shift ({sh['users']} users)", "",
                   f"Per user a {cat} with >= 40 {items} that is under 3% of their history; N five-star `rate` events on unseen "
                   f"{items} drawn from the 40 most popular of it, applied one after another. The {cat}'s share of the next "
-                  f"list (a {item} with several {cats} counts for each); the N = 0 list excludes the 8 {items}, so the seen-item "
+                  f"list ({'each item counts for its dominant topic' if by_topic else 'a film with several genres counts for each'}); "
+                  f"the N = 0 list excludes the 8 {items}, so the seen-item "
                   f"mask alone cannot move it. {cats.capitalize()}: {genres}.", "",
                   "| model | top-10 N=0 | N=1 | N=2 | N=4 | N=8 | top-50 N=0 | top-50 N=8 | users with >= 3 of 10 at N=8 | top-50 unchanged after 8 |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
