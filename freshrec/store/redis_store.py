@@ -296,6 +296,12 @@ def _fmt_float(x: float) -> str:
     return repr(float(x))
 
 
+def _payload(e: Event) -> str:
+    """The json of an event's member in `P{u:<user>}:ev` (after "<seq>|"): [item_id, event_type, timestamp, value or null, event_id or null]."""
+    value = None if math.isnan(e.value) else float(e.value)
+    return json.dumps([e.item_id, e.event_type, float(e.timestamp), value, e.event_id], separators=(",", ":"))
+
+
 def _blob(x: np.ndarray | None) -> bytes:
     return b"" if x is None else np.asarray(x, dtype=np.float32).tobytes()
 
@@ -554,9 +560,7 @@ class RedisStore:
             if e.user_id not in index:
                 index[e.user_id] = len(index)
                 keys.extend(self._user_keys(e.user_id)[:3])
-            value = None if math.isnan(e.value) else float(e.value)
-            payload = json.dumps([e.item_id, e.event_type, float(e.timestamp), value, e.event_id], separators=(",", ":"))
-            args.extend([index[e.user_id], e.event_id or "", e.item_id, payload, _fmt_float(float(e.timestamp))])
+            args.extend([index[e.user_id], e.event_id or "", e.item_id, _payload(e), _fmt_float(float(e.timestamp))])
         return int(self._write(self.k_seq, [(self._s_ingest, keys, args)], retry=idempotent)[0])
 
     def _known_ids(self, events: list[Event]) -> set[tuple[str, str]]:
@@ -607,10 +611,7 @@ class RedisStore:
             for j, (user, numbered) in enumerate(users.items()):
                 keys.extend(self._user_keys(user)[:3])
                 for seq, e in numbered:
-                    ts = float(e.timestamp)
-                    value = None if math.isnan(e.value) else float(e.value)
-                    payload = json.dumps([e.item_id, e.event_type, ts, value, e.event_id], separators=(",", ":"))
-                    args.extend([j, f"{seq:016d}", e.event_id or "", e.item_id, payload, _fmt_float(ts)])
+                    args.extend([j, f"{seq:016d}", e.event_id or "", e.item_id, _payload(e), _fmt_float(float(e.timestamp))])
             calls_by_node.setdefault(self._node_name(keys[0]), []).append((keys[0], keys, args))
         n = 0
         for calls in calls_by_node.values():
