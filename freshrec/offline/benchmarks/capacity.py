@@ -296,9 +296,11 @@ def graph_build_s(fig: dict, n: int) -> float:
 
 
 def _event_member(a: Assumptions) -> str:
-    """A stored event as `RedisStore._store_events` writes it: "<seq 16 digits>|json"."""
-    payload = json.dumps(["9" * a.item_id_bytes, "click", 1764547200.123, None, "e" * a.event_id_bytes], separators=(",", ":"))
-    return f"{0:016d}|{payload}"
+    """A stored event as the Redis store writes it: "<seq 16 digits>|json" (`redis_store._payload`)."""
+    from freshrec.store.base import Event
+    from freshrec.store.redis_store import _payload
+
+    return f"{0:016d}|" + _payload(Event("u", "9" * a.item_id_bytes, "click", 1764547200.123, event_id="e" * a.event_id_bytes))
 
 
 def redis(fig: dict, n: int, a: Assumptions, pods_served: int) -> dict:
