@@ -140,16 +140,15 @@ class World:
 TOPIC_LABEL_WORDS = 3
 
 
-def topic_categories(ds: Dataset, model) -> dict[str, list[str]]:
-    """Item id -> [its dominant topic's label]: the build's topic model on the item's text and
-    metadata by the served recipe (`TopicModel.transform`); an item whose mixture is flat (no
-    known word) gets none."""
-    from freshrec.models.topics import document
-
-    mixtures = model.transform([document(t, m) for t, m in zip(ds.items.text, ds.items.metadata)])
+def topic_categories(item_ids: Sequence[str], mixtures: np.ndarray, model) -> dict[str, list[str]]:
+    """Item id -> [its dominant topic's label], from the topic mixtures the state holds (the ones
+    the build and `upsert_items` wrote, which the served explanation reads); an item stored
+    without one, or with a flat one (no known word), gets none."""
+    if mixtures.shape[1] != model.n_topics:
+        raise ValueError(f"the state holds no topic mixtures of the build's {model.n_topics} topics (rebuild)")
     labels = [f"t{k} " + " ".join(model.top_words(k, TOPIC_LABEL_WORDS)) for k in range(model.n_topics)]
     flat = 1.0 / model.n_topics + 1e-6
-    return {i: [labels[int(np.argmax(m))]] if m.max() > flat else [] for i, m in zip(ds.items.item_id, mixtures)}
+    return {i: [labels[int(np.argmax(m))]] if m.max() > flat else [] for i, m in zip(item_ids, mixtures)}
 
 
 def load_world(ds: Dataset, store, categories: dict[str, list[str]] | None = None) -> World:
@@ -501,7 +500,8 @@ def responsiveness(ds: Dataset, build_dir: Path, repository: Path, work: Path, o
         model = TopicModel.load(path)
         if model.empty:
             raise ValueError("responsiveness by topics: the build's topic model was fitted on texts without a word")
-        w = load_world(ds, store, topic_categories(ds, model))
+        block = store.catalog_since(0)
+        w = load_world(ds, store, topic_categories(block.item_ids, block.topics, model))
     else:
         w = load_world(ds, store)
     if "intent" in opts.scenarios and opts.categories != "genres":
