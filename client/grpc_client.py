@@ -591,11 +591,15 @@ class StreamingRecommender:
     """Many ``recommend`` requests on one bidirectional ``ModelStreamInfer`` stream.
 
     ``submit`` returns at once with a ``Future[Recommendation]``; responses arrive in completion
-    order and are matched to futures by the request id each request carries. A failed request
-    fails only its own future, with the mapped exception (``errors.from_stream_error``: streams
-    carry no status code per request). A failed stream (``stream_timeout`` expired ->
-    ``DeadlineExceeded``, server gone -> ``Unavailable``, ``close(cancel=True)`` -> ``Cancelled``)
-    fails every pending future and every later ``submit``.
+    order and are matched to futures by the request id each request carries. A request refused
+    with ``Unavailable`` (a full queue, a queue timeout, a store down) is sent again on the same
+    stream, like the unary clients' retries: at most ``max_retries`` times, after a jittered
+    exponential backoff, under a new request id; its latency counts from the first ``submit``.
+    Any other failed request fails only its own future, with the mapped exception
+    (``errors.from_stream_error``: streams carry no status code per request). A failed stream
+    (``stream_timeout`` expired -> ``DeadlineExceeded``, server gone -> ``Unavailable``,
+    ``close(cancel=True)`` -> ``Cancelled``) fails every pending future, retries waiting out
+    their backoff included, and every later ``submit``.
 
     Why not ``InferenceServerClient.start_stream`` + ``async_stream_infer``: tritonclient 2.73
     hands the stream callback ``result=None`` and an error without the response's id for a
@@ -606,18 +610,32 @@ class StreamingRecommender:
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
         stream_timeout: deadline of the whole stream in seconds; None = until ``close``.
+        max_retries: re-sends of a request refused with ``Unavailable``.
+        backoff_s / max_backoff_s: first and largest wait before a re-send.
         headers: gRPC metadata for the stream.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, stream_timeout: float | None = None, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        stream_timeout: float | None = None,
+        *,
+        max_retries: int = 3,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 1.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = url
+        self._retry = _Retry(max_retries, backoff_s, max_backoff_s)
         self._channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._requests: queue.Queue[object] = queue.Queue()
-        self._pending: dict[str, tuple[Future[Recommendation], float]] = {}
-        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}  # by request id, sent or waiting to be re-sent
+        self._unsent: set[str] = set()  # ids of re-sends still waiting out their backoff
+        self._lock = threading.Condition()
         self._ids = itertools.count(1)
-        self._failure: FreshrecError | None = None  # set once the stream is unusable
+        self._failure: FreshrecError | None = None  # set once no new submit is taken
+        self._ended = False  # the end marker is queued: nothing more goes on the stream
         self._call = stub.ModelStreamInfer(
             self._request_iter(), metadata=list((headers or {}).items()) or None, timeout=stream_timeout
         )
@@ -639,26 +657,32 @@ class StreamingRecommender:
                 future.set_exception(self._failure)
                 return future
             request_id = str(next(self._ids))
-            self._pending[request_id] = (future, time.perf_counter())
+            request = _stream_request(RECOMMEND, arrays, request_id)
+            self._pending[request_id] = _Pending(future, time.perf_counter(), request)
             # Enqueued under the lock, so close() cannot slip its end marker in before it.
-            self._requests.put(_stream_request(RECOMMEND, arrays, request_id))
+            self._requests.put(request)
         return future
 
     @property
     def pending(self) -> int:
+        """Requests not answered yet, re-sends waiting out their backoff included."""
         with self._lock:
             return len(self._pending)
 
     def close(self, cancel: bool = False, timeout: float | None = None) -> None:
-        """End the stream. By default waits (at most ``timeout`` s) for pending responses; with
-        ``cancel=True``, or when the wait times out, cancels the stream and fails the rest."""
+        """End the stream. By default waits (at most ``timeout`` s) for pending responses,
+        re-sends included; with ``cancel=True``, or when the wait times out, cancels the stream
+        and fails the rest."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._failure is None:
                 self._failure = Cancelled("stream closed")
-            self._requests.put(_END)
+            if not cancel:  # answers still to come may be refusals to send again: keep it open
+                self._lock.wait_for(lambda: not self._pending or self._ended, timeout)
+            self._end_locked()
         if cancel:
             self._call.cancel()
-        self._reader.join(timeout)
+        self._reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._reader.is_alive():
             self._call.cancel()
             self._reader.join()
@@ -676,6 +700,12 @@ class StreamingRecommender:
         while (item := self._requests.get()) is not _END:
             yield item  # type: ignore[misc]
 
+    def _end_locked(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._requests.put(_END)
+            self._lock.notify_all()
+
     def _read(self) -> None:
         try:
             for response in self._call:
@@ -686,35 +716,71 @@ class StreamingRecommender:
         with self._lock:
             if self._failure is None:
                 self._failure = err
-            self._requests.put(_END)  # lets gRPC's request-consuming thread finish
+            self._end_locked()  # lets gRPC's request-consuming thread finish
         self._fail_pending(err)
 
     def _deliver(self, response: service_pb2.ModelStreamInferResponse) -> None:
         request_id = response.infer_response.id
+        error = from_stream_error(response.error_message) if response.error_message else None
         with self._lock:
             entry = self._pending.pop(request_id, None)
-            if entry is None and response.error_message and len(self._pending) == 1:
+            if entry is None and error is not None and len(self._pending) - len(self._unsent) == 1:
                 # An error without a known id (none seen on 2.51) can only be the one in flight.
-                entry = self._pending.pop(next(iter(self._pending)))
-        if entry is None:
-            return  # a response for nothing we wait on
-        future, start = entry
+                entry = self._pending.pop(next(i for i in self._pending if i not in self._unsent))
+            if entry is None:
+                return  # a response for nothing we wait on
+            if isinstance(error, Unavailable) and entry.attempt < self._retry.max_retries and not self._ended:
+                self._schedule_resend_locked(entry)
+                return
+            self._lock.notify_all()  # close() may be waiting for the last answer
+        future = entry.future
         if not future.set_running_or_notify_cancel():
             return  # the caller cancelled the future
         try:
-            if response.error_message:
-                raise from_stream_error(response.error_message)
+            if error is not None:
+                raise error
             result = grpcclient.InferResult(response.infer_response)
-            future.set_result(parse_recommendation(result, (time.perf_counter() - start) * 1e3))
+            future.set_result(parse_recommendation(result, (time.perf_counter() - entry.start) * 1e3))
         except FreshrecError as exc:
             future.set_exception(exc)
         except Exception as exc:  # a malformed response must not kill the reader thread
             future.set_exception(ServerError(f"unreadable recommend response: {exc!r}"))
 
+    def _schedule_resend_locked(self, entry: _Pending) -> None:
+        request = service_pb2.ModelInferRequest()
+        request.CopyFrom(entry.request)
+        request.id = request_id = str(next(self._ids))
+        self._pending[request_id] = _Pending(entry.future, entry.start, request, entry.attempt + 1)
+        self._unsent.add(request_id)
+        timer = threading.Timer(self._retry.delay(entry.attempt), self._resend, (request_id,))
+        timer.daemon = True
+        timer.start()
+
+    def _resend(self, request_id: str) -> None:
+        with self._lock:
+            self._unsent.discard(request_id)
+            entry = self._pending.get(request_id)
+            if entry is not None and not self._ended:
+                self._requests.put(entry.request)
+            self._lock.notify_all()
+
     def _fail_pending(self, err: FreshrecError) -> None:
         with self._lock:
             entries = list(self._pending.values())
             self._pending.clear()
-        for future, _start in entries:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(err)
+            self._unsent.clear()
+            self._lock.notify_all()
+        for entry in entries:
+            if entry.future.set_running_or_notify_cancel():
+                entry.future.set_exception(err)
+
+
+@dataclass
+class _Pending:
+    """One ``recommend`` on the stream: its future, when it was first submitted, the request as
+    sent (kept for a re-send) and how many re-sends came before."""
+
+    future: Future[Recommendation]
+    start: float
+    request: service_pb2.ModelInferRequest
+    attempt: int = 0

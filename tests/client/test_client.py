@@ -726,8 +726,8 @@ def test_stand_in_configs_match_contract(contract: ModelContract, config: str) -
     assert _config_tensors(config, "output") == [(t.name, t.dtype, False) for t in contract.outputs]  # outputs carry no flag
 
 
-def _stand_in_repository(root: Path) -> Path:
-    for name, config, model in (("recommend", RECOMMEND_CONFIG, RECOMMEND_PY), ("ingest_events", INGEST_CONFIG, INGEST_PY)):
+def _stand_in_repository(root: Path, recommend_config: str = RECOMMEND_CONFIG) -> Path:
+    for name, config, model in (("recommend", recommend_config, RECOMMEND_PY), ("ingest_events", INGEST_CONFIG, INGEST_PY)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.pbtxt").write_text(config)
         (root / name / "1" / "model.py").write_text(textwrap.dedent(model))
@@ -815,6 +815,36 @@ def test_clients_against_real_triton(tmp_path: Path, triton_server_factory: Call
     stream.close(cancel=True)
     assert isinstance(inflight.exception(timeout=5), Cancelled)
     assert isinstance(stream.submit("u1").exception(timeout=1), Cancelled)
+
+
+def test_stream_sends_refused_requests_again(tmp_path: Path, triton_server_factory: Callable[..., Any]) -> None:
+    """One instance and a queue of one, as a loaded server sheds: a burst behind a slow request
+    is refused ("Exceeds maximum queue size", Unavailable). Without retries the refusals reach the
+    caller; with them each refused request is sent again after its backoff and answered, and
+    close() waits for those re-sends."""
+    config = RECOMMEND_CONFIG.replace(
+        "instance_group [ { kind: KIND_CPU count: 2 } ]",
+        "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
+        "dynamic_batching { default_queue_policy { max_queue_size: 1 timeout_action: REJECT } }",
+    )
+    assert config != RECOMMEND_CONFIG
+    server = triton_server_factory(_stand_in_repository(tmp_path / "repo", config), exit_timeout_s=5)
+
+    def burst(stream: StreamingRecommender) -> list[Future[Recommendation]]:
+        return [stream.submit("slow", k=3, query="sleep:0.5")] + [stream.submit(f"u{i}", k=i + 1) for i in range(4)]
+
+    with StreamingRecommender(server.grpc_url, stream_timeout=30, max_retries=0) as stream:
+        errors = [f.exception(timeout=10) for f in burst(stream)]
+    refused = [e for e in errors if e is not None]
+    assert errors[0] is None and len(refused) >= 2, errors  # one runs, at most one waits
+    assert all(isinstance(e, Unavailable) and "queue" in e.message for e in refused), refused
+
+    with StreamingRecommender(server.grpc_url, stream_timeout=30, max_retries=6, backoff_s=0.2) as stream:
+        futures = burst(stream)
+    # close() (the with's exit) returned after every re-send was answered
+    assert all(f.done() for f in futures) and stream.pending == 0
+    assert [f.result().item_ids for f in futures] == [list("abc")] + [list("abcd")[: i + 1] for i in range(4)]
+    assert max(f.result().latency_ms for f in futures[1:]) > 400  # counted from the first submit, past the slow one
 
 
 async def _araises(cls: type[FreshrecError], coro: Any) -> FreshrecError:
