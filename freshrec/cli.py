@@ -42,6 +42,8 @@ def _cmd_build(args) -> int:
         items=args.items and Path(args.items), max_users=args.max_users, serve_state=args.serve_state, device=args.device,
     )  # fmt: skip
     report = build(opts, _model_config(args))
+    if "test_metrics" not in report:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     m = report["test_metrics"]
     print(json.dumps({"retrieval_10": m["retrieval_10"], "rerank_10": m["rerank_10"], "seconds": report["seconds"]}, indent=2))
     return 0
@@ -417,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from freshrec.offline.benchmarks.cli import add_bench_command
 
-    add_bench_command(sub)  # freshrec bench serving | index | stores | gpu | jitter | perf-analyzer
+    add_bench_command(sub)  # freshrec bench serving | index | stores | explain | rollout | training | capacity | gpu | jitter | perf-analyzer
 
     s = sub.add_parser("demo", help="build if needed, serve, run a scripted session, stop")
     s.add_argument("--build", default="build")
@@ -437,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from freshrec.server_ext.launcher import ServerStartError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func is not _cmd_build:
+        # Several copies of any other command would each write the same versions, reports or state.
+        print(f"error: `freshrec {args.command}` runs in one process; of the commands only `freshrec build` trains "
+              "data-parallel under torchrun (WORLD_SIZE is set here)", file=sys.stderr)
+        return 2
 
     try:
         return int(args.func(args) or 0)

@@ -18,6 +18,7 @@ from freshrec.models.checkpoints import CHECKPOINTS, save_models
 from freshrec.models.features import event_type_index
 from freshrec.models.text_encoder import ContentProjection
 from freshrec.training.data import Dataset, Split, temporal_leave_one_out
+from freshrec.training.distributed import Ranks, from_env
 from freshrec.training.train import (
     Catalog,
     Sequence,
@@ -112,7 +113,7 @@ class Prepared:
     test: tuple[list[Sequence], np.ndarray]
 
 
-def prepare(ds: Dataset, cfg: ModelConfig) -> Prepared:
+def prepare(ds: Dataset, cfg: ModelConfig, ranks: Ranks | None = None) -> Prepared:
     from freshrec.assets import cache_root, minilm_dir
 
     split = temporal_leave_one_out(ds)
@@ -121,7 +122,8 @@ def prepare(ds: Dataset, cfg: ModelConfig) -> Prepared:
                          "(each such user's last event tests, the one before validates)")
     log(f"data: {len(set(ds.events.user_id.tolist()))} users, {len(ds.items)} items, {len(ds.events)} events; "
         f"train {split.n_train}, valid {len(split.valid)}, test {len(split.test)}")
-    emb = text_embeddings(list(ds.items.text), minilm_dir(), cfg.text.max_tokens, cache_root() / "embeddings")
+    with (ranks or Ranks()).main_first():  # one process embeds the catalog, the others read its cache
+        emb = text_embeddings(list(ds.items.text), minilm_dir(), cfg.text.max_tokens, cache_root() / "embeddings")
     row = ds.items.index()
     train_items = sorted({row[i] for i in ds.events.item_id[split.train_indices()]})
     id_index = np.zeros(len(ds.items), np.int64)
@@ -136,17 +138,20 @@ def prepare(ds: Dataset, cfg: ModelConfig) -> Prepared:
     return Prepared(ds, split, catalog, row, cfg, train, user_sequences(ds, split, row, "valid"), user_sequences(ds, split, row, "test"))
 
 
-def fit(p: Prepared, cfg: ModelConfig | None = None, catalog: Catalog | None = None, rerank: bool = True) -> tuple[dict, dict]:
+def fit(p: Prepared, cfg: ModelConfig | None = None, catalog: Catalog | None = None, rerank: bool = True,
+        ranks: Ranks | None = None) -> tuple[dict, dict]:  # fmt: skip
     """Trains the towers (and the reranker) on `p` -> (modules by contract name, training log).
-    `cfg` and `catalog` default to `p`'s; a variant (another seed, text off) passes its own."""
-    cfg, catalog = cfg or p.cfg, catalog or p.catalog
+    `cfg` and `catalog` default to `p`'s; a variant (another seed, text off) passes its own.
+    With `ranks` of several processes (torchrun), each trains on its share of every batch."""
+    cfg, catalog, ranks = cfg or p.cfg, catalog or p.catalog, ranks or Ranks()
     rng = seed_everything(cfg.train.seed)
     t0 = time.time()
-    item_tower, user_tower, tower_log = train_towers(cfg, catalog, p.train, p.valid, rng)
+    item_tower, user_tower, tower_log = train_towers(cfg, catalog, p.train, p.valid, rng, ranks)
     modules, logs = {"item_tower": item_tower, "user_tower": user_tower}, {"towers": tower_log}
     if rerank:
-        modules["reranker"], logs["reranker"] = train_reranker(cfg, item_tower, user_tower, catalog, p.train, p.valid, rng)
+        modules["reranker"], logs["reranker"] = train_reranker(cfg, item_tower, user_tower, catalog, p.train, p.valid, rng, ranks)
     logs["seconds"] = round(time.time() - t0, 1)
+    logs["distributed"] = ranks.describe()
     return modules, logs
 
 
@@ -168,6 +173,9 @@ def fit_topics(catalog: Catalog, cfg: ModelConfig):
 
 
 def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
+    """The whole build. Under `torchrun` (WORLD_SIZE > 1) the training is data-parallel
+    (freshrec/training/distributed.py); rank 0 alone goes on to test, export and fill the state
+    store, and the others return `{"rank": r}` once the models are trained."""
     from freshrec.export.pipeline import export_build
     from freshrec.export.repository import version_checksums, write_card
     from freshrec.store import Item, open_store
@@ -179,14 +187,22 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     cfg = cfg or ModelConfig()
+    ranks = from_env()
     ds = load_data(opts, cfg.events)
     if opts.max_users:
         ds = subsample(ds, opts.max_users)
     if opts.until is not None:
         ds = before(ds, opts.until)
-    p = prepare(ds, cfg)
-    cfg, catalog, split, e = p.cfg, p.catalog, p.split, ds.events
-    modules, logs = fit(p)
+    try:
+        p = prepare(ds, cfg, ranks)
+        cfg, catalog, split, e = p.cfg, p.catalog, p.split, ds.events
+        if ranks.world > 1:
+            log(f"training: {ranks.world} processes (torchrun, DDP over {ranks.backend}), each on its share of every batch")
+        modules, logs = fit(p, ranks=ranks)
+    finally:
+        ranks.close()
+    if not ranks.main:
+        return {"rank": ranks.rank}
     item_tower, user_tower, reranker = modules["item_tower"], modules["user_tower"], modules["reranker"]
     metrics = evaluate(cfg, item_tower, user_tower, reranker, catalog, *p.test)
     log(f"test: retrieval HR@10 {metrics['retrieval_10']['hr']:.4f} NDCG@10 {metrics['retrieval_10']['ndcg']:.4f}; "
@@ -228,7 +244,7 @@ def build(opts: BuildOptions, cfg: ModelConfig | None = None) -> dict:
         "id_rows": int(cfg.item.id_vocab),
         "metrics": {"test": metrics},
         "gate": {"passed": True, "reason": "the build (leave-one-out test metrics above)"},
-        "training": {"seconds": logs.get("seconds")},
+        "training": {"seconds": logs.get("seconds"), "processes": ranks.world},
     }  # fmt: skip
     for repo in exported["repositories"].values():
         write_card(Path(repo), {**card, "checksums": version_checksums(Path(repo), 1)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -13,17 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from freshrec.config import ModelConfig
 from freshrec.models.features import event_features, gather_vectors, windows
 from freshrec.models.reranker import Reranker
 from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
 from freshrec.models.towers import ItemTower, UserTower
+from freshrec.training.distributed import Ranks
 from freshrec.training.metrics import rank_metrics
 
 
 def log(msg: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all
+        return
     print(f"[freshrec] {msg}", file=sys.stderr, flush=True)
 
 
@@ -162,12 +165,28 @@ def evaluate(
 
 
 # -- stage 1: two towers -----------------------------------------------------------------------
-def train_towers(cfg: ModelConfig, catalog: Catalog, train: list[Sequence], valid: tuple[list[Sequence], np.ndarray], rng) -> tuple[ItemTower, UserTower, dict]:
+class _Towers(torch.nn.Module):
+    """Both towers as one module, so that DDP sees one forward and one backward per step."""
+
+    def __init__(self, item_tower: ItemTower, user_tower: UserTower, ranks: Ranks) -> None:
+        super().__init__()
+        self.item_tower, self.user_tower, self.ranks = item_tower, user_tower, ranks
+
+    def forward(self, text: torch.Tensor, ids: torch.Tensor, inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.ranks.shared_rng():  # every rank embeds the catalog alike
+            items = self.item_tower(text, ids)  # (N, D): the whole catalog, so the softmax is exact
+        return items, self.user_tower.encode(**history_inputs(inputs, items))  # (B, L, D)
+
+
+def train_towers(cfg: ModelConfig, catalog: Catalog, train: list[Sequence], valid: tuple[list[Sequence], np.ndarray], rng,
+                 ranks: Ranks | None = None) -> tuple[ItemTower, UserTower, dict]:  # fmt: skip
     tc = cfg.train
     L = cfg.user.max_history
+    ranks = ranks or Ranks()
     item_tower, user_tower = ItemTower(cfg.item), UserTower(cfg.user)
-    params = list(item_tower.parameters()) + list(user_tower.parameters())
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    ranks.seed(tc.seed)
+    model = ranks.wrap(_Towers(item_tower, user_tower, ranks))
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     text = torch.from_numpy(catalog.text_embedding)
     ids = torch.from_numpy(catalog.id_index)[:, None]
     N = len(catalog.item_ids)
@@ -176,36 +195,38 @@ def train_towers(cfg: ModelConfig, catalog: Catalog, train: list[Sequence], vali
     spans = [(s, end) for s in train if len(s.rows) >= 2 for end in range(len(s.rows), 1, -L)]
     best, best_state, history = -1.0, None, []
     for epoch in range(1, tc.retrieval_epochs + 1):
-        item_tower.train(), user_tower.train()
+        model.train()
         t0, total, count = time.time(), 0.0, 0
         order = rng.permutation(len(spans))
         for i in range(0, len(order), tc.batch_size):
-            chunk = [spans[j] for j in order[i : i + tc.batch_size]]
+            chunk, counted = ranks.share([spans[j] for j in order[i : i + tc.batch_size]])
             batch = pad_batch([s for s, _ in chunk], [e for _, e in chunk], L + 1)
-            items = item_tower(text, ids)  # (N, D): the whole catalog, so the softmax is exact
             inputs = {k: v[:, :-1] for k, v in batch.items()}
             targets = torch.from_numpy(batch["rows"][:, 1:])
             valid_pos = torch.from_numpy(batch["history_mask"][:, 1:] & batch["history_mask"][:, :-1])
-            u = user_tower.encode(**history_inputs(inputs, items))  # (B, L, D)
+            items, u = model(text, ids, inputs)
             u, targets = u[valid_pos], targets[valid_pos]  # (P, D), (P,)
             if 0 < tc.num_negatives < N:
-                # Sampled softmax: the batch's targets plus uniform negatives, logQ-corrected.
+                # Sampled softmax: the batch's targets (every rank's) plus uniform negatives, logQ-corrected.
                 neg = torch.from_numpy(rng.choice(N, tc.num_negatives, replace=False))
-                cand = torch.cat([targets, neg])
+                batch_targets, first = ranks.gather(targets if counted else targets[:0])
+                cand = torch.cat([batch_targets, neg])
                 logits = u @ items[cand].T / tc.temperature
-                logits[:, len(targets) :] += math.log(N / tc.num_negatives)
+                logits[:, len(batch_targets) :] += math.log(N / tc.num_negatives)
                 labels = torch.arange(len(targets))
+                own = labels + first
                 clash = cand[None, :] == targets[:, None]  # the same item elsewhere is not a negative
-                clash[labels, labels] = False
+                clash[labels, own] = False
                 logits = logits.masked_fill(clash, float("-inf"))
-                loss = F.cross_entropy(logits, labels)
+                loss = ranks.mean_loss(logits, own, counted)
             else:
-                loss = F.cross_entropy(u @ items.T / tc.temperature, targets)
+                loss = ranks.mean_loss(u @ items.T / tc.temperature, targets, counted)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(targets)
-            count += len(targets)
+            total += loss.item() * ranks.batch_targets / ranks.world  # this rank's sum of losses
+            count += ranks.batch_targets
+        total = ranks.sum(total)
         metrics = evaluate(cfg, item_tower, user_tower, None, catalog, *valid, ks=(10,))
         history.append({"epoch": epoch, "loss": total / max(count, 1), **metrics})
         if epoch % tc.log_every == 0 or epoch == tc.retrieval_epochs:
@@ -258,27 +279,30 @@ def rerank_candidates(cfg: ModelConfig, items: torch.Tensor, user_tower, prefixe
     return cands, labels
 
 
-def reranker_epoch(cfg: ModelConfig, reranker: Reranker, opt, items: torch.Tensor, user_tower, prefixes: list, cands: np.ndarray,
-                   labels: np.ndarray, rng) -> float:  # fmt: skip
-    """One pass of the reranker's objective (softmax over the candidates) -> mean loss."""
+def reranker_epoch(cfg: ModelConfig, reranker: torch.nn.Module, opt, items: torch.Tensor, user_tower, prefixes: list, cands: np.ndarray,
+                   labels: np.ndarray, rng, ranks: Ranks | None = None) -> float:  # fmt: skip
+    """One pass of the reranker's objective (softmax over the candidates) -> mean loss.
+    `reranker` may be DDP-wrapped (`ranks.wrap`); each rank then trains on its share of a batch."""
+    ranks = ranks or Ranks()
     reranker.train()
     total, order = 0.0, rng.permutation(len(prefixes))
     bs = max(1, cfg.train.batch_size // 2)
     for i in range(0, len(order), bs):
-        idx = order[i : i + bs]
+        idx, counted = ranks.share(order[i : i + bs])
+        idx = np.asarray(idx)
         batch = pad_batch([prefixes[j][0] for j in idx], [prefixes[j][1] for j in idx], cfg.reranker.max_history)
         c = torch.from_numpy(cands[idx])
         scores = reranker(
             **history_inputs(batch, items), candidate_vectors=items[c], candidate_mask=torch.ones_like(c, dtype=torch.bool),
             candidate_scores=candidate_scores(user_tower, items, batch, c),
         )  # fmt: skip
-        loss = F.cross_entropy(scores, torch.from_numpy(labels[idx]))
+        loss = ranks.mean_loss(scores, torch.from_numpy(labels[idx]), counted)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += loss.item() * len(idx)
+        total += loss.item() * ranks.batch_targets / ranks.world
     reranker.eval()
-    return total / max(len(order), 1)
+    return ranks.sum(total) / max(len(order), 1)
 
 
 @torch.no_grad()
@@ -288,17 +312,20 @@ def candidate_scores(user_tower, items: torch.Tensor, batch: dict[str, np.ndarra
     return (items[cands] * u[:, None, :]).sum(-1)
 
 
-def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, train: list[Sequence], valid, rng) -> tuple[Reranker, dict]:
+def train_reranker(cfg: ModelConfig, item_tower, user_tower, catalog: Catalog, train: list[Sequence], valid, rng,
+                   ranks: Ranks | None = None) -> tuple[Reranker, dict]:  # fmt: skip
     tc = cfg.train
+    ranks = ranks or Ranks()
     reranker = Reranker(cfg.reranker)
-    opt = torch.optim.AdamW(reranker.parameters(), lr=tc.rerank_lr, weight_decay=tc.weight_decay)
+    model = ranks.wrap(reranker)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.rerank_lr, weight_decay=tc.weight_decay)
     with torch.no_grad():
         items = all_item_vectors(item_tower, catalog)
     best, best_state, best_epoch, history = -1.0, None, 0, []
     for epoch in range(1, tc.rerank_epochs + 1):
         t0 = time.time()
         prefixes, cands, labels = rerank_samples(cfg, item_tower, user_tower, catalog, train, rng)
-        loss = reranker_epoch(cfg, reranker, opt, items, user_tower, prefixes, cands, labels, rng)
+        loss = reranker_epoch(cfg, model, opt, items, user_tower, prefixes, cands, labels, rng, ranks)
         metrics = evaluate(cfg, item_tower, user_tower, reranker, catalog, *valid, ks=(10,))
         history.append({"epoch": epoch, "loss": loss, **metrics})
         log(f"reranker epoch {epoch}/{tc.rerank_epochs} loss {loss:.4f} "

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "stores": "SQLite vs Redis state store through the served gRPC API -> docs/benchmarks (state_stores.md/.json)",
     "explain": "recommend with and without the explanation output, side by side, through gRPC -> docs/benchmarks (explain.md/.json)",
     "rollout": "update, rollout, rollback and a failing rollout under perf_analyzer load -> docs/benchmarks (rollout.md/.json)",
+    "training": "`freshrec build` on 1 and on N processes (torchrun, DDP) side by side: time and test NDCG@10 -> docs/benchmarks (training.md/.json)",
     "capacity": "pods, memory, Redis shards for 10M/100M items at 10k recommendations/s, as arithmetic from the committed figures -> docs/benchmarks/capacity.md",
     "gpu": "the prepared GPU check (H100/H200): GPU repository, 1M-item catalog, path check, recommend sweep",
     "jitter": "the machine's own slow bursts, sampled for a while and printed",
@@ -32,7 +33,7 @@ test that `freshrec bench [options]` used to run is `freshrec bench serving [opt
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Registers `bench` and its benchmarks on the main CLI's subparsers."""
     p = subparsers.add_parser(
-        "bench", help="benchmarks: serving (perf_analyzer), index, stores, rollout, capacity, gpu, jitter, perf-analyzer",
+        "bench", help="benchmarks: serving (perf_analyzer), index, stores, rollout, training, capacity, gpu, jitter, perf-analyzer",
         description="Benchmarks of the served system and its parts, and the tools they use.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -89,6 +90,17 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:  # type: 
     s.add_argument("--epochs", type=int, help="the update's fine-tuning passes (default: the update's; smoke 1)")
     s.add_argument("--tolerance", type=float, help="the update's gate tolerance (default: the update's)")
     s.set_defaults(func=_rollout)
+
+    s = what.add_parser("training", help=BENCHMARKS["training"],
+                        description="Whole builds of the same data and seed on 1 process and on N under torchrun, one after "
+                                    "the other: wall and training time, test metrics, and one process's seed spread from "
+                                    "the committed evaluation (freshrec.offline.benchmarks.training).")  # fmt: skip
+    s.add_argument("--processes", default="1,2", help="comma-separated process counts (1 = plain `freshrec build`)")
+    s.add_argument("--work", type=Path, default=Path("build/bench/training"), help="one build per run goes here (kept)")
+    s.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="where training.md and training.json go")
+    s.add_argument("--tiny", action="store_true", help="tiny models (a smoke run)")
+    s.add_argument("--max-users", type=int, help="keep only the first N users (a smoke run)")
+    s.set_defaults(func=_training)
 
     s = what.add_parser("capacity", help=BENCHMARKS["capacity"],
                         description="A capacity model: from the figures the other benchmarks committed (nothing is measured), "
@@ -225,6 +237,15 @@ def _rollout(a: argparse.Namespace) -> int:
         return 1
     main_print(report)
     return 0 if report["as_expected"] else 1
+
+
+def _training(a: argparse.Namespace) -> int:
+    from freshrec.offline.benchmarks.training import run
+
+    result = run([int(x) for x in a.processes.split(",") if x], a.work, a.out, a.tiny, a.max_users)
+    for t in result["targets"]:
+        print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']:.4f}")
+    return 0
 
 
 def _capacity(a: argparse.Namespace) -> int:
