@@ -10,7 +10,7 @@ import pytest
 from freshrec.cli import build_parser, main
 from freshrec.offline.benchmarks.cli import BENCHMARKS, serving_options
 
-WHAT = ("serving", "index", "stores", "explain", "rollout", "capacity", "gpu", "jitter", "perf-analyzer")
+WHAT = ("serving", "index", "stores", "explain", "rollout", "training", "capacity", "gpu", "jitter", "perf-analyzer")
 
 
 def test_plain_bench_lists_the_benchmarks_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
