@@ -210,6 +210,8 @@ def train_towers(cfg: ModelConfig, catalog: Catalog, train: list[Sequence], vali
                 # Sampled softmax: the batch's targets (every rank's) plus uniform negatives, logQ-corrected.
                 neg = torch.from_numpy(rng.choice(N, tc.num_negatives, replace=False))
                 batch_targets, first = ranks.gather(targets if counted else targets[:0])
+                if not counted:  # a stand-in share (its loss counts 0): its own targets lead the candidates
+                    batch_targets, first = targets, 0
                 cand = torch.cat([batch_targets, neg])
                 logits = u @ items[cand].T / tc.temperature
                 logits[:, len(batch_targets) :] += math.log(N / tc.num_negatives)
