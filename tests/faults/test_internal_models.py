@@ -178,8 +178,14 @@ def run_beside_hostile(sup, sizes: Sizes, seconds: float) -> None:
         for t in hostile:
             t.join(10)
     assert len(codes) > 50 and set(codes) == {"INVALID_ARGUMENT"}
+    # Nothing of the hostile requests reaches another client. The one refusal allowed is the queue's
+    # rare load shedding when the machine stalls (UNAVAILABLE "Request timeout expired": waited past
+    # the 100 ms queue timeout, retriable, never computed; seen on a loaded 2-core machine, 4 of 1234),
+    # bounded far below what hostile requests once did to the others (17.7% failed).
     failed = [(r.code, r.message) for r in load.records if r.code != "OK"]
-    assert len(load.records) > 100 and not failed, failed[:5]
+    shed = [f for f in failed if f == ("UNAVAILABLE", "Request timeout expired")]
+    assert len(load.records) > 100 and failed == shed, failed[:5]
+    assert len(shed) <= max(3, 0.01 * len(load.records)), (len(shed), len(load.records))
 
 
 def test_hostile_tower_requests_never_fail_other_clients(bls_server) -> None:
