@@ -81,6 +81,16 @@ def _since(columns: str, space: int) -> str:
             "WHERE i.version > ? ORDER BY i.version, i.rowid")  # fmt: skip
 
 
+CATALOG_CHUNK = 20_000  # rows per fetch of catalog_since
+
+
+def _rows(chunks: list[np.ndarray]) -> np.ndarray:
+    """Chunks of (n_i, d) rows stacked; a chunk whose rows are all missing is (n_i, 0) and becomes
+    zero rows (the whole is (N, 0) only when every chunk is)."""
+    dim = max(c.shape[1] for c in chunks)
+    return np.concatenate([c if c.shape[1] == dim else np.zeros((len(c), dim), np.float32) for c in chunks])
+
+
 class SQLiteStore:
     def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
@@ -253,12 +263,25 @@ class SQLiteStore:
         return [r[0] for r in rows], vectors, max(int(version), max(r[2] for r in rows))
 
     def catalog_since(self, version: int, space: int = 1) -> CatalogBlock:
-        rows = self._read(_since("i.item_id, {vec}, i.content, i.version, i.topics", space), (int(version),))
-        if not rows:
+        # A chunk of rows at a time: 1M rows fetched at once are about 1 GB of small Python objects
+        # whose memory the allocator keeps after they are freed (the item ids that stay alive, made
+        # among them, pin it); chunk by chunk the rows reuse one chunk's memory.
+        sql, parts = _since("i.item_id, {vec}, i.content, i.version, i.topics", space), []
+        with self.lock:
+            try:
+                cursor = self.db.execute(sql, (int(version),))
+                while rows := cursor.fetchmany(CATALOG_CHUNK):
+                    vectors, missing = stack_vectors([r[1] for r in rows])
+                    parts.append(([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(r[3] for r in rows), missing,
+                                  stack_blobs([r[4] for r in rows])))  # fmt: skip
+                    del rows
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"state store read failed: {e}") from e
+        if not parts:
             return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), int(version), np.zeros(0, bool))
-        vectors, missing = stack_vectors([r[1] for r in rows])
-        return CatalogBlock([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(int(version), max(r[3] for r in rows)),
-                            missing, stack_blobs([r[4] for r in rows]))  # fmt: skip
+        return CatalogBlock([i for p in parts for i in p[0]], _rows([p[1] for p in parts]), _rows([p[2] for p in parts]),
+                            max(int(version), max(p[3] for p in parts)), np.concatenate([p[4] for p in parts]),
+                            _rows([p[5] for p in parts]))  # fmt: skip
 
     def item_id_indices(self, item_ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}

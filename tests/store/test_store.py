@@ -64,3 +64,30 @@ def test_vector_space_layout(tmp_path):
     store.put_vectors(3, ["a"], v[None])
     assert store.db.execute("SELECT item_id, length(vector) FROM items ORDER BY item_id").fetchall() == [("a", 0), ("b", 0)]
     assert store.db.execute("SELECT space, item_id FROM vectors ORDER BY space, item_id").fetchall() == [(2, "a"), (2, "b"), (3, "a")]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_catalog_since_reads_in_chunks_as_in_one(tmp_path, monkeypatch, chunk):
+    """catalog_since fetches a chunk of rows at a time (bounded memory at 1M items): every chunk
+    size gives the one-fetch block, also where a chunk's rows all lack a vector, content or mixture."""
+    import freshrec.store.sqlite as sqlite_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    rng = np.random.default_rng(0)
+    vec = lambda d: rng.standard_normal(d).astype(np.float32)  # noqa: E731
+    store.upsert_items([Item("a", "a", np.zeros(0, np.float32)), Item("b", "b", np.zeros(0, np.float32)),
+                        Item("c", "c", vec(4), content=vec(3), topics=vec(5)), Item("d", "d", vec(4)),
+                        Item("e", "e", np.zeros(0, np.float32), content=vec(3))])  # fmt: skip
+    whole = store.catalog_since(0)
+    assert whole.vectors.shape == (5, 4) and whole.contents.shape == (5, 3) and whole.topics.shape == (5, 5)
+    monkeypatch.setattr(sqlite_store, "CATALOG_CHUNK", chunk)
+    for version in (0, whole.version - 1):
+        one = store.catalog_since(version)
+        monkeypatch.setattr(sqlite_store, "CATALOG_CHUNK", 10_000)
+        ref = store.catalog_since(version)
+        monkeypatch.setattr(sqlite_store, "CATALOG_CHUNK", chunk)
+        assert one.item_ids == ref.item_ids and one.version == ref.version
+        for field in ("vectors", "contents", "topics", "missing"):
+            np.testing.assert_array_equal(getattr(one, field), getattr(ref, field))
+            assert getattr(one, field).shape == getattr(ref, field).shape
+    assert store.catalog_since(whole.version).item_ids == []
