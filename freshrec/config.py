@@ -341,8 +341,9 @@ class DeployConfig:
     # process and a hop costs two process crossings (docs/benchmarks/serving.md); bls on ngc
     # (native backends) and on GPU (tensors stay on the device, Triton places the instances).
     engine: str = "auto"
-    # Where an HNSW graph, once built, is kept for the other instances and restarts
-    # (FRESHREC_INDEX_CACHE overrides): "" = <freshrec cache>/index, "off" = nowhere.
+    # The index cache (freshrec.index.cache): the item matrices and HNSW graphs every instance maps,
+    # one copy per server, kept for restarts (FRESHREC_INDEX_CACHE overrides): "" = <freshrec
+    # cache>/index, "off" = nowhere (each instance keeps its own copies).
     index_cache: str = ""
     # Intra-op threads of each pipeline instance's numpy/BLAS and torch work (FRESHREC_THREADS
     # overrides; 0 = the libraries' default, one per core). Several instances share the cores:
@@ -384,7 +385,7 @@ class DeployConfig:
         return dataclasses.replace(cls.from_dict(d), **over)
 
     def graph_cache(self) -> Path | None:
-        """The folder for HNSW graphs (`index_cache`), or None when it is "off"."""
+        """The index cache folder (`index_cache`), or None when it is "off"."""
         if self.index_cache.lower() == "off":
             return None
         if self.index_cache:

@@ -101,7 +101,7 @@ class Service:
             engine.load(*PIPELINE_RUNS[self.name])  # at model load, not on the first request
         else:
             engine = BlsEngine(pb, deploy.version)
-        # A graph index is built once per catalog and shared through the graph cache (freshrec.index).
+        # The item matrices and a graph index are made once per catalog and mapped by every instance (freshrec.index.cache).
         self.recommender = Recommender(open_store(deploy.state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
                                        graph_cache=deploy.graph_cache(), topics=topics)  # fmt: skip
         if self.name == "recommend":

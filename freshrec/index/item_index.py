@@ -26,12 +26,18 @@ Four kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment v
 - ``auto`` (default): exact below `sq8_threshold` items (the scan is well under a millisecond
   there), sq8 below `ann_threshold`, hnsw from there on (graph built on crossing).
 
-A graph built from scratch can be kept in a folder (`graph_cache`; the server uses
-DeployConfig.index_cache, FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to disable), keyed by a hash of
-the exact vectors and graph settings: the instances of one server (and a restarted one) load the
-graph the first instance built instead of each building its own. Builds take a folder lock, so a
-second instance waits for the first and loads its file; the newest `GRAPH_CACHE_KEEP` files are
-kept. Items added after the build go into each instance's graph as usual.
+One copy per server, not per instance: with an index cache (`graph_cache`; the server uses
+DeployConfig.index_cache, FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to
+disable), the first catalog load writes the item matrix to a file there and every instance (the
+`recommend` instances, `upsert_items`) maps that file copy-on-write; an HNSW graph is built once,
+saved there and mapped read-only by every instance (freshrec.index.cache). Files are keyed by a
+hash of the exact vectors and settings, written under a folder lock (a second instance waits for
+the first and maps its file). Items upserted after the load are an instance's own: their rows of
+the matrix are private copies of the pages they fall in, and they go into a small in-memory graph
+searched beside the mapped one (freshrec.index.hnsw), until a restart or the next version loads a
+catalog that has them. The int8 codes are not shared (a quarter of the matrix). Growing past the
+file's room (twice the loaded catalog) moves the matrix into the instance's own memory. Without a
+usable cache, or on a GPU, each instance keeps its own copies.
 """
 
 
@@ -43,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from freshrec.arrays import arrays_for
+from freshrec.index.cache import mapped_matrix
 from freshrec.index.hnsw import HnswGraph
 from freshrec.index.sq8 import Sq8Scan
 from freshrec.store.base import Item, StateStore
@@ -82,6 +89,7 @@ class ItemIndex:
         self.item_ids: list[str] = []
         self.rows: dict[str, int] = {}
         self._matrix = self.xp.zeros((0, dim), np.float32)  # capacity grows by doubling
+        self.matrix_file: Path | None = None  # the cache file the matrix maps, if it does
         self.graph: HnswGraph | None = None
         self.scan: Sq8Scan | None = None
         self.version = 0
@@ -126,10 +134,11 @@ class ItemIndex:
             ids, vecs = list(last), vecs[list(last.values())]
         existing = np.fromiter((item_id in self.rows for item_id in ids), dtype=bool, count=len(ids))
         need = len(self.item_ids) + int((~existing).sum())
+        first_load = not self.item_ids
         if need > self._matrix.shape[0]:
             grown = self.xp.zeros((max(need, 2 * self._matrix.shape[0], 1024), self.dim), np.float32)
             grown[: len(self.item_ids)] = self.matrix
-            self._matrix = grown
+            self._matrix, self.matrix_file = grown, None
         rows = np.empty(len(ids), np.int64)
         for j, item_id in enumerate(ids):
             row = self.rows.get(item_id)
@@ -138,6 +147,10 @@ class ItemIndex:
                 self.item_ids.append(item_id)
             rows[j] = row
         self._matrix[self.xp.asarray(rows)] = self.xp.asarray(vecs)
+        if first_load and self.on_cpu and self.graph_cache is not None:
+            shared = mapped_matrix(self.matrix, self.graph_cache)
+            if shared is not None:
+                self._matrix, self.matrix_file = shared
         if self.graph is not None:
             self.graph.upsert(rows, vecs, existing)
             return

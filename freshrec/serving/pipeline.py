@@ -148,7 +148,7 @@ class Recommender:
         # The build's topic model and each item's mixture in the same rows again (host memory,
         # never searched): read only by explanations, kept current with the other two.
         self.topic_model = topics
-        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact") if topics is not None else None
+        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact", graph_cache=graph_cache) if topics is not None else None
         self.stats = stats or Stats()
         # The item vectors this pipeline reads and writes: those of its own model version (the
         # store keeps one vector space per version, so two versions loaded side by side during

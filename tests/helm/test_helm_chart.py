@@ -276,7 +276,7 @@ def test_rendered_deployment(helm: Helm) -> None:
     assert mounts["model-repository"]["readOnly"] is True
     assert mounts["model-repository"]["mountPath"] == "/models"
     assert "--repository=/models" in container["args"]
-    assert vols["tmp"]["emptyDir"]["sizeLimit"] == "2Gi"
+    assert vols["tmp"]["emptyDir"]["sizeLimit"] == "3Gi"
     assert mounts["tmp"]["mountPath"] == "/tmp"
     assert "initContainers" not in pod
 

@@ -66,8 +66,10 @@ def test_hnsw_recall_against_exact(data) -> None:
 
 def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
     """A graph over the same vectors is built once and loaded after; other vectors get their own
-    file; the newest GRAPH_CACHE_KEEP files stay; a damaged file is rebuilt, never served."""
-    from freshrec.index.hnsw import GRAPH_CACHE_KEEP
+    file; the newest CACHE_KEEP["hnsw"] files stay; a damaged file is rebuilt, never served."""
+    from freshrec.index.cache import CACHE_KEEP
+
+    GRAPH_CACHE_KEEP = CACHE_KEEP["hnsw"]
 
     x, queries = data
     cache = tmp_path / "graphs"
@@ -77,6 +79,8 @@ def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
     second = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
     second.apply(items(x))
     assert second.graph.loaded_from is not None and len(second.graph) == len(x)
+    # Both map the one file (the builder too, once it has saved it).
+    assert first.graph.mapped == second.graph.mapped == second.graph.loaded_from
     for q in queries[:5]:
         a, b = first.search(q, 20, [3]), second.search(q, 20, [3])
         assert a[0].tolist() == b[0].tolist()
@@ -101,7 +105,58 @@ def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
     blocked.write_text("x")
     plain = ItemIndex(DIM, kind="hnsw", graph_cache=blocked / "graphs")
     plain.apply(items(x[:300]))
-    assert plain.graph.loaded_from is None and len(plain.graph) == 300
+    assert plain.graph.loaded_from is None and plain.graph.mapped is None and len(plain.graph) == 300
+    assert plain.matrix_file is None
+
+
+def _maps(path: Path) -> bool:
+    """Whether this process has `path` memory-mapped."""
+    return any(line.rstrip().endswith(str(path)) for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_instances_map_one_copy(data, tmp_path: Path) -> None:
+    """Two indexes over one catalog map one matrix file and one graph file; what one of them is
+    given after the load (a changed item, new items) is its own: found there, exactly scored,
+    never seen by the other or written to the files."""
+    x, queries = data
+    cache = tmp_path / "index"
+    a, b = ItemIndex(DIM, kind="hnsw", graph_cache=cache), ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    a.apply(items(x))
+    b.apply(items(x))
+    assert a.matrix_file == b.matrix_file and a.matrix_file.parent == cache and _maps(a.matrix_file)
+    assert a.graph.mapped == b.graph.mapped and _maps(a.graph.mapped)
+    assert a.matrix_file.stat().st_size == 2 * len(x) * DIM * 4  # room for as many rows again
+    assert a.matrix_file.stat().st_blocks * 512 < 1.5 * len(x) * DIM * 4  # the room is a hole
+    files = {p: p.read_bytes() for p in cache.glob("*-*")}
+    np.testing.assert_array_equal(a.matrix, x)
+    # b: item 7 moved onto query 0's nearest item elsewhere, two new items (one moved again).
+    q = queries[0]
+    far = -q / np.linalg.norm(q)
+    new = clustered(np.random.default_rng(5), 2)
+    b.apply([Item("i7", "moved", far), *items(new, start=len(x))])
+    b.apply([Item(f"i{len(x)}", "moved again", q)])
+    assert len(b) == len(b.graph) == len(x) + 2 and b.graph.overlay is not None
+    rows, scores = b.search(q, 10, [])
+    assert rows[0] == len(x) and len(set(rows.tolist())) == len(rows)  # found through the overlay, no row twice
+    np.testing.assert_allclose(scores, b.matrix[rows] @ q, rtol=1e-5, atol=1e-6)
+    assert 7 not in b.search(q, 200, [])[0].tolist()  # its old place proposes it; its new vector's score ranks it out
+    assert b.search(far, 1, [])[0].tolist() == [7]
+    for probe in queries[1:6]:  # elsewhere b answers what the exact scan over its own vectors answers
+        np.testing.assert_array_equal(b.search(probe, 20, [3])[0], exact_top(b.matrix, probe, 20, {3}))
+    # a, and the files, are as they were.
+    np.testing.assert_array_equal(a.matrix, x)
+    assert len(a) == len(a.graph) == len(x) and a.graph.overlay is None
+    assert a.search(q, 10, [])[0].tolist() == exact_top(x, q, 10)
+    assert {p: p.read_bytes() for p in cache.glob("*-*")} == files
+    # A damaged matrix file (here: zeros put in its place) is written again, never served.
+    damaged = cache / "damaged"
+    damaged.write_bytes(b"\0" * a.matrix_file.stat().st_size)
+    damaged.replace(a.matrix_file)
+    c = ItemIndex(DIM, kind="exact", graph_cache=cache)
+    c.apply(items(x))
+    assert c.matrix_file == a.matrix_file
+    np.testing.assert_array_equal(c.matrix, x)
+    np.testing.assert_array_equal(a.matrix, x)  # a maps the file it had (files are replaced, never changed)
 
 
 def test_exact_kind_matches_numpy(data) -> None:
@@ -284,9 +339,12 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
     graphs = tmp_path / "graphs"
     env = {"FRESHREC_STATE": url, "FRESHREC_INDEX": kind, "FRESHREC_INDEX_CACHE": str(graphs)}
     server = triton_server_factory(Path(tiny_build["repositories"]["embedded"]), env=env)
-    # Both recommend instances loaded the catalog at start: one built each graph (item vectors, content
-    # vectors), the other loaded their files.
+    # Both recommend instances loaded the catalog at start: one wrote each matrix (item and content
+    # vectors, topic mixtures) and built each graph (item and content vectors), and both map those files.
     assert len(list(graphs.glob("hnsw-*.usearch"))) == (2 if kind == "hnsw" else 0)
+    cached = set(graphs.glob("matrix-*.f32")) | set(graphs.glob("hnsw-*.usearch"))
+    assert len(cached) == (5 if kind == "hnsw" else 3)
+    assert list(_mapped_by(server, "recommend", graphs).values()) == [cached] * 2
     log = server.log_path.read_text()
     assert f"recommend: retrieval index {kind} ('{kind}') over {n:,} items" in log and ", self-checked recall@200 " in log
     recall = served_index_recall(server.metrics_url)  # the bench's reader, on a real scrape
@@ -301,6 +359,25 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
         text = "Starfall Protocol (1997). Genres: Action, Adventure, Sci-Fi, Thriller"
         assert client.upsert_items([ItemIn("brand-new", text)]) == 1
         assert client.recommend("nobody-yet", k=5, query=text).item_ids[0] == "brand-new"
+    # The upsert_items instance that took the request read the catalog (the new item's neighbours):
+    # it maps the same files, written by none of its own.
+    assert [m for m in _mapped_by(server, "upsert_items", graphs).values() if m] == [cached]
+    assert set(graphs.glob("matrix-*.f32")) | set(graphs.glob("hnsw-*.usearch")) == cached
+
+
+def _mapped_by(server, model: str, folder: Path) -> dict[int, set[Path]]:
+    """The files of `folder` that each Python-backend stub of `model` has memory-mapped."""
+    out = {}
+    for pid in server.group_pids():
+        try:
+            if f"/{model}/".encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        except OSError:
+            continue
+        out[pid] = {Path(line.split(maxsplit=5)[5]) for line in lines
+                    if len(line.split(maxsplit=5)) == 6 and line.split(maxsplit=5)[5].startswith(f"{folder}/")}  # fmt: skip
+    return out
 
 
 def test_synthetic_items_are_deterministic_and_size_independent() -> None:
