@@ -1,5 +1,5 @@
 """Facts about the machine a benchmark or an evaluation ran on, read in one place: the CPU, memory,
-a process's resident set, the OS, the C library, installed versions and the GPU.
+a process's resident set and proportional memory, the OS, the C library, installed versions and the GPU.
 
 Each report keeps its own keys (they are in committed JSON files); the readers are shared.
 """
@@ -42,6 +42,13 @@ def ram_bytes() -> int:
 def rss_bytes(pid: int | str = "self") -> int:
     """Resident memory of a process (VmRSS); OSError if the process is gone."""
     return _kib(Path(f"/proc/{pid}/status"), "VmRSS:") * 1024
+
+
+def pss_bytes(pid: int | str = "self") -> int:
+    """Proportional memory of a process (Pss in smaps_rollup): its own pages plus its share of
+    pages mapped by several processes (a file every instance maps counts once over them, not
+    once in each as in the resident set); OSError if the process is gone."""
+    return _kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:") * 1024
 
 
 def os_name() -> str:

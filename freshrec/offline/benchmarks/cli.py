@@ -155,13 +155,16 @@ def serving_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--state", help="serve this state instead of the build's (sqlite:///... is copied first)")
     g.add_argument("--catalog-items", type=int, help="bench recommend on a synthetic catalog of N items (freshrec.offline.benchmarks.catalog_scale)")
     p.add_argument("--index", choices=("exact", "sq8", "hnsw", "auto"), help="retrieval index (FRESHREC_INDEX for the server)")
+    p.add_argument("--index-cache", choices=("shared", "off"), default="shared",
+                   help="the server's index cache: shared (a folder in the work folder: the instances map one copy of the "
+                        "item matrices and graphs) or off (each instance keeps its own copies)")  # fmt: skip
     p.add_argument("--only", default="", help="comma-separated models/labels, e.g. recommend,ingest_events")
     p.add_argument("--concurrency", default="", help="recommend's concurrency levels (default 1,2,4,8)")
     p.add_argument("--requests", type=int, help="measured requests per perf_analyzer run (default: 2000 for recommend, see plan())")
     p.add_argument("--compare", action="store_true", help="add the side-by-side tuning study (TUNING_VARIANTS: BLS vs in-process towers, batching delay)")
     p.add_argument("--work", type=Path, help="work folder (kept; a catalog state built there is reused); default a temporary folder, removed")
     p.add_argument("--assemble", action="store_true", help="only re-render serving.md/summary.json/plots from <out>/runs/*.json")
-    p.add_argument("--name", help="run name under <out>/runs/ (default: main, or catalog_<N>[_<index>])")
+    p.add_argument("--name", help="run name under <out>/runs/ (default: main, or catalog_<N>[_<index>][_own_copies])")
 
 
 def serving_options(a: argparse.Namespace):
@@ -173,7 +176,7 @@ def serving_options(a: argparse.Namespace):
         only = ("recommend",)
     return BenchOptions(
         build=a.build, repository=a.repository, out=a.out, smoke=a.smoke, state=a.state, catalog_items=a.catalog_items,
-        index=a.index, only=only, concurrency=tuple(int(x) for x in a.concurrency.split(",") if x) or None,
+        index=a.index, index_cache=a.index_cache, only=only, concurrency=tuple(int(x) for x in a.concurrency.split(",") if x) or None,
         compare=a.compare, work=a.work, keep_work=a.work is not None, name=a.name, requests=a.requests,
     )  # fmt: skip
 

@@ -11,6 +11,13 @@ from freshrec.offline.benchmarks.jitter import INTERVAL_MS as JITTER_INTERVAL_MS
 from freshrec.offline.benchmarks.serving.plan import COMPOSING
 
 
+def index_label(r: dict[str, Any]) -> str:
+    """A run's index as its tables name it: "(one copy)" after a run whose instances mapped one
+    copy from the index cache, "(own copies)" after one whose instances kept their own
+    (FRESHREC_INDEX_CACHE=off); runs that predate the shared copy have neither."""
+    return r["index"] + {"shared": " (one copy)", "off": " (own copies)"}.get(r.get("index_cache"), "")
+
+
 def _f(x: float | None, nd: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -155,21 +162,24 @@ def render_md(s: dict[str, Any]) -> str:
         L += ["## Catalog scale: recommend at growing catalogs, side by side", "",
               "Synthetic catalogs from `freshrec.offline.benchmarks.catalog_scale.scaled_state` (the build's items and events plus generated "
               "movie-like items; see that module for which text embeddings are MiniLM and which its surrogate), served from the "
-              "same repository with `FRESHREC_STATE`; `FRESHREC_INDEX` selects the retrieval index. Memory: resident set of "
-              "tritonserver and every Python-backend stub after the warm-up (the two `recommend` instances each hold the item "
-              "matrix and, for hnsw, the graph). Recall: the served index's own check against the exact scan on 32 sampled "
+              "same repository with `FRESHREC_STATE`; `FRESHREC_INDEX` selects the retrieval index. Memory: of "
+              "tritonserver and every Python-backend stub after the warm-up, as resident set (RSS: a page several processes map "
+              "counts in each) and as proportional memory (PSS: it counts once, split over them), where the run recorded it. The "
+              "instances map one copy of the item matrices and graphs from the index cache (`freshrec.index.cache`): RSS counts it "
+              "in each, PSS once; runs without PSS predate the shared copy, when each instance held its own. 'one copy' / 'own copies': "
+              "the same code run both ways side by side (`--index-cache shared|off`). Recall: the served index's own check against the exact scan on 32 sampled "
               "queries (`freshrec_index_recall`; 1 for the exact scan).", "",
-              "| catalog | index | c=1 p50 ms | c=1 p99 ms | best /s with p99 <= 60 ms | recall@200 (self-check) | server RSS MiB | recommend stubs RSS MiB | ready s | warm-up s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| catalog | index | c=1 p50 ms | c=1 p99 ms | best /s with p99 <= 60 ms | recall@200 (self-check) | server RSS MiB | server PSS MiB | recommend stubs RSS MiB | recommend stubs PSS MiB | ready s | warm-up s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in runs.items():
             rec = r["results"].get("recommend", {})
             if not rec:
                 continue
             best = max((x["throughput"] for x in rec.values() if x["p99_ms"] <= 60.0), default=0.0)
             mem = r.get("memory_after_warmup") or {}
-            L.append(f"| {r['catalog_items_served']:,} | {r['index']} | {_f(rec.get('1', {}).get('p50_ms'))} | {_f(rec.get('1', {}).get('p99_ms'))} | "
-                     f"{_f(best, 1)} | {_f(r.get('index_recall'), 4)} | {_f(mem.get('total_rss_mib'), 0)} | "
-                     f"{_f((mem.get('by_model_rss_mib') or {}).get('recommend'), 0)} | "
+            L.append(f"| {r['catalog_items_served']:,} | {index_label(r)} | {_f(rec.get('1', {}).get('p50_ms'))} | {_f(rec.get('1', {}).get('p99_ms'))} | "
+                     f"{_f(best, 1)} | {_f(r.get('index_recall'), 4)} | {_f(mem.get('total_rss_mib'), 0)} | {_f(mem.get('total_pss_mib'), 0)} | "
+                     f"{_f((mem.get('by_model_rss_mib') or {}).get('recommend'), 0)} | {_f((mem.get('by_model_pss_mib') or {}).get('recommend'), 0)} | "
                      f"{_f(r.get('server_ready_seconds'), 0)} | {_f(r.get('prewarm_seconds'), 0)} |")  # fmt: skip
         L += ["", "Per stage (freshrec_stage_latency_seconds, ms per recommend request): retrieval is the index search; towers are "
               "the user tower and the reranker (onnxruntime runs in-process, or the BLS round trips with the `bls` engine).", "",
@@ -185,7 +195,7 @@ def render_md(s: dict[str, Any]) -> str:
                     retrieval, towers = per.get("retrieval"), per.get("user_tower", 0.0) + per.get("rerank", 0.0)
                 else:  # runs from before the stage split: the BLS models' own request time
                     retrieval, towers = None, sum(srv.get(m, {}).get("request_ms", 0.0) for m in ("user_tower", "reranker"))
-                L.append(f"| {r['catalog_items_served']:,} | {r['index']} | {c} | {_f(x['throughput'], 1)} | {_f(x['p50_ms'])} | {_f(x['p90_ms'])} | "
+                L.append(f"| {r['catalog_items_served']:,} | {index_label(r)} | {c} | {_f(x['throughput'], 1)} | {_f(x['p50_ms'])} | {_f(x['p90_ms'])} | "
                          f"{_f(x['p99_ms'])} | {_f(rec.get('compute_infer_ms'))} | {_f(retrieval)} | {_f(towers)} |")  # fmt: skip
         L += ["", "Catalog-run command lines:", "", "```"]
         for r in cats.values():
@@ -239,8 +249,8 @@ def _retried_note(s: dict[str, Any]) -> list[str]:
 
 def _bursts_section(s: dict[str, Any], cats: dict[str, Any]) -> list[str]:
     """The machine's slow bursts beside every run (freshrec.offline.benchmarks.jitter): how much of each tail they explain."""
-    rows = [(s["catalog_items_served"], s["index"], label, c, r) for label, by_c in s["results"].items() for c, r in by_c.items()]
-    rows += [(x["catalog_items_served"], x["index"], label, c, r) for x in cats.values() for label, by_c in x["results"].items() for c, r in by_c.items()]
+    rows = [(s["catalog_items_served"], index_label(s), label, c, r) for label, by_c in s["results"].items() for c, r in by_c.items()]
+    rows += [(x["catalog_items_served"], index_label(x), label, c, r) for x in cats.values() for label, by_c in x["results"].items() for c, r in by_c.items()]
     rows = [row for row in rows if row[4].get("machine_bursts")]
     if not rows:
         return []

@@ -93,12 +93,16 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         served = served_deploy(repo, env)
         index_setting = served.index
         index = resolve_kind(index_setting, n_items)  # what the (CPU) server searches with at this size
-        # The servers' graph cache lives in the work folder: a first start builds the graph once
-        # (the other instance loads it); a reused --work folder starts from the saved graph.
+        # The servers' index cache lives in the work folder: a first start writes the matrices and
+        # builds the graph once (the other instances map them); a reused --work folder starts from
+        # the saved ones. "off": each instance keeps its own copies.
         graphs = work / "graphs"
-        if graphs.exists() and any(graphs.glob("hnsw-*.usearch")):
-            log(f"   graph cache {graphs} holds saved graphs: ready time is a load, not a build")
-        env["FRESHREC_INDEX_CACHE"] = str(graphs)
+        if opts.index_cache == "off":
+            env["FRESHREC_INDEX_CACHE"] = "off"
+        else:
+            if graphs.exists() and any(graphs.glob("hnsw-*.usearch")):
+                log(f"   index cache {graphs} holds saved graphs: ready time is a load, not a build")
+            env["FRESHREC_INDEX_CACHE"] = str(graphs)
         main = Server(name, repo, state_url, env)
         servers.append(main)
         log(f"== tritonserver on {repo} (state {state_url}, index {index})")
@@ -110,7 +114,7 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         warm_s = prewarm(main, warm_users, log=log) if any(s.model == "recommend" for s in specs) else 0.0
         memory = server_memory(main)
         recall = served_index_recall(main.handle.metrics_url)
-        log(f"   server memory after warm-up: {memory['total_rss_mib']:.0f} MiB; index self-checked recall@200: {_f(recall, 4)}")
+        log(f"   server memory after warm-up: RSS {memory['total_rss_mib']:.0f} MiB, PSS {memory['total_pss_mib']:.0f} MiB; index self-checked recall@200: {_f(recall, 4)}")
         results: dict[str, dict[str, Any]] = {}
         for spec in specs:
             results[spec.label] = {}
@@ -135,6 +139,7 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
             "catalog_items_served": n_items,
             "index": index,
             "index_setting": index_setting,
+            "index_cache": opts.index_cache,
             "server_ready_seconds": round(ready_s, 1),
             "prewarm_seconds": round(warm_s, 1),
             "memory_after_warmup": memory,

@@ -77,6 +77,7 @@ class BenchOptions:
     state: str | None = None
     catalog_items: int | None = None
     index: str | None = None  # FRESHREC_INDEX for the server
+    index_cache: str = "shared"  # "shared": FRESHREC_INDEX_CACHE in the work folder; "off": each instance its own copies
     only: tuple[str, ...] = ()
     concurrency: tuple[int, ...] | None = None
     compare: bool = False
@@ -90,9 +91,9 @@ class BenchOptions:
 
 
 def run_name(opts: BenchOptions) -> str:
-    """The run's name under <out>/runs/: `opts.name`, else main, or catalog_<N>[_<index>]."""
+    """The run's name under <out>/runs/: `opts.name`, else main, or catalog_<N>[_<index>][_own_copies]."""
     if opts.name:
         return opts.name
     if opts.catalog_items:
-        return f"catalog_{opts.catalog_items}" + (f"_{opts.index}" if opts.index else "")
+        return f"catalog_{opts.catalog_items}" + (f"_{opts.index}" if opts.index else "") + ("_own_copies" if opts.index_cache == "off" else "")
     return "main"

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from freshrec.offline.benchmarks.serving.markdown import index_label
+
 
 def plot(summary: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
@@ -46,7 +48,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[str]:
     files.append(path.name)
     scale = {f"{summary['catalog_items_served']:,} items ({summary['index']})": summary["results"].get("recommend", {})}
     for run in summary.get("catalogs", {}).values():
-        scale[f"{run['catalog_items_served']:,} items ({run['index']})"] = run["results"].get("recommend", {})
+        scale[f"{run['catalog_items_served']:,} items ({index_label(run)})"] = run["results"].get("recommend", {})
     scale = {k: v for k, v in scale.items() if len(v) > 1}
     if len(scale) > 1:
         fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from freshrec.export.repository import read_settings
-from freshrec.offline.machine import rss_bytes
+from freshrec.offline.machine import pss_bytes, rss_bytes
 
 
 def served_deploy(repository: Path, env: dict[str, str]):
@@ -85,16 +85,21 @@ def prewarm(server: Server, users: list[str], instances: int = 2, timeout_s: flo
 
 
 def server_memory(server: Server) -> dict[str, Any]:
-    """Resident memory of the server and its Python-backend stubs, per model (MiB)."""
+    """Memory of the server and its Python-backend stubs, in total and per model (MiB): resident
+    set (a page mapped by several processes counts in each) and proportional (it counts once,
+    split over them: what the server costs the machine)."""
     by_model: dict[str, float] = {}
-    total = 0.0
+    pss_by_model: dict[str, float] = {}
+    total = total_pss = 0.0
     for pid in server.handle.group_pids():
         try:
             rss = rss_bytes(pid) / 2**20
+            pss = pss_bytes(pid) / 2**20
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         total += rss
+        total_pss += pss
         name = "tritonserver"
         for part in cmd:
             m = re.search(rb"/([^/]+)/\d+/model\.py$", part)
@@ -102,4 +107,6 @@ def server_memory(server: Server) -> dict[str, Any]:
                 name = m.group(1).decode()
                 break
         by_model[name] = by_model.get(name, 0.0) + rss
-    return {"total_rss_mib": round(total, 1), "by_model_rss_mib": {k: round(v, 1) for k, v in sorted(by_model.items())}}
+        pss_by_model[name] = pss_by_model.get(name, 0.0) + pss
+    return {"total_rss_mib": round(total, 1), "by_model_rss_mib": {k: round(v, 1) for k, v in sorted(by_model.items())},
+            "total_pss_mib": round(total_pss, 1), "by_model_pss_mib": {k: round(v, 1) for k, v in sorted(pss_by_model.items())}}
