@@ -20,13 +20,28 @@ from tests.faults.traffic import Load
 DEAD_STUB_ERRORS = {("INTERNAL", "Stub process 'recommend_0_0' is not healthy."), ("UNAVAILABLE", "Request timeout expired")}
 
 
-def kill_and_watch(sup, load: Load) -> dict:
+#: Triton 2.51's own abort when the killed stub held the Python backend's shared-memory lock
+#: (triton-inference-server/server#8882 and #5949: "terminate called after throwing an instance of
+#: 'boost::interprocess::lock_exception'"): tritonserver itself exits, which no supervisor inside
+#: the pod can mend (the kubelet restarts the pod: its liveness probe fails).
+TRITON_LOCK_ABORT = "boost::interprocess::lock_exception"
+
+
+def triton_aborted_on_the_stub_lock(sup) -> bool:
+    return not sup.server.is_alive() and TRITON_LOCK_ABORT in sup.server.log_path.read_text(errors="replace")
+
+
+def kill_and_watch(sup, load: Load) -> dict | None:
+    """Kills recommend_0_0 and times readiness going and coming back; None when tritonserver itself
+    aborted on the dead stub's lock (TRITON_LOCK_ABORT), which only a new server mends."""
     before = {s.pid for s in stubs_of(sup.server.pid) if s.model == "recommend"}
     stub = next(s for s in stubs_of(sup.server.pid) if s.instance == "recommend_0_0")
     killed = time.monotonic()
     os.kill(stub.pid, signal.SIGKILL)
     unready = restored = None
     while time.monotonic() - killed < 90:
+        if triton_aborted_on_the_stub_lock(sup):
+            return None
         ok = status(f"{sup.health_url}/ready") == 200
         if not ok and unready is None:
             unready = time.monotonic()
@@ -58,11 +73,17 @@ def check_one_kill(sup, load: Load, t: dict) -> None:
 
 
 def test_a_killed_stub_turns_readiness_false_and_comes_back(supervised) -> None:
-    sup = supervised()
-    sup.retire_after_s = 1.0
-    with Load(sup.server.grpc_url, sup.users, threads=4) as load:
-        time.sleep(2.0)
-        t = kill_and_watch(sup, load)
+    # Once more on a new server if tritonserver itself aborted on the dead stub's lock (an upstream
+    # crash, seen once on a 2-core machine); twice in a row fails the test.
+    for attempt in (1, 2):
+        sup = supervised()
+        sup.retire_after_s = 1.0
+        with Load(sup.server.grpc_url, sup.users, threads=4) as load:
+            time.sleep(2.0)
+            t = kill_and_watch(sup, load)
+        if t is not None:
+            break
+        assert attempt == 1, f"tritonserver aborted on the killed stub's lock twice:\n{sup.server.log_tail()}"
     check_one_kill(sup, load, t)
     # The old generation's surviving stub (2.51 never releases it) is gone too, without a failure.
     assert sorted(s.instance for s in stubs_of(sup.server.pid) if s.model == "recommend") == ["recommend_0_0", "recommend_0_1"]
@@ -81,6 +102,7 @@ def test_three_kills_in_a_row_each_recover(supervised) -> None:
         time.sleep(2.0)
         for _ in range(3):
             t = kill_and_watch(sup, load)
+            assert t is not None, f"tritonserver aborted on the killed stub's lock:\n{sup.server.log_tail()}"
             check_one_kill(sup, load, t)
             time.sleep(sup.retire_after_s + 1)
     assert [what for _, what, _ in sup.events].count("reloaded") == 3
