@@ -384,7 +384,7 @@ class DeployConfig:
                 over[name] = value
         return dataclasses.replace(cls.from_dict(d), **over)
 
-    def graph_cache(self) -> Path | None:
+    def index_cache_dir(self) -> Path | None:
         """The index cache folder (`index_cache`), or None when it is "off"."""
         if self.index_cache.lower() == "off":
             return None

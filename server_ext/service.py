@@ -103,7 +103,7 @@ class Service:
             engine = BlsEngine(pb, deploy.version)
         # The item matrices and a graph index are made once per catalog and mapped by every instance (freshrec.index.cache).
         self.recommender = Recommender(open_store(deploy.state), engine, tokenizer, cfg, deploy, device, stats=self.stats,
-                                       graph_cache=deploy.graph_cache(), topics=topics)  # fmt: skip
+                                       index_cache=deploy.index_cache_dir(), topics=topics)  # fmt: skip
         if self.name == "recommend":
             # Load the catalog into the index while the model loads, not on the first request:
             # a graph index over 1M items takes minutes to build (docs/benchmarks/index.md).

@@ -26,7 +26,7 @@ Four kinds (`DeployConfig.index`, overridden by the FRESHREC_INDEX environment v
 - ``auto`` (default): exact below `sq8_threshold` items (the scan is well under a millisecond
   there), sq8 below `ann_threshold`, hnsw from there on (graph built on crossing).
 
-One copy per server, not per instance: with an index cache (`graph_cache`; the server uses
+One copy per server, not per instance: with an index cache (`index_cache`; the server uses
 DeployConfig.index_cache, FRESHREC_INDEX_CACHE, default `<freshrec cache>/index`, "off" to
 disable), the first catalog load writes the item matrix to a file there and every instance (the
 `recommend` instances, `upsert_items`) maps that file copy-on-write; an HNSW graph is built once,
@@ -74,7 +74,7 @@ class ItemIndex:
     by catalog size and `kind`, an int8 scan or a graph proposing candidates over it."""
 
     def __init__(self, dim: int, device: Any = "cpu", kind: str = "auto",
-                 ann_threshold: int = ANN_THRESHOLD, graph_cache: Path | None = None,
+                 ann_threshold: int = ANN_THRESHOLD, index_cache: Path | None = None,
                  sq8_threshold: int = SQ8_THRESHOLD, **hnsw: int | str) -> None:  # fmt: skip
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
@@ -85,7 +85,7 @@ class ItemIndex:
         self.ann_threshold = ann_threshold
         self.sq8_threshold = sq8_threshold
         self.hnsw_params = hnsw
-        self.graph_cache = graph_cache
+        self.index_cache = index_cache
         self.item_ids: list[str] = []
         self.rows: dict[str, int] = {}
         self._matrix = self.xp.zeros((0, dim), np.float32)  # capacity grows by doubling
@@ -147,8 +147,8 @@ class ItemIndex:
                 self.item_ids.append(item_id)
             rows[j] = row
         self._matrix[self.xp.asarray(rows)] = self.xp.asarray(vecs)
-        if first_load and self.on_cpu and self.graph_cache is not None:
-            shared = mapped_matrix(self.matrix, self.graph_cache)
+        if first_load and self.on_cpu and self.index_cache is not None:
+            shared = mapped_matrix(self.matrix, self.index_cache)
             if shared is not None:
                 self._matrix, self.matrix_file = shared
         if self.graph is not None:
@@ -157,7 +157,7 @@ class ItemIndex:
         wanted = self._wanted_kind()
         if wanted == "hnsw":
             self.scan = None
-            self.graph = HnswGraph.over(self.matrix, self.graph_cache, **self.hnsw_params)
+            self.graph = HnswGraph.over(self.matrix, self.index_cache, **self.hnsw_params)
             self.recall = None
         elif wanted == "sq8":
             if self.scan is None or len(self.item_ids) >= 2 * self.scan.fitted_on:

@@ -132,7 +132,7 @@ class Recommender:
         device: Any = "cpu",
         popular_ttl_s: float = 10.0,
         stats: Stats | None = None,
-        graph_cache: Path | None = None,
+        index_cache: Path | None = None,
         topics: TopicModel | None = None,
     ) -> None:
         self.store = store
@@ -141,14 +141,14 @@ class Recommender:
         self.cfg = cfg
         self.deploy = deploy
         self.xp = arrays_for(device)
-        self.index = ItemIndex(cfg.item.dim, device, kind=deploy.index, graph_cache=graph_cache)
+        self.index = ItemIndex(cfg.item.dim, device, kind=deploy.index, index_cache=index_cache)
         # The content vectors of the same items in the same rows (both indexes apply one
         # `catalog_since` block): the short-term and query channels search and score here.
-        self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, graph_cache=graph_cache)
+        self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, index_cache=index_cache)
         # The build's topic model and each item's mixture in the same rows again (host memory,
         # never searched): read only by explanations, kept current with the other two.
         self.topic_model = topics
-        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact", graph_cache=graph_cache) if topics is not None else None
+        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact", index_cache=index_cache) if topics is not None else None
         self.stats = stats or Stats()
         # The item vectors this pipeline reads and writes: those of its own model version (the
         # store keeps one vector space per version, so two versions loaded side by side during

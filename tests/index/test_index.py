@@ -73,10 +73,10 @@ def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
 
     x, queries = data
     cache = tmp_path / "graphs"
-    first = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    first = ItemIndex(DIM, kind="hnsw", index_cache=cache)
     first.apply(items(x))
     assert first.graph.loaded_from is None and len(list(cache.glob("hnsw-*.usearch"))) == 1
-    second = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    second = ItemIndex(DIM, kind="hnsw", index_cache=cache)
     second.apply(items(x))
     assert second.graph.loaded_from is not None and len(second.graph) == len(x)
     # Both map the one file (the builder too, once it has saved it).
@@ -90,20 +90,20 @@ def test_graph_cache_shares_one_build(data, tmp_path: Path, caplog) -> None:
     assert second.search(extra[0], 1, [])[0].tolist() == [len(x)]
     # Other catalogs: a file each, the oldest pruned.
     for seed in range(GRAPH_CACHE_KEEP + 1):
-        other = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+        other = ItemIndex(DIM, kind="hnsw", index_cache=cache)
         other.apply(items(clustered(np.random.default_rng(100 + seed), 500)))
     assert len(list(cache.glob("hnsw-*.usearch"))) == GRAPH_CACHE_KEEP
     # A damaged file is rebuilt.
     newest = max(cache.glob("hnsw-*.usearch"), key=lambda p: p.stat().st_mtime)
     newest.write_bytes(b"not a graph")
-    again = ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    again = ItemIndex(DIM, kind="hnsw", index_cache=cache)
     again.apply(items(clustered(np.random.default_rng(100 + GRAPH_CACHE_KEEP), 500)))
     assert again.graph.loaded_from is None and len(again.graph) == 500
     assert newest.stat().st_size > 100  # saved again, whole
     # An unusable cache folder (here: a file in its place) costs a build, not the model.
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("x")
-    plain = ItemIndex(DIM, kind="hnsw", graph_cache=blocked / "graphs")
+    plain = ItemIndex(DIM, kind="hnsw", index_cache=blocked / "graphs")
     plain.apply(items(x[:300]))
     assert plain.graph.loaded_from is None and plain.graph.mapped is None and len(plain.graph) == 300
     assert plain.matrix_file is None
@@ -120,7 +120,7 @@ def test_instances_map_one_copy(data, tmp_path: Path) -> None:
     never seen by the other or written to the files."""
     x, queries = data
     cache = tmp_path / "index"
-    a, b = ItemIndex(DIM, kind="hnsw", graph_cache=cache), ItemIndex(DIM, kind="hnsw", graph_cache=cache)
+    a, b = ItemIndex(DIM, kind="hnsw", index_cache=cache), ItemIndex(DIM, kind="hnsw", index_cache=cache)
     a.apply(items(x))
     b.apply(items(x))
     assert a.matrix_file == b.matrix_file and a.matrix_file.parent == cache and _maps(a.matrix_file)
@@ -152,7 +152,7 @@ def test_instances_map_one_copy(data, tmp_path: Path) -> None:
     damaged = cache / "damaged"
     damaged.write_bytes(b"\0" * a.matrix_file.stat().st_size)
     damaged.replace(a.matrix_file)
-    c = ItemIndex(DIM, kind="exact", graph_cache=cache)
+    c = ItemIndex(DIM, kind="exact", index_cache=cache)
     c.apply(items(x))
     assert c.matrix_file == a.matrix_file
     np.testing.assert_array_equal(c.matrix, x)
@@ -367,16 +367,14 @@ def test_scaled_catalog_served(tiny_build, tmp_path: Path, triton_server_factory
 
 def _mapped_by(server, model: str, folder: Path) -> dict[int, set[Path]]:
     """The files of `folder` that each Python-backend stub of `model` has memory-mapped."""
+    from freshrec.server_ext.supervisor import stubs_of
+
     out = {}
-    for pid in server.group_pids():
-        try:
-            if f"/{model}/".encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-        except OSError:
-            continue
-        out[pid] = {Path(line.split(maxsplit=5)[5]) for line in lines
-                    if len(line.split(maxsplit=5)) == 6 and line.split(maxsplit=5)[5].startswith(f"{folder}/")}  # fmt: skip
+    for stub in stubs_of(server.pid):
+        if stub.model == model:
+            paths = (line.split(maxsplit=5)[5] for line in Path(f"/proc/{stub.pid}/maps").read_text().splitlines()
+                     if len(line.split(maxsplit=5)) == 6)  # fmt: skip
+            out[stub.pid] = {Path(p) for p in paths if p.startswith(f"{folder}/")}
     return out
 
 

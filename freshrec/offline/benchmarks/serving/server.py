@@ -3,7 +3,6 @@ state, pre-warmed, and its memory read."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,25 +87,20 @@ def server_memory(server: Server) -> dict[str, Any]:
     """Memory of the server and its Python-backend stubs, in total and per model (MiB): resident
     set (a page mapped by several processes counts in each) and proportional (it counts once,
     split over them: what the server costs the machine)."""
-    by_model: dict[str, float] = {}
-    pss_by_model: dict[str, float] = {}
-    total = total_pss = 0.0
+    from freshrec.server_ext.supervisor import stubs_of
+
+    models = {s.pid: s.model for s in stubs_of(server.handle.pid)}
+    by_kind: dict[str, dict[str, float]] = {"rss": {}, "pss": {}}
     for pid in server.handle.group_pids():
         try:
-            rss = rss_bytes(pid) / 2**20
-            pss = pss_bytes(pid) / 2**20
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            sizes = {"rss": rss_bytes(pid) / 2**20, "pss": pss_bytes(pid) / 2**20}
+        except OSError:  # gone since the listing
             continue
-        total += rss
-        total_pss += pss
-        name = "tritonserver"
-        for part in cmd:
-            m = re.search(rb"/([^/]+)/\d+/model\.py$", part)
-            if m:
-                name = m.group(1).decode()
-                break
-        by_model[name] = by_model.get(name, 0.0) + rss
-        pss_by_model[name] = pss_by_model.get(name, 0.0) + pss
-    return {"total_rss_mib": round(total, 1), "by_model_rss_mib": {k: round(v, 1) for k, v in sorted(by_model.items())},
-            "total_pss_mib": round(total_pss, 1), "by_model_pss_mib": {k: round(v, 1) for k, v in sorted(pss_by_model.items())}}
+        name = models.get(pid, "tritonserver")
+        for kind, mib in sizes.items():
+            by_kind[kind][name] = by_kind[kind].get(name, 0.0) + mib
+    out: dict[str, Any] = {}
+    for kind, by_model in by_kind.items():
+        out[f"total_{kind}_mib"] = round(sum(by_model.values()), 1)
+        out[f"by_model_{kind}_mib"] = {k: round(v, 1) for k, v in sorted(by_model.items())}
+    return out
