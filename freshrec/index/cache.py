@@ -51,7 +51,7 @@ def locked(cache: Path) -> Iterator[bool]:
         cache.mkdir(parents=True, exist_ok=True)
         lock = open(cache / ".lock", "a+")
     except OSError as exc:
-        log.warning("index cache %s unusable (%s); working without it", cache, exc)
+        log.warning("index cache %s unusable (%s); this instance keeps its own copies", cache, exc)
         yield False
         return
     with lock:
