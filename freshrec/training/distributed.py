@@ -36,7 +36,6 @@ class Ranks:
     def __init__(self, rank: int = 0, world: int = 1, backend: str | None = None) -> None:
         self.rank, self.world, self.backend = rank, world, backend
         self._shared_rng: torch.Tensor | None = None
-        self.batch_targets = 0  # labels in the last batch `mean_loss` saw, over every rank
 
     @property
     def main(self) -> bool:
@@ -53,15 +52,14 @@ class Ranks:
         mine = list(batch[self.rank :: self.world])
         return (mine, True) if mine else (list(batch[:1]), False)
 
-    def mean_loss(self, logits: torch.Tensor, labels: torch.Tensor, counted: bool = True) -> torch.Tensor:
+    def mean_loss(self, logits: torch.Tensor, labels: torch.Tensor, counted: bool = True) -> tuple[torch.Tensor, int]:
         """Cross-entropy whose DDP-averaged gradient is that of the mean over the whole batch
-        (every rank's labels); ``batch_targets`` is then that batch's number of labels."""
+        (every rank's labels), and that batch's number of labels."""
         if self.world == 1:
-            self.batch_targets = len(labels)
-            return F.cross_entropy(logits, labels)
-        self.batch_targets = int(self.sum(len(labels) if counted else 0))
-        loss = F.cross_entropy(logits, labels, reduction="sum") * (self.world / max(self.batch_targets, 1))
-        return loss if counted else loss * 0.0
+            return F.cross_entropy(logits, labels), len(labels)
+        n = int(self.sum(len(labels) if counted else 0))
+        loss = F.cross_entropy(logits, labels, reduction="sum") * (self.world / max(n, 1))
+        return (loss if counted else loss * 0.0), n
 
     def sum(self, x: float) -> float:
         """``x`` summed over the ranks."""

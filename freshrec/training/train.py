@@ -220,14 +220,14 @@ def train_towers(cfg: ModelConfig, catalog: Catalog, train: list[Sequence], vali
                 clash = cand[None, :] == targets[:, None]  # the same item elsewhere is not a negative
                 clash[labels, own] = False
                 logits = logits.masked_fill(clash, float("-inf"))
-                loss = ranks.mean_loss(logits, own, counted)
+                loss, n = ranks.mean_loss(logits, own, counted)
             else:
-                loss = ranks.mean_loss(u @ items.T / tc.temperature, targets, counted)
+                loss, n = ranks.mean_loss(u @ items.T / tc.temperature, targets, counted)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * ranks.batch_targets / ranks.world  # this rank's sum of losses
-            count += ranks.batch_targets
+            total += loss.item() * n / ranks.world  # this rank's sum of losses
+            count += n
         total = ranks.sum(total)
         metrics = evaluate(cfg, item_tower, user_tower, None, catalog, *valid, ks=(10,))
         history.append({"epoch": epoch, "loss": total / max(count, 1), **metrics})
@@ -298,11 +298,11 @@ def reranker_epoch(cfg: ModelConfig, reranker: torch.nn.Module, opt, items: torc
             **history_inputs(batch, items), candidate_vectors=items[c], candidate_mask=torch.ones_like(c, dtype=torch.bool),
             candidate_scores=candidate_scores(user_tower, items, batch, c),
         )  # fmt: skip
-        loss = ranks.mean_loss(scores, torch.from_numpy(labels[idx]), counted)
+        loss, n = ranks.mean_loss(scores, torch.from_numpy(labels[idx]), counted)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += loss.item() * ranks.batch_targets / ranks.world
+        total += loss.item() * n / ranks.world
     reranker.eval()
     return ranks.sum(total) / max(len(order), 1)
 
