@@ -11,9 +11,9 @@ import os
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from freshrec.server_ext import tensors as T
 from freshrec.server_ext.bls import BlsEngine, ModelCallError
 from freshrec.server_ext.metrics import TritonStats
@@ -47,11 +47,15 @@ def check_key(sent: str, configured: str) -> None:
         raise KeyRefused("forget_user refused: the key is not this server's forget key")
 
 
-def device_of(args: dict) -> torch.device:
-    """The instance's device: the GPU Triton placed it on (KIND_GPU), else the CPU. A GPU
-    instance whose torch sees no CUDA device fails to load rather than serve from the CPU."""
+def device_of(args: dict) -> Any:
+    """The instance's device: the GPU Triton placed it on (KIND_GPU, a torch.device), else "cpu".
+    A GPU instance whose torch sees no CUDA device fails to load rather than serve from the CPU.
+    A CPU instance never imports torch: its request path is numpy and onnxruntime, and torch
+    would add ~200 MiB to every Python-backend process."""
     if args.get("model_instance_kind") != "GPU":
-        return torch.device("cpu")
+        return "cpu"
+    import torch
+
     if not torch.cuda.is_available():
         raise RuntimeError(
             f"{args.get('model_name', 'model')}: Triton placed this instance on GPU "
@@ -77,12 +81,16 @@ class Service:
         deploy = DeployConfig.served(settings["deploy"], os.environ)
         # The version folder Triton loaded is the version (its item vectors, its tower graphs).
         deploy = dataclasses.replace(deploy, version=int(args["model_version"]))
+        device = device_of(args)
         if deploy.threads > 0:  # the instances share the cores: one pool each, not one per core each
             threadpool_limits(limits=deploy.threads, user_api="blas")
-            torch.set_num_threads(deploy.threads)
+            if device != "cpu":  # torch runs the array work of a GPU instance
+                import torch
+
+                torch.set_num_threads(deploy.threads)
         tokenizer = None
         if (model_dir / TOKENIZER_FILE).exists():
-            from freshrec.models.text_encoder import Tokenizer
+            from freshrec.models.tokenizer import Tokenizer
 
             tokenizer = Tokenizer(model_dir, cfg.text.max_tokens)
         topics = None
@@ -94,9 +102,8 @@ class Service:
         self.stats = TritonStats(pb, self.name)
         card = Path(args["model_repository"]).parent / "recommend" / args["model_version"] / CARD_FILE
         self.stats.model_card(deploy.version, json.loads(card.read_text()) if card.exists() else None)
-        device = device_of(args)
         if deploy.resolved_engine() == "inprocess":
-            cuda = device.index if device.type == "cuda" else None
+            cuda = None if device == "cpu" else device.index
             engine = OnnxEngine(Path(args["model_repository"]).parent, args["model_version"], deploy.ort_threads, cuda)
             engine.load(*PIPELINE_RUNS[self.name])  # at model load, not on the first request
         else:

@@ -11,14 +11,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from freshrec.config import ModelConfig
 from freshrec.contract import BY_NAME, ONNX_FILE
-from freshrec.models.text_encoder import Tokenizer
+from freshrec.models.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 
 def onnx_session(path: Path, threads: int = 1, cuda_device: int | None = None):
@@ -55,10 +57,12 @@ class TorchEngine:
         self.modules = {name: m.eval() for name, m in modules.items()}
         self.contracts = BY_NAME
 
-    @torch.no_grad()
     def run(self, model: str, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        import torch
+
         c = self.contracts[model]
-        out = self.modules[model](*(torch.as_tensor(inputs[n]) for n in c.input_names))
+        with torch.no_grad():
+            out = self.modules[model](*(torch.as_tensor(inputs[n]) for n in c.input_names))
         return dict(zip(c.output_names, out if isinstance(out, tuple) else (out,)))
 
 

@@ -27,7 +27,7 @@ from freshrec.config import CONTENT_EVENT_WEIGHTS, DeployConfig, ModelConfig
 from freshrec.contract import DEFAULT_K, MAX_BATCH_ITEMS, MAX_FUTURE_S, MAX_ID_BYTES, MAX_TEXT_BYTES
 from freshrec.index import ItemIndex
 from freshrec.models.features import HISTORY_CONTEXT, event_type_index, gather_vectors, history_arrays
-from freshrec.models.text_encoder import Tokenizer
+from freshrec.models.tokenizer import Tokenizer
 from freshrec.models.topics import TopicModel, document, explain, interest_profile
 from freshrec.store.base import Event, Item, StateStore, UserHistory
 

@@ -48,6 +48,15 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, 
     np.testing.assert_allclose(stored.content, ref.xp.numpy(contents)[0], atol=2e-4)
     assert_same(recommend(client, users[3], k=10, query=text), ref.recommend(users[3], 10, text))
     assert recommend(client, "never-seen-user", k=1, query=text)[0] == [f"engine-{engine}"]  # its own text: cosine 1
+    # Every model of a CPU server ran above without torch in its process (numpy and onnxruntime
+    # only): torch would cost each of the nine stubs ~200 MiB.
+    from freshrec.server_ext.supervisor import stubs_of
+
+    stubs = stubs_of(served.pid)
+    assert {s.model for s in stubs} >= {"recommend", "upsert_items", "user_tower", "text_encoder"}
+    for stub in stubs:
+        maps = Path(f"/proc/{stub.pid}/maps").read_text()
+        assert "libtorch" not in maps, f"{stub.instance} loaded torch"
 
 
 def test_a_new_interest_and_a_typed_intent_show_on_the_next_request(tiny_build, served):

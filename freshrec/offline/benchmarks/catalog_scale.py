@@ -225,7 +225,7 @@ def scaled_state(
 
     from freshrec.assets import cache_root
     from freshrec.models.checkpoints import load_models
-    from freshrec.models.text_encoder import Tokenizer
+    from freshrec.models.tokenizer import Tokenizer
     from freshrec.store import Item
     from freshrec.store.sqlite import SQLiteStore, copy_sqlite
 

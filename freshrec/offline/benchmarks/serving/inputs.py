@@ -161,7 +161,7 @@ def generate_inputs(ds: Dataset, repository: Path, specs: list[Spec], out: Path,
             paths["reranker"] = {c: p for s in specs if s.label == "reranker" for c in s.concurrency}
     if labels & {"text_encoder", "item_tower"}:
         from freshrec.export.repository import version_dir
-        from freshrec.models.text_encoder import Tokenizer
+        from freshrec.models.tokenizer import Tokenizer
 
         picks = rng.choice(len(catalog), size=min(32, len(catalog)), replace=False)
         tok = Tokenizer(version_dir(repository, "upsert_items"), ds.max_tokens)
