@@ -38,6 +38,10 @@ searched beside the mapped one (freshrec.index.hnsw), until a restart or the nex
 catalog that has them. The int8 codes are not shared (a quarter of the matrix). Growing past the
 file's room (twice the loaded catalog) moves the matrix into the instance's own memory. Without a
 usable cache, or on a GPU, each instance keeps its own copies.
+
+One id map per catalog: the indexes of a pipeline (item vectors, content vectors, topic mixtures)
+hold the same items in the same rows and share one `ItemRows` (id <-> row): at 1M items a map costs
+~100 MiB of Python objects, which each index would otherwise hold again.
 """
 
 
@@ -69,13 +73,38 @@ def resolve_kind(kind: str, n_items: int, sq8_threshold: int = SQ8_THRESHOLD, an
     return "hnsw" if n_items >= ann_threshold else "sq8" if n_items >= sq8_threshold else "exact"
 
 
+class ItemRows:
+    """Item ids and their rows, in the order the items arrived: row i is item_ids[i]. Shared by
+    the indexes that apply the same items in the same order (`ItemIndex(rows=...)`); each index
+    then holds vectors for the rows it has been given."""
+
+    def __init__(self) -> None:
+        self.item_ids: list[str] = []
+        self.rows: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def assign(self, ids: list[str]) -> np.ndarray:
+        """The rows of `ids` (distinct), new ids appended -> (N,) int64."""
+        out = np.empty(len(ids), np.int64)
+        rows, item_ids = self.rows, self.item_ids
+        for j, item_id in enumerate(ids):
+            row = rows.get(item_id)
+            if row is None:
+                row = rows[item_id] = len(item_ids)
+                item_ids.append(item_id)
+            out[j] = row
+        return out
+
+
 class ItemIndex:
     """The item matrix (numpy on the CPU, a torch tensor on a GPU: freshrec.arrays) and,
     by catalog size and `kind`, an int8 scan or a graph proposing candidates over it."""
 
     def __init__(self, dim: int, device: Any = "cpu", kind: str = "auto",
                  ann_threshold: int = ANN_THRESHOLD, index_cache: Path | None = None,
-                 sq8_threshold: int = SQ8_THRESHOLD, **hnsw: int | str) -> None:  # fmt: skip
+                 sq8_threshold: int = SQ8_THRESHOLD, rows: ItemRows | None = None, **hnsw: int | str) -> None:  # fmt: skip
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
         self.dim = dim
@@ -86,8 +115,8 @@ class ItemIndex:
         self.sq8_threshold = sq8_threshold
         self.hnsw_params = hnsw
         self.index_cache = index_cache
-        self.item_ids: list[str] = []
-        self.rows: dict[str, int] = {}
+        self.ids = rows if rows is not None else ItemRows()  # possibly shared with the pipeline's other indexes
+        self.n = 0  # rows this index holds vectors for (the shared map may be ahead while another index applies)
         self._matrix = self.xp.zeros((0, dim), np.float32)  # capacity grows by doubling
         self.matrix_file: Path | None = None  # the cache file the matrix maps, if it does
         self.graph: HnswGraph | None = None
@@ -97,12 +126,22 @@ class ItemIndex:
         self.recall: float | None = None
 
     def __len__(self) -> int:
-        return len(self.item_ids)
+        return self.n
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Row -> item id (of the shared map: it may run ahead of this index's rows)."""
+        return self.ids.item_ids
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Item id -> row (of the shared map, as `item_ids`)."""
+        return self.ids.rows
 
     @property
     def matrix(self):
         """(N, D) float32 item vectors, row i = item_ids[i]."""
-        return self._matrix[: len(self.item_ids)]
+        return self._matrix[: self.n]
 
     @property
     def serving_kind(self) -> str:
@@ -113,7 +152,7 @@ class ItemIndex:
         """The structure this catalog size asks for (a GPU device always scans exactly)."""
         if not self.on_cpu:
             return "exact"
-        return resolve_kind(self.kind, len(self.item_ids), self.sq8_threshold, self.ann_threshold)
+        return resolve_kind(self.kind, self.n, self.sq8_threshold, self.ann_threshold)
 
     def refresh(self, store: StateStore) -> int:
         """Applies items written since the last refresh; returns how many changed."""
@@ -127,26 +166,24 @@ class ItemIndex:
         self.apply_vectors([it.item_id for it in items], np.stack([np.asarray(it.vector, dtype=np.float32) for it in items]))
 
     def apply_vectors(self, ids: list[str], vecs: np.ndarray) -> None:
-        """Adds or replaces items: `ids` and their (N, D) vectors; the last write of an id wins."""
+        """Adds or replaces items: `ids` and their (N, D) vectors; the last write of an id wins.
+        With a shared map, every index sharing it is given the same ids in the same order."""
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         last = {item_id: j for j, item_id in enumerate(ids)}
         if len(last) != len(ids):
             ids, vecs = list(last), vecs[list(last.values())]
-        existing = np.fromiter((item_id in self.rows for item_id in ids), dtype=bool, count=len(ids))
-        need = len(self.item_ids) + int((~existing).sum())
-        first_load = not self.item_ids
+        if not ids:
+            return
+        rows = self.ids.assign(ids)
+        existing = rows < self.n
+        need = max(self.n, int(rows.max()) + 1)
+        first_load = self.n == 0
         if need > self._matrix.shape[0]:
             grown = self.xp.zeros((max(need, 2 * self._matrix.shape[0], 1024), self.dim), np.float32)
-            grown[: len(self.item_ids)] = self.matrix
+            grown[: self.n] = self.matrix
             self._matrix, self.matrix_file = grown, None
-        rows = np.empty(len(ids), np.int64)
-        for j, item_id in enumerate(ids):
-            row = self.rows.get(item_id)
-            if row is None:
-                row = self.rows[item_id] = len(self.item_ids)
-                self.item_ids.append(item_id)
-            rows[j] = row
         self._matrix[self.xp.asarray(rows)] = self.xp.asarray(vecs)
+        self.n = need
         if first_load and self.on_cpu and self.index_cache is not None:
             shared = mapped_matrix(self.matrix, self.index_cache)
             if shared is not None:
@@ -160,7 +197,7 @@ class ItemIndex:
             self.graph = HnswGraph.over(self.matrix, self.index_cache, **self.hnsw_params)
             self.recall = None
         elif wanted == "sq8":
-            if self.scan is None or len(self.item_ids) >= 2 * self.scan.fitted_on:
+            if self.scan is None or self.n >= 2 * self.scan.fitted_on:
                 self.scan = self.scan or Sq8Scan(self.dim)
                 self.scan.fit(self.matrix)
                 self.recall = None
@@ -179,7 +216,7 @@ class ItemIndex:
         return self.recall
 
     def _recall(self, k: int, queries: int, seed: int) -> float:
-        n = len(self.item_ids)
+        n = self.n
         k = min(k, n)
         if self.serving_kind == "exact" or k == 0:
             return 1.0
@@ -197,7 +234,7 @@ class ItemIndex:
         candidates rescored exactly."""
         xp = self.xp
         banned = set(exclude_rows)
-        k = min(k, len(self.item_ids) - len(banned))
+        k = min(k, self.n - len(banned))
         if k <= 0:
             return xp.zeros((0,), np.int64), xp.zeros((0,), np.float32)
         proposer = self.graph if self.graph is not None else self.scan

@@ -25,7 +25,7 @@ import numpy as np
 from freshrec.arrays import arrays_for
 from freshrec.config import CONTENT_EVENT_WEIGHTS, DeployConfig, ModelConfig
 from freshrec.contract import DEFAULT_K, MAX_BATCH_ITEMS, MAX_FUTURE_S, MAX_ID_BYTES, MAX_TEXT_BYTES
-from freshrec.index import ItemIndex
+from freshrec.index import ItemIndex, ItemRows
 from freshrec.models.features import HISTORY_CONTEXT, event_type_index, gather_vectors, history_arrays
 from freshrec.models.tokenizer import Tokenizer
 from freshrec.models.topics import TopicModel, document, explain, interest_profile
@@ -141,14 +141,17 @@ class Recommender:
         self.cfg = cfg
         self.deploy = deploy
         self.xp = arrays_for(device)
-        self.index = ItemIndex(cfg.item.dim, device, kind=deploy.index, index_cache=index_cache)
-        # The content vectors of the same items in the same rows (both indexes apply one
-        # `catalog_since` block): the short-term and query channels search and score here.
-        self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, index_cache=index_cache)
+        # One id <-> row map for the three indexes below: they apply the same `catalog_since`
+        # blocks, so they hold the same items in the same rows.
+        rows = ItemRows()
+        self.index = ItemIndex(cfg.item.dim, device, kind=deploy.index, index_cache=index_cache, rows=rows)
+        # The content vectors of the same items in the same rows: the short-term and query
+        # channels search and score here.
+        self.content = ItemIndex(cfg.text.content_dim, device, kind=deploy.index, index_cache=index_cache, rows=rows)
         # The build's topic model and each item's mixture in the same rows again (host memory,
         # never searched): read only by explanations, kept current with the other two.
         self.topic_model = topics
-        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact", index_cache=index_cache) if topics is not None else None
+        self.topics = ItemIndex(topics.n_topics, "cpu", kind="exact", index_cache=index_cache, rows=rows) if topics is not None else None
         self.stats = stats or Stats()
         # The item vectors this pipeline reads and writes: those of its own model version (the
         # store keeps one vector space per version, so two versions loaded side by side during
