@@ -49,7 +49,7 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, 
     assert_same(recommend(client, users[3], k=10, query=text), ref.recommend(users[3], 10, text))
     assert recommend(client, "never-seen-user", k=1, query=text)[0] == [f"engine-{engine}"]  # its own text: cosine 1
     # Every model of a CPU server ran above without torch in its process (numpy and onnxruntime
-    # only): torch would cost each of the nine stubs ~200 MiB.
+    # only): torch would cost every stub ~200 MiB.
     from freshrec.server_ext.supervisor import stubs_of
 
     stubs = stubs_of(served.pid)

@@ -168,7 +168,9 @@ def render_md(s: dict[str, Any]) -> str:
               "instances map one copy of the item matrices and graphs from the index cache (`freshrec.index.cache`): RSS counts it "
               "in each, PSS once; runs without PSS predate the shared copy, when each instance held its own. 'one copy' / 'own copies': "
               "the same code run both ways side by side (`--index-cache shared|off`). Recall: the served index's own check against the exact scan on 32 sampled "
-              "queries (`freshrec_index_recall`; 1 for the exact scan).", "",
+              "queries (`freshrec_index_recall`; 1 for the exact scan). Ready: from the server's start until every model is ready (the "
+              "`recommend` instances load the catalog and build or map the graph); '(graphs loaded)': the index cache held an earlier run's "
+              "graphs, so it is a load, not a build.", "",
               "| catalog | index | c=1 p50 ms | c=1 p99 ms | best /s with p99 <= 60 ms | recall@200 (self-check) | server RSS MiB | server PSS MiB | recommend stubs RSS MiB | recommend stubs PSS MiB | ready s | warm-up s |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in runs.items():
@@ -180,7 +182,8 @@ def render_md(s: dict[str, Any]) -> str:
             L.append(f"| {r['catalog_items_served']:,} | {index_label(r)} | {_f(rec.get('1', {}).get('p50_ms'))} | {_f(rec.get('1', {}).get('p99_ms'))} | "
                      f"{_f(best, 1)} | {_f(r.get('index_recall'), 4)} | {_f(mem.get('total_rss_mib'), 0)} | {_f(mem.get('total_pss_mib'), 0)} | "
                      f"{_f((mem.get('by_model_rss_mib') or {}).get('recommend'), 0)} | {_f((mem.get('by_model_pss_mib') or {}).get('recommend'), 0)} | "
-                     f"{_f(r.get('server_ready_seconds'), 0)} | {_f(r.get('prewarm_seconds'), 0)} |")  # fmt: skip
+                     f"{_f(r.get('server_ready_seconds'), 0)}{' (graphs loaded)' if r.get('graphs_saved_before') else ''} | "
+                     f"{_f(r.get('prewarm_seconds'), 0)} |")  # fmt: skip
         L += ["", "Per stage (freshrec_stage_latency_seconds, ms per recommend request): retrieval is the index search; towers are "
               "the user tower and the reranker (onnxruntime runs in-process, or the BLS round trips with the `bls` engine).", "",
               "| catalog | index | concurrency | throughput /s | p50 ms | p90 ms | p99 ms | recommend compute infer ms | retrieval ms | towers ms |",

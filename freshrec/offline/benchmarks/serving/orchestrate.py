@@ -97,10 +97,11 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
         # builds the graph once (the other instances map them); a reused --work folder starts from
         # the saved ones. "off": each instance keeps its own copies.
         graphs = work / "graphs"
+        graphs_saved = opts.index_cache != "off" and graphs.exists() and any(graphs.glob("hnsw-*.usearch"))
         if opts.index_cache == "off":
             env["FRESHREC_INDEX_CACHE"] = "off"
         else:
-            if graphs.exists() and any(graphs.glob("hnsw-*.usearch")):
+            if graphs_saved:
                 log(f"   index cache {graphs} holds saved graphs: ready time is a load, not a build")
             env["FRESHREC_INDEX_CACHE"] = str(graphs)
         main = Server(name, repo, state_url, env)
@@ -141,6 +142,7 @@ def bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[str, A
             "index_setting": index_setting,
             "index_cache": opts.index_cache,
             "server_ready_seconds": round(ready_s, 1),
+            "graphs_saved_before": graphs_saved,  # the ready time loaded saved graphs instead of building them
             "prewarm_seconds": round(warm_s, 1),
             "memory_after_warmup": memory,
             "index_recall": recall,
