@@ -30,7 +30,7 @@ from pathlib import Path
 
 from freshrec.contract import ONNX_MODELS, PIPELINE_MODELS
 from freshrec.export.repository import pin_versions, read_card, read_settings, served_versions, versions
-from freshrec.training.train import log
+from freshrec.progress import log
 
 TOWERS = tuple(m.name for m in ONNX_MODELS)
 # Writers before the reader: a new item written by version N+1's upsert_items gets N+1's vector,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +18,9 @@ from freshrec.models.features import event_features, gather_vectors, windows
 from freshrec.models.reranker import Reranker
 from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
 from freshrec.models.towers import ItemTower, UserTower
+from freshrec.progress import log
 from freshrec.training.distributed import Ranks
 from freshrec.training.metrics import rank_metrics
-
-
-def log(msg: str) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all
-        return
-    print(f"[freshrec] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass

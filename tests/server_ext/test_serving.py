@@ -49,7 +49,8 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, 
     assert_same(recommend(client, users[3], k=10, query=text), ref.recommend(users[3], 10, text))
     assert recommend(client, "never-seen-user", k=1, query=text)[0] == [f"engine-{engine}"]  # its own text: cosine 1
     # Every model of a CPU server ran above without torch in its process (numpy and onnxruntime
-    # only): torch would cost every stub ~200 MiB.
+    # only): torch would cost every stub ~200 MiB. Each loaded at the lowest CPU priority
+    # (server_ext/loading.py), and no thread kept it: every thread of every stub serves at nice 0.
     from freshrec.server_ext.supervisor import stubs_of
 
     stubs = stubs_of(served.pid)
@@ -57,6 +58,9 @@ def test_served_recommend_equals_the_pytorch_reference(tiny_build, fresh_state, 
     for stub in stubs:
         maps = Path(f"/proc/{stub.pid}/maps").read_text()
         assert "libtorch" not in maps, f"{stub.instance} loaded torch"
+        for task in Path(f"/proc/{stub.pid}/task").iterdir():
+            nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            assert nice == 0, f"{stub.instance}: thread {task.name} ({(task / 'comm').read_text().strip()}) left at nice {nice}"
 
 
 def test_a_new_interest_and_a_typed_intent_show_on_the_next_request(tiny_build, served):

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from freshrec.config import ModelConfig
-from freshrec.training.train import log
+from freshrec.progress import log
 
 BOOTSTRAP = 1000  # resamples of the users for each correlation's 95% interval
 # The user properties set against per-user NDCG@10, in the report's order.

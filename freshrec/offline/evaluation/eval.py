@@ -35,7 +35,7 @@ from freshrec.config import ModelConfig
 from freshrec.offline.machine import cpu_name, ram_bytes
 from freshrec.training.data import Dataset
 from freshrec.training.metrics import rank_metrics
-from freshrec.training.train import log
+from freshrec.progress import log
 
 KS = (5, 10, 20)
 ALL_BASELINES = ("popularity", "time_decayed_popularity", "item_knn", "svd", "als", "sasrec")

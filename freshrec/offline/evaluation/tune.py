@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from freshrec.config import ModelConfig
-from freshrec.training.train import log
+from freshrec.progress import log
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 from freshrec.config import DeployConfig, ModelConfig
 from freshrec.offline.evaluation.replay import PipelineTarget, ReplayEvent, replay_stream, run_replay, windowed
 from freshrec.training.metrics import rank_metrics
-from freshrec.training.train import log
+from freshrec.progress import log
 
 DAY = 86400.0
 SCHEDULES = {"daily": DAY, "weekly": 7 * DAY}
