@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Where each sub-package of the distribution lives (pyproject.toml's package-dir).
 ROOTS = {"freshrec": REPO / "freshrec", "freshrec.export": REPO / "export", "freshrec.client": REPO / "client",
          "freshrec.server_ext": REPO / "server_ext"}  # fmt: skip
-CORE = ("freshrec.config", "freshrec.contract", "freshrec.assets", "freshrec.arrays")
+CORE = ("freshrec.config", "freshrec.contract", "freshrec.assets", "freshrec.arrays", "freshrec.progress")
 # What each area may import besides itself and the core (a prefix match on module names).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "core": (),

@@ -4,6 +4,7 @@ runs on the cluster in test_store_contract.py)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -80,9 +81,9 @@ def test_a_primary_killed_under_ingest_loses_no_acknowledged_event(private_redis
     stop = threading.Event()
     writer = threading.Thread(target=_ingest, args=(store, users, stop, log), daemon=True)
     writer.start()
-    victim_id = cluster.cli(victim, "cluster", "myid").strip()
-    replica = next(int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in cluster.cli(victim, "cluster", "nodes").splitlines()
-                   if f"slave {victim_id}" in line)  # fmt: skip
+    # Its replica, from the replication link (the fixture waited for it to be online); `cluster
+    # nodes` may still list a just-joined replica as a master while the gossip catches up.
+    replica = int(re.search(r"slave\d+:ip=[^,]+,port=(\d+),state=online", cluster.cli(victim, "info", "replication")).group(1))
     time.sleep(1.0)
     t_kill = time.monotonic()
     cluster.kill(victim)
