@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -82,6 +82,7 @@ def _since(columns: str, space: int) -> str:
 
 
 CATALOG_CHUNK = 20_000  # rows per fetch of catalog_since
+T = TypeVar("T")
 
 
 def _rows(chunks: list[np.ndarray]) -> np.ndarray:
@@ -228,9 +229,17 @@ class SQLiteStore:
 
     # -- reads ------------------------------------------------------------------------------
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._read_chunks(sql, args, lambda rows: rows, chunk=0)[0]
+
+    def _read_chunks(self, sql: str, args: tuple, convert: Callable[[list[tuple]], T], chunk: int) -> list[T]:
+        """The rows of `sql`, `chunk` at a time (0: all at once), each chunk converted before the
+        next is fetched, so that only one chunk's Python objects are alive at a time."""
         with self.lock:
             try:
-                return self.db.execute(sql, args).fetchall()
+                cursor = self.db.execute(sql, args)
+                if not chunk:
+                    return [convert(cursor.fetchall())]
+                return [convert(rows) for rows in iter(lambda: cursor.fetchmany(chunk), [])]
             except sqlite3.OperationalError as e:
                 raise StoreUnavailable(f"state store read failed: {e}") from e
 
@@ -266,17 +275,11 @@ class SQLiteStore:
         # A chunk of rows at a time: 1M rows fetched at once are about 1 GB of small Python objects
         # whose memory the allocator keeps after they are freed (the item ids that stay alive, made
         # among them, pin it); chunk by chunk the rows reuse one chunk's memory.
-        sql, parts = _since("i.item_id, {vec}, i.content, i.version, i.topics", space), []
-        with self.lock:
-            try:
-                cursor = self.db.execute(sql, (int(version),))
-                while rows := cursor.fetchmany(CATALOG_CHUNK):
-                    vectors, missing = stack_vectors([r[1] for r in rows])
-                    parts.append(([r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(r[3] for r in rows), missing,
-                                  stack_blobs([r[4] for r in rows])))  # fmt: skip
-                    del rows
-            except sqlite3.OperationalError as e:
-                raise StoreUnavailable(f"state store read failed: {e}") from e
+        def block(rows: list[tuple]) -> tuple:
+            vectors, missing = stack_vectors([r[1] for r in rows])
+            return [r[0] for r in rows], vectors, stack_blobs([r[2] for r in rows]), max(r[3] for r in rows), missing, stack_blobs([r[4] for r in rows])
+
+        parts = self._read_chunks(_since("i.item_id, {vec}, i.content, i.version, i.topics", space), (int(version),), block, CATALOG_CHUNK)
         if not parts:
             return CatalogBlock([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), int(version), np.zeros(0, bool))
         return CatalogBlock([i for p in parts for i in p[0]], _rows([p[1] for p in parts]), _rows([p[2] for p in parts]),

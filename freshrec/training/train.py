@@ -16,7 +16,8 @@ import torch
 from freshrec.config import ModelConfig
 from freshrec.models.features import event_features, gather_vectors, windows
 from freshrec.models.reranker import Reranker
-from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
+from freshrec.models.text_encoder import TextEncoder, embed_texts
+from freshrec.models.tokenizer import Tokenizer
 from freshrec.models.towers import ItemTower, UserTower
 from freshrec.progress import log
 from freshrec.training.distributed import Ranks

@@ -14,7 +14,8 @@ import torch
 from freshrec.config import ContentConfig, DeployConfig, EventTypeConfig, ModelConfig
 from freshrec.models.features import HISTORY_CONTEXT, event_features, history_arrays
 from freshrec.models.reranker import Reranker
-from freshrec.models.text_encoder import TextEncoder, Tokenizer, embed_texts
+from freshrec.models.text_encoder import TextEncoder, embed_texts
+from freshrec.models.tokenizer import Tokenizer
 from freshrec.models.towers import ItemTower, UserTower
 from freshrec.serving.engines import TorchEngine
 from freshrec.serving.pipeline import InvalidInput, Recommender
