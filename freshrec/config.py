@@ -175,10 +175,23 @@ class EventTypeConfig:
     # (name in the data, built-in type) pairs over DEFAULT_EVENT_ALIASES: `freshrec build
     # --event-types return=dislike,stars=rate`. Mapping to a type picks its meaning.
     aliases: tuple[tuple[str, str], ...] = ()
+    # (built-in type, weight) pairs over CONTENT_EVENT_WEIGHTS: what an event of the type says to
+    # the content channel and the interest profile, -1 ("not this") .. +1 ("more like this"), 0
+    # nothing (`--event-weights view=0.1,skip=0`). A negative weight is an explicit "no" and is
+    # scaled up as dislike is; `rate` keeps its stars. Read by the pipeline only (not trained).
+    weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         pairs = tuple((str(a), str(b)) for a, b in self.aliases)  # JSON gives lists
         object.__setattr__(self, "aliases", pairs)
+        weights = tuple((str(t), float(w)) for t, w in self.weights)
+        object.__setattr__(self, "weights", weights)
+        for name, w in weights:
+            if name not in CONTENT_EVENT_WEIGHTS:
+                raise ValueError(f"event weight {name}={w}: {name!r} is not a built-in type with a weight {sorted(CONTENT_EVENT_WEIGHTS)}"
+                                 + (" (a rating's stars decide its weight)" if name == "rate" else ""))  # fmt: skip
+            if not -1.0 <= w <= 1.0:  # NaN fails too
+                raise ValueError(f"event weight {name}={w}: weights lie in [-1, 1]")
         for name, target in pairs:
             if not name.strip() or name != name.strip():
                 raise ValueError(f"event type alias {name!r}: names must be non-empty, without surrounding spaces")
@@ -187,18 +200,39 @@ class EventTypeConfig:
             if name in EVENT_TYPES[1:] and name != target:
                 raise ValueError(f"event type alias {name}={target}: {name!r} is itself a built-in type")
 
-    @classmethod
-    def parse(cls, spec: str) -> "EventTypeConfig":
-        """From "name=type,name=type" (the `--event-types` option)."""
+    @staticmethod
+    def _pairs(spec: str, option: str, form: str) -> list[tuple[str, str]]:
         pairs = []
         for part in (p.strip() for p in spec.split(",")):
             if not part:
                 continue
             name, eq, target = part.partition("=")
             if not eq:
-                raise ValueError(f"--event-types: expected NAME=TYPE, got {part!r}")
+                raise ValueError(f"{option}: expected {form}, got {part!r}")
             pairs.append((name.strip(), target.strip()))
-        return cls(tuple(pairs))
+        return pairs
+
+    @classmethod
+    def parse(cls, spec: str) -> "EventTypeConfig":
+        """From "name=type,name=type" (the `--event-types` option)."""
+        return cls(tuple(cls._pairs(spec, "--event-types", "NAME=TYPE")))
+
+    @classmethod
+    def parse_weights(cls, spec: str) -> tuple[tuple[str, float], ...]:
+        """From "type=weight,type=weight" (the `--event-weights` option)."""
+        out = []
+        for name, value in cls._pairs(spec, "--event-weights", "TYPE=WEIGHT"):
+            try:
+                out.append((name, float(value)))
+            except ValueError:
+                raise ValueError(f"--event-weights: {name}={value}: the weight must be a number in [-1, 1]") from None
+        cls(weights=tuple(out))  # checks them
+        return tuple(out)
+
+    @functools.cached_property
+    def content_weights(self) -> dict[str, float]:
+        """Every built-in type but `rate` -> its weight (CONTENT_EVENT_WEIGHTS, then `weights`)."""
+        return {**CONTENT_EVENT_WEIGHTS, **dict(self.weights)}
 
     @functools.cached_property
     def mapping(self) -> dict[str, str]:
@@ -265,7 +299,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     def trained_dict(self) -> dict[str, Any]:
-        """`to_dict` without what training never reads: the content channels' weights, the
+        """`to_dict` without what training never reads: the content channels' and event types' weights, the
         content projection's size and the topics (applied by the pipeline, fitted after training). Two configs
         equal here train the same models, so evaluation results and builds made under one are
         valid under the other."""
@@ -273,6 +307,7 @@ class ModelConfig:
         d.pop("content")
         d.pop("topics")  # fitted after training, read by explanations and the report only
         d["text"].pop("content_dim")
+        d["events"].pop("weights")  # read by the pipeline only
         if not self.events.aliases:  # as configs from before the field: evaluation results stay comparable
             d.pop("events")
         return d

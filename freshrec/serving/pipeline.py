@@ -89,12 +89,13 @@ class Recommendation:
     explanation: dict[str, Any] | None = None  # when asked for (recommend(explain=True)): freshrec.models.topics.explain
 
 
-def content_weight(event_type: str, value: float) -> float:
+def content_weight(event_type: str, value: float, weights: dict[str, float] = CONTENT_EVENT_WEIGHTS) -> float:
     """How much one event says "more like this" (+) or "not this" (-) to the short-term content
-    channel: a rating maps 1..5 stars to -1..+1, other types by CONTENT_EVENT_WEIGHTS."""
+    channel: a rating maps 1..5 stars to -1..+1, other types by `weights` (the build's
+    `EventTypeConfig.content_weights`; CONTENT_EVENT_WEIGHTS by default)."""
     if event_type == "rate":
         return 1.0 if math.isnan(value) else max(-1.0, min(1.0, (float(value) - 3.0) / 2.0))  # scalars: no numpy call
-    return CONTENT_EVENT_WEIGHTS.get(event_type, 0.0)
+    return weights.get(event_type, 0.0)
 
 
 def check_id(kind: str, value: str) -> str:
@@ -341,7 +342,8 @@ class Recommender:
         purchase +1, a 3-star rating 0, a dislike or a 1-star rating -1)."""
         known = [j for j, item in enumerate(history.item_ids) if item in self.topics.rows][-self.cfg.user.max_history :]
         n, decay = len(known), self.cfg.topics.profile_decay
-        weights = np.array([content_weight(history.event_types[j], history.values[j]) * decay ** (n - 1 - a)
+        table = self.cfg.events.content_weights
+        weights = np.array([content_weight(history.event_types[j], history.values[j], table) * decay ** (n - 1 - a)
                             for a, j in enumerate(known)], np.float64)  # fmt: skip
         return [history.item_ids[j] for j in known], weights
 
@@ -368,15 +370,17 @@ class Recommender:
         cc = self.cfg.content
         if not cc.beta_short or not cc.short_events:
             return None
-        rows, coef = [], []
+        rows, coef, table = [], [], self.cfg.events.content_weights
         n = len(history.item_ids)
         for j in range(n - 1, max(-1, n - 1 - cc.short_events), -1):  # newest first
             row = self.content.rows.get(history.item_ids[j])
             if row is None:
                 continue
             kind, value = history.event_types[j], history.values[j]
-            w = content_weight(kind, value) * cc.short_decay ** (n - 1 - j)
-            scale = cc.negative_scale if kind in ("dislike", "skip") else cc.one_star_scale if kind == "rate" and value <= 1.0 else 1.0
+            said = content_weight(kind, value, table)
+            w = said * cc.short_decay ** (n - 1 - j)
+            # An explicit "no" (a type weighted below 0: dislike, skip by default) is scaled up; so is a 1-star rating.
+            scale = cc.one_star_scale if kind == "rate" and value <= 1.0 else cc.negative_scale if kind != "rate" and said < 0 else 1.0
             rows.append(row)
             coef.append((w, scale))
         norm = sum(abs(w) for w, _ in coef)

@@ -178,6 +178,28 @@ def test_ingest_stores_event_type_names_as_the_builds_types_and_refuses_unknown_
         recommender(tmp_path / "t.db", minilm).ingest([Event("u", "i1", "return", now)])
 
 
+def test_configured_event_weights_drive_the_content_channel(tmp_path, minilm):
+    """`--event-weights`: a type weighted below 0 is an explicit "no" (scaled up as dislike is),
+    one weighted 0 says nothing (the interest profile reads the same table: interest_events)."""
+    from freshrec.serving.pipeline import content_weight
+
+    now = time.time()
+    events = [Event("u", "i1", "click", now), Event("u", "i2", "view", now + 1)]
+    cfg = dataclasses.replace(CFG, events=EventTypeConfig(weights=(("view", -0.5), ("click", 0.0))))
+    default, custom = recommender(tmp_path / "a.db", minilm), recommender(tmp_path / "b.db", minilm, cfg)
+    for r in (default, custom):
+        r.ingest(events)
+        r.refresh_index()
+    c1, c2 = (np.asarray(custom.content.matrix[custom.content.rows[i]]) for i in ("i1", "i2"))
+    s = np.asarray(custom._short_profile(custom.store.user_history("u", 10)))  # only the view counts, negated and scaled up
+    assert np.allclose(s, -cfg.content.negative_scale * c2, atol=1e-5)
+    d = np.asarray(default._short_profile(default.store.user_history("u", 10)))  # both count, positively
+    decay = CFG.content.short_decay
+    w1, w2 = 0.5 * decay, 0.3
+    assert np.allclose(d, (w1 * c1 + w2 * c2) / (w1 + w2), atol=1e-5)
+    assert content_weight("view", math.nan, cfg.events.content_weights) == -0.5 and content_weight("rate", 5.0, cfg.events.content_weights) == 1.0
+
+
 class _CountingEngine:
     """Wraps an engine, recording which models ran."""
 

@@ -392,6 +392,27 @@ def test_build_option_event_types_adds_to_the_config() -> None:
     assert _model_config(args).events == EventTypeConfig((("return", "dislike"), ("stars", "rate")))
 
 
+def test_event_weights_are_configured_per_built_in_type() -> None:
+    import json
+
+    from freshrec.cli import _model_config, build_parser
+    from freshrec.config import CONTENT_EVENT_WEIGHTS, EventTypeConfig, ModelConfig
+
+    args = build_parser().parse_args(["build", "--tiny", "--event-types", "return=dislike", "--event-weights", "view=0.1, skip=0"])
+    cfg = _model_config(args)
+    assert cfg.events.weights == (("view", 0.1), ("skip", 0.0)) and cfg.events.aliases == (("return", "dislike"),)
+    assert cfg.events.content_weights == {**CONTENT_EVENT_WEIGHTS, "view": 0.1, "skip": 0.0}
+    back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))  # saved with checkpoints and served settings
+    assert back == cfg and back.events.content_weights["view"] == 0.1
+    # not trained: a build made under other weights serves these after a re-export
+    assert "weights" not in cfg.trained_dict()["events"]
+    assert ModelConfig(events=EventTypeConfig(weights=(("view", 0.1),))).trained_dict() == ModelConfig().trained_dict()
+    for spec, match in [("view", "TYPE=WEIGHT"), ("view=lots", "a number in"), ("view=2", r"in \[-1, 1\]"), ("view=nan", r"in \[-1, 1\]"),
+                        ("rate=1", "stars decide"), ("return=-1", "not a built-in type")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            EventTypeConfig.parse_weights(spec)
+
+
 def test_csv_rows_with_too_many_cells_are_refused(tmp_path: Path) -> None:
     p = write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,i,1\nu,i,2,oops\n")
     with pytest.raises(ValueError, match=r"events\.csv: row 2: 4 cells but the header has 3"):

@@ -101,7 +101,7 @@ def user_features(p, mixtures: np.ndarray, cfg: ModelConfig, popularity: np.ndar
         # the profile as served: the user tower's window, the same weights (freshrec.serving.pipeline.Recommender.interest_events)
         last = idx[-cfg.user.max_history :]
         n = len(last)
-        weights = np.array([content_weight(e.event_type[j], float(e.value[j])) * cfg.topics.profile_decay ** (n - 1 - a)
+        weights = np.array([content_weight(e.event_type[j], float(e.value[j]), cfg.events.content_weights) * cfg.topics.profile_decay ** (n - 1 - a)
                             for a, j in enumerate(last)])  # fmt: skip
         profile = interest_profile(mixtures[[p.row[i] for i in e.item_id[last]]], weights) if n else None
         out["topic_entropy"].append(entropy(profile) if profile is not None else np.nan)

@@ -50,6 +50,7 @@ class EvalOptions:
     events: Path | None = None  # own data (CSV/Parquet, as `freshrec build --events`); MovieLens-100K when None
     items: Path | None = None
     event_types: tuple[tuple[str, str], ...] = ()  # own data's event type names over the config's (`--event-types`)
+    event_weights: tuple[tuple[str, float], ...] = ()  # the built-in types' content weights over the config's (`--event-weights`)
     seeds: tuple[int, ...] = (0, 1, 2)
     tiny: bool = False  # tiny models and short runs: the test suite's version of every path
     max_users: int | None = None  # keep the first N users (tests)
@@ -236,9 +237,9 @@ def build_once(opts, cfg: ModelConfig) -> dict:
                      and old.get("files") == files(opts))
         if mc == want and saved.text.content_dim == cfg.text.content_dim and same_data:
             log(f"reusing the build in {opts.out} (same data selection and trained config)")
-            if saved.content != cfg.content:
-                log(f"content channels {saved.content} -> {cfg.content}: exporting the build again")
-                dataclasses.replace(ModelConfig.load(config), content=cfg.content).save(config)
+            if saved.content != cfg.content or saved.events.weights != cfg.events.weights:
+                log("content channels or event weights changed: exporting the build again")
+                dataclasses.replace(ModelConfig.load(config), content=cfg.content, events=cfg.events).save(config)
                 exported = export_build(Path(opts.out), opts.repository, opts.device, old.get("state"), log=log, replace_versions=True)
                 old.update(model_config=ModelConfig.load(config).to_dict(),
                            repositories=exported["repositories"], export=exported["models"])  # fmt: skip
@@ -397,8 +398,9 @@ def run_eval(opts: EvalOptions) -> dict:
     (out / "parts").mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig.tiny() if opts.tiny else ModelConfig.load(opts.config) if opts.config else ModelConfig()
-    if opts.event_types:
-        cfg = dataclasses.replace(cfg, events=EventTypeConfig(cfg.events.aliases + tuple(opts.event_types)))
+    if opts.event_types or opts.event_weights:
+        cfg = dataclasses.replace(cfg, events=EventTypeConfig(cfg.events.aliases + tuple(opts.event_types),
+                                                              cfg.events.weights + tuple(opts.event_weights)))  # fmt: skip
     data = BuildOptions(**data_options(opts))
     ds = load_data(data, cfg.events)  # own files: every cell checked before any part runs
     if opts.max_users:
