@@ -59,7 +59,9 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int = BOOTSTRAP, seed: int
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     ok = ~(np.isnan(x) | np.isnan(y))
     x, y = x[ok], y[ok]
-    rho = float(spearmanr(x, y).statistic) if len(x) > 2 else float("nan")
+    if len(x) < 3:  # e.g. the rating spread of a dataset with no ratings: nothing to correlate
+        return {"rho": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": int(len(x))}
+    rho = float(spearmanr(x, y).statistic)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
@@ -154,6 +156,9 @@ def topics_section(ds, cfg: ModelConfig, build_dir: Path) -> dict:
     bins = {}
     for name, x in feats.items():
         ok = ~np.isnan(x)
+        if not ok.any():
+            bins[name] = []
+            continue
         edges = np.unique(np.quantile(x[ok], np.linspace(0, 1, 6)))
         which = np.clip(np.searchsorted(edges, x[ok], side="right") - 1, 0, len(edges) - 2)
         bins[name] = [{"low": float(edges[b]), "high": float(edges[b + 1]), "users": int((which == b).sum()),

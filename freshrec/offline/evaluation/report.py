@@ -146,6 +146,15 @@ def _plots(s: dict, out: Path) -> list[str]:
     return made
 
 
+def _shown(path: str) -> str:
+    """A data file's path as the report shows it: relative to the folder the evaluation ran from
+    when it lies below it (the summary keeps the absolute path)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _topics_lines(tp: dict) -> list[str]:
     """The topics, their coherence, topic-level diversity and the correlation analysis."""
     m, co, dv, corr = tp["model"], tp["coherence"], tp["diversity"], tp["correlation"]
@@ -164,6 +173,9 @@ def _topics_lines(tp: dict) -> list[str]:
               f"users, mean {corr['mean_ndcg@10']:.4f}); 95% intervals from {corr['bootstrap']} bootstrap resamples of the users.", "",
               "| property | Spearman rho | 95% CI | users |", "|---|---|---|---|"]
     for name, c in corr["features"].items():
+        if c["n"] < 3:  # e.g. the rating spread where the data has no ratings
+            lines.append(f"| {name}: {corr['descriptions'][name]} | n/a (no values in this data) | | {c['n']} |")
+            continue
         lines.append(f"| {name}: {corr['descriptions'][name]} | {c['rho']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['n']} |")
     lines += ["", "![mean NDCG@10 by quintile of each user property](correlation_ndcg10.png)", "", *_correlation_advice(corr), ""]
     return lines
@@ -220,7 +232,7 @@ def _loo_lines(s: dict) -> list[str]:
                 "interaction (no threshold, no k-core). Each user's events are sorted by timestamp, ties broken by the original row "
                 "order (ML-100K has many equal timestamps).")  # fmt: skip
     else:
-        files = s.get("files") or {}
+        files = {k: _shown(v) for k, v in (s.get("files") or {}).items()}
         data = (f"{s['dataset']} (`{files.get('events', '?')}`, `{files.get('items', '?')}`): {info['users']} users, {info['items']} "
                 f"items, {info['events']} events, every event an implicit interaction (no threshold, no k-core). Each user's events "
                 "are sorted by timestamp, ties broken by the original row order.")  # fmt: skip

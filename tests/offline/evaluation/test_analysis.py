@@ -33,6 +33,9 @@ def test_spearman_with_bootstrap_interval():
     assert noise["ci_low"] < 0 < noise["ci_high"] and abs(noise["rho"]) < 0.15
     with_nan = spearman_ci(np.array([1.0, 2.0, np.nan, 4.0, 5.0]), np.array([2.0, 4.0, 1.0, 8.0, 10.0]), n_boot=50)
     assert with_nan["n"] == 4 and with_nan["rho"] == pytest.approx(1.0)
+    # a property the data never has (the rating spread of purchases only): no correlation, no error
+    empty = spearman_ci(np.full(5, np.nan), np.arange(5.0))
+    assert empty["n"] == 0 and all(np.isnan(empty[k]) for k in ("rho", "ci_low", "ci_high"))
 
 
 def test_topic_diversity_of_lists():
@@ -57,6 +60,12 @@ def test_report_section_and_advice_follow_the_intervals():
           "diversity": {"model": "m", "ild@10": 0.5, "topic_ild@10": 0.4, "distinct_topics@10": 3.0}, "correlation": corr}  # fmt: skip
     text = "\n".join(_topics_lines(tp))
     assert "| 0 | a, b | -1.000 | 60.0% |" in text and "correlation_ndcg10.png" in text
+    nan = float("nan")
+    corr["features"]["rating_spread"] = {"rho": nan, "ci_low": nan, "ci_high": nan, "n": 0}
+    corr["descriptions"]["rating_spread"] = "spread"
+    text = "\n".join(_topics_lines(tp))
+    assert "| rating_spread: spread | n/a (no values in this data) | | 0 |" in text
+    assert "rating_spread" not in " ".join(_correlation_advice(corr))
 
 
 def test_topics_part_on_the_tiny_build_and_its_report(tiny_build, tmp_path):
