@@ -128,7 +128,11 @@ class Ranks:
             dist.barrier()
 
     def close(self) -> None:
+        """Leaves the process group once every rank has reached here: a rank that tears gloo down
+        while the main rank is still writing its results can abort ("terminate called without an
+        active exception", seen under load)."""
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
