@@ -35,15 +35,11 @@ def _model_config(args):
         cfg = ModelConfig.load(Path(args.config))
     else:
         cfg = ModelConfig.tiny() if args.tiny else ModelConfig()
-    if getattr(args, "event_types", None):  # over the config's own aliases, a name given twice: the option wins
-        extra = EventTypeConfig.parse(args.event_types).aliases
-        names = {name for name, _ in extra}
-        aliases = tuple(a for a in cfg.events.aliases if a[0] not in names) + extra
-        cfg = dataclasses.replace(cfg, events=EventTypeConfig(aliases, cfg.events.weights))
-    if getattr(args, "event_weights", None):  # over the config's own weights, a type given twice: the option wins
-        extra = dict(EventTypeConfig.parse_weights(args.event_weights))
-        weights = tuple(w for w in cfg.events.weights if w[0] not in extra) + tuple(extra.items())
-        cfg = dataclasses.replace(cfg, events=EventTypeConfig(cfg.events.aliases, weights))
+    types, weights = getattr(args, "event_types", None), getattr(args, "event_weights", None)
+    if types or weights:  # over the config's own; a name given twice: the option wins
+        events = cfg.events.extended(EventTypeConfig.parse(types).aliases if types else (),
+                                     EventTypeConfig.parse_weights(weights) if weights else ())  # fmt: skip
+        cfg = dataclasses.replace(cfg, events=events)
     return cfg
 
 

@@ -229,6 +229,15 @@ class EventTypeConfig:
         cls(weights=tuple(out))  # checks them
         return tuple(out)
 
+    def extended(self, aliases: tuple[tuple[str, str], ...] = (), weights: tuple[tuple[str, float], ...] = ()) -> "EventTypeConfig":
+        """This config with more aliases and weights (`--event-types`, `--event-weights` over a
+        config file's); a name given again replaces its earlier entry."""
+        def merge(old, new):
+            names = {n for n, _ in new}
+            return tuple(e for e in old if e[0] not in names) + tuple(new)
+
+        return EventTypeConfig(merge(self.aliases, tuple(aliases)), merge(self.weights, tuple(weights)))
+
     @functools.cached_property
     def content_weights(self) -> dict[str, float]:
         """Every built-in type but `rate` -> its weight (CONTENT_EVENT_WEIGHTS, then `weights`)."""

@@ -54,7 +54,7 @@ def complete_journey(out: str | Path, min_buyers: int = 100) -> dict:
     for k, pid in enumerate(p["product_id"]):
         if pid in keep_ids and p["product_type"][k]:
             rows[pid] = k
-    keep = np.array([x in rows for x in i.tolist()], bool)
+    keep = np.isin(i, np.fromiter(rows, np.int64, len(rows)))
     u, i, s = u[keep], i[keep], s[keep]
     by_time = np.argsort(s, kind="stable")
     u, i, s = u[by_time], i[by_time], s[by_time]

@@ -402,6 +402,8 @@ def test_event_weights_are_configured_per_built_in_type() -> None:
     cfg = _model_config(args)
     assert cfg.events.weights == (("view", 0.1), ("skip", 0.0)) and cfg.events.aliases == (("return", "dislike"),)
     assert cfg.events.content_weights == {**CONTENT_EVENT_WEIGHTS, "view": 0.1, "skip": 0.0}
+    again = cfg.events.extended((("return", "skip"),), (("view", 0.2),))  # eval's options over a config's: a name again replaces it
+    assert again.aliases == (("return", "skip"),) and again.weights == (("skip", 0.0), ("view", 0.2))
     back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))  # saved with checkpoints and served settings
     assert back == cfg and back.events.content_weights["view"] == 0.1
     # not trained: a build made under other weights serves these after a re-export

@@ -387,7 +387,6 @@ def run_eval(opts: EvalOptions) -> dict:
     done, then writes `summary.json` and `report.md` from every part saved for the same data,
     model config and seeds. Parts are independent runs of this code (each records its own date,
     machine and wall time), so a long evaluation can be split across processes or resumed."""
-    from freshrec.config import EventTypeConfig
     from freshrec.training.build import BuildOptions, files, load_data, subsample
 
     unknown = set(opts.parts) - set(PARTS)
@@ -399,8 +398,7 @@ def run_eval(opts: EvalOptions) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig.tiny() if opts.tiny else ModelConfig.load(opts.config) if opts.config else ModelConfig()
     if opts.event_types or opts.event_weights:
-        cfg = dataclasses.replace(cfg, events=EventTypeConfig(cfg.events.aliases + tuple(opts.event_types),
-                                                              cfg.events.weights + tuple(opts.event_weights)))  # fmt: skip
+        cfg = dataclasses.replace(cfg, events=cfg.events.extended(opts.event_types, opts.event_weights))
     data = BuildOptions(**data_options(opts))
     ds = load_data(data, cfg.events)  # own files: every cell checked before any part runs
     if opts.max_users:
