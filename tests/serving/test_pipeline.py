@@ -115,6 +115,28 @@ def test_untrained_reranker_keeps_the_retrieval_order(tmp_path, minilm):
     assert out.item_ids == [rec.index.item_ids[r] for r in rows.tolist()]
 
 
+def test_trend_prior_lifts_what_everyone_takes_now(tmp_path, minilm):
+    """ContentConfig.trend_prior: a warm user's scores gain beta * log(1 + each candidate's count
+    over everyone's latest events); other users' events move nothing else in the user's list."""
+    off = dataclasses.replace(CFG, content=dataclasses.replace(CFG.content, trend_prior=0.0))
+    rec = recommender(tmp_path / "s.db", minilm, off)
+    rec.popular_ttl_s = 0.0  # read the counts on every request
+    now = time.time()
+    rec.ingest([Event("u", f"i{j}", "click", now + j) for j in (1, 2, 3)])
+    plain = rec.recommend("u", k=27)  # every unseen item
+    trending = plain.item_ids[-1]  # the one this user's models rank last
+    rec.ingest([Event(f"o{n}", trending, "click", now + 10 + n) for n in range(20)])
+    assert rec.recommend("u", k=27).item_ids == plain.item_ids  # without the prior, others' clicks change nothing
+    beta = 5.0
+    rec.cfg = dataclasses.replace(off, content=dataclasses.replace(off.content, trend_prior=beta))
+    lifted = rec.recommend("u", k=27)
+    assert lifted.item_ids[0] == trending
+    before, after = dict(zip(plain.item_ids, plain.scores.tolist())), dict(zip(lifted.item_ids, lifted.scores.tolist()))
+    assert sorted(after) == sorted(before)
+    for item, score in after.items():
+        assert score - before[item] == pytest.approx(beta * math.log1p(20) if item == trending else 0.0, abs=1e-4)
+
+
 def test_cold_start_is_popular_then_query(rec):
     now = time.time()
     rec.ingest([Event(f"p{n}", "i11", "click", now) for n in range(3)] + [Event("p9", "i12", "click", now)])
