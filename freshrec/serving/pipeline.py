@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -35,6 +35,18 @@ from freshrec.store.base import Event, Item, StateStore, UserHistory
 # by the cold-start fallback and the trend prior (ContentConfig.trend_prior, popularity_prior).
 POPULAR_WINDOW = 10_000
 QUERY_PRIOR_ITEMS = 101  # the items a first-time visitor's query prior counts (ContentConfig.popularity_prior)
+
+
+class RecentCounts(NamedTuple):
+    """Every item of the latest POPULAR_WINDOW events with its count there, read once per
+    `Recommender.popular_ttl_s`: the cold-start fallback reads `ranked`, the trend prior
+    `counts`, a first-time visitor's query prior `head` (its QUERY_PRIOR_ITEMS most taken, as
+    it was tuned: counting every item lowers the cold intent match on ML-100K from 0.773 to 0.758)."""
+
+    read_at: float
+    ranked: list[tuple[str, float]]  # most frequent first
+    counts: dict[str, float]
+    head: dict[str, float]
 
 
 class InvalidInput(ValueError):
@@ -165,8 +177,7 @@ class Recommender:
         self.space = deploy.version
         self.unservable: set[int] = set()  # index rows without a vector of this space (fill_missing)
         self.popular_ttl_s = popular_ttl_s
-        # (read at, every item of the latest POPULAR_WINDOW events with its count, most frequent first, the same as a dict)
-        self._popular: tuple[float, list[tuple[str, float]], dict[str, float]] = (-math.inf, [], {})
+        self._popular = RecentCounts(-math.inf, [], {}, {})
 
     def refresh_index(self) -> None:
         """Applies catalog writes since the last refresh to both indexes and reports the size, and
@@ -331,7 +342,7 @@ class Recommender:
                 if short is not None:
                     scores = scores + cc.beta_short * (self.content.matrix[rows] @ short)
                 if cc.trend_prior:
-                    scores = scores + cc.trend_prior * self._trend(rows)
+                    scores = scores + cc.trend_prior * self._trend(rows, self._recent().counts)
         keep = None
         if query_content is not None and cc.beta_query and hist is not None:
             scores, keep = self._blend_query(scores, self.content.matrix[rows] @ query_content)
@@ -437,9 +448,7 @@ class Recommender:
         cc, xp = self.cfg.content, self.xp
         with self.stats.stage("retrieval"):
             rows, sims = self.content.search(query_content, max(k, cc.query_candidates), banned)
-        # The prior counts the head only (the most taken QUERY_PRIOR_ITEMS), as it was tuned: counting
-        # every item lowers the cold intent match on ML-100K from 0.773 to 0.758.
-        scores = sims + cc.popularity_prior * self._trend(rows, dict(self._recent()[0][:QUERY_PRIOR_ITEMS]))
+        scores = sims + cc.popularity_prior * self._trend(rows, self._recent().head)
         top, values = xp.topk(scores, min(k, len(rows)))
         chosen = xp.numpy(rows[top]).tolist()
         return Recommendation([self.index.item_ids[r] for r in chosen], xp.numpy(values).astype(np.float32), "query")
@@ -476,24 +485,22 @@ class Recommender:
         inputs = dict(hist, candidate_vectors=cand, candidate_mask=mask, candidate_scores=cand_scores)
         return xp.asarray(self.engine.run("reranker", inputs)["scores"])[0, :n]
 
-    def _recent(self) -> tuple[list[tuple[str, float]], dict[str, float]]:
-        """Every item of the latest POPULAR_WINDOW events with its count there, most frequent
-        first, and the same as a dict: one store read per `popular_ttl_s` for the popularity
-        fallback and the trend prior."""
+    def _recent(self) -> RecentCounts:
+        """The popularity counts, read from the store again after `popular_ttl_s`."""
         now = time.monotonic()
-        if now - self._popular[0] > self.popular_ttl_s:
+        if now - self._popular.read_at > self.popular_ttl_s:
             ranked = self.store.popular_items(POPULAR_WINDOW, window=POPULAR_WINDOW)
-            self._popular = (now, ranked, dict(ranked))
-        return self._popular[1], self._popular[2]
+            self._popular = RecentCounts(now, ranked, dict(ranked), dict(ranked[:QUERY_PRIOR_ITEMS]))
+        return self._popular
 
-    def _trend(self, rows, counts: dict[str, float] | None = None):
-        """log(1 + count over the latest POPULAR_WINDOW events) of each candidate row (`counts`:
-        of those items only): what is taken now, whatever a model learned at its last update."""
-        counts, ids = self._recent()[1] if counts is None else counts, self.index.item_ids
+    def _trend(self, rows, counts: dict[str, float]):
+        """log(1 + count) of each candidate row by `counts` (a RecentCounts field): what is
+        taken now, whatever a model learned at its last update."""
+        ids = self.index.item_ids
         return self.xp.asarray(np.log1p(np.array([counts.get(ids[r], 0.0) for r in self.xp.numpy(rows).tolist()], np.float32)))
 
     def _popular_for(self, k: int, banned: set[str]) -> Recommendation:
-        chosen = [(i, s) for i, s in self._recent()[0] if i not in banned][:k]
+        chosen = [(i, s) for i, s in self._recent().ranked if i not in banned][:k]
         if len(chosen) < k:  # too few recent events: fill from the catalog in index order
             have = {i for i, _ in chosen} | banned  # the index was refreshed by this request
             chosen += [(i, 0.0) for i in self.index.item_ids if i not in have][: k - len(chosen)]
